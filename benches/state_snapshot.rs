@@ -1,0 +1,74 @@
+//! Keyed state snapshots of 1 million (u64 -> u64) entries: capture alone (the time the task
+//! stops processing), capture + encode, and decode + restore. Prints the snapshot size.
+//! Run: `cargo bench --bench state_snapshot`.
+
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use snapflow::state::{KeyGroupRange, KeyedStateBackend, TaskSnapshot, DEFAULT_MAX_PARALLELISM};
+
+const G: u32 = DEFAULT_MAX_PARALLELISM;
+const ENTRIES: u64 = 1_000_000;
+
+fn filled() -> KeyedStateBackend<u64> {
+    let mut b =
+        KeyedStateBackend::<u64>::new(KeyGroupRange::all(G).expect("range"), G).expect("backend");
+    let v = b.value_state::<u64>("sum").expect("state");
+    for k in 0..ENTRIES {
+        b.set_current_key(k).expect("key");
+        v.set(&mut b, k.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .expect("set");
+    }
+    b
+}
+
+fn snapshot(c: &mut Criterion) {
+    let b = filled();
+    let snap = b.snapshot().expect("snapshot");
+    let bytes = TaskSnapshot {
+        keyed: Some(snap.clone()),
+        operator: Default::default(),
+    }
+    .to_bytes()
+    .expect("encode");
+    println!(
+        "keyed snapshot of {ENTRIES} u64->u64 entries: {} bytes in {} key group blobs, {} bytes as a task snapshot",
+        snap.size_bytes(),
+        snap.groups.len(),
+        bytes.len()
+    );
+    let mut g = c.benchmark_group("keyed_state_1M");
+    g.sample_size(10);
+    g.bench_function("capture", |bench| bench.iter(|| b.capture()));
+    g.bench_function("capture_and_encode", |bench| {
+        bench.iter(|| {
+            let s = b.capture().encode().expect("encode");
+            TaskSnapshot {
+                keyed: Some(s),
+                operator: Default::default(),
+            }
+            .to_bytes()
+            .expect("bytes")
+        })
+    });
+    g.bench_function("decode_and_restore", |bench| {
+        bench.iter(|| {
+            let s = TaskSnapshot::from_bytes(&bytes)
+                .expect("decode")
+                .keyed
+                .expect("keyed");
+            let mut r = KeyedStateBackend::<u64>::new(KeyGroupRange::all(G).expect("range"), G)
+                .expect("backend");
+            r.restore([&s]).expect("restore");
+            r.value_state::<u64>("sum")
+                .expect("register decodes the state");
+            assert_eq!(r.entries() as u64, ENTRIES);
+            r
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, snapshot);
+criterion_main!(benches);

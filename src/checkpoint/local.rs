@@ -1,0 +1,269 @@
+//! [`LocalCheckpointStorage`]: checkpoints in a local directory.
+//!
+//! ```text
+//! <root>/<job>/chk-00000000000000000042/
+//!     task-<vertex>-<index>.state    envelope("SNAPSTAT", task snapshot bytes)
+//!     _manifest                      envelope("SNAPMANI", msgpack manifest), written last
+//! ```
+//! Every file is written with write-temp, fsync, rename, fsync-dir. A checkpoint is removed
+//! manifest first (then the directory is synced), so a crash half-way through a removal leaves
+//! an incomplete checkpoint, never a complete one with missing files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{
+    check_state, decode_manifest, encode_manifest, state_handle, CheckpointId, CheckpointStorage,
+    CompletedCheckpoint, Manifest, StateHandle, TaskId, MAX_MANIFEST_BYTES, STATE_MAGIC,
+};
+use crate::error::{Error, Result};
+use crate::storage;
+
+const MANIFEST_FILE: &str = "_manifest";
+const DIR_PREFIX: &str = "chk-";
+
+/// Checkpoint storage in a local directory. See the module documentation for the layout.
+#[derive(Debug)]
+pub struct LocalCheckpointStorage {
+    job: String,
+    dir: PathBuf,
+    retain: usize,
+    max_state_bytes: u64,
+}
+
+impl LocalCheckpointStorage {
+    /// Storage for `job`'s checkpoints under `root/job`, keeping the newest 3 complete ones.
+    /// The job name must be a safe file name ([`crate::validate_name`]).
+    pub fn new(root: impl AsRef<Path>, job: &str) -> Result<LocalCheckpointStorage> {
+        storage::validate_name("job", job)?;
+        let dir = root.as_ref().join(job);
+        storage::create_dir_durable(&dir)?;
+        Ok(LocalCheckpointStorage {
+            job: job.to_string(),
+            dir,
+            retain: 3,
+            max_state_bytes: 16 << 30,
+        })
+    }
+
+    /// Keeps the newest `k` complete checkpoints (at least 1).
+    pub fn with_retain(mut self, k: usize) -> Self {
+        self.retain = k.max(1);
+        self
+    }
+
+    /// Refuses to read state files larger than `bytes` (default 16 GiB), treating them as
+    /// corrupt rather than allocating for them.
+    pub fn with_max_state_bytes(mut self, bytes: u64) -> Self {
+        self.max_state_bytes = bytes;
+        self
+    }
+
+    /// The job's checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory of checkpoint `id`.
+    pub fn checkpoint_dir(&self, id: CheckpointId) -> PathBuf {
+        self.dir.join(format!("{DIR_PREFIX}{:020}", id.0))
+    }
+
+    fn corrupt(&self, id: CheckpointId, path: &Path, reason: impl Into<String>) -> Error {
+        Error::CheckpointCorrupt {
+            checkpoint: id,
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Every checkpoint directory, complete or not, oldest first.
+    fn all_ids(&self) -> Result<Vec<CheckpointId>> {
+        let mut ids = Vec::new();
+        for entry in
+            fs::read_dir(&self.dir).map_err(|e| Error::io("list checkpoints in", &self.dir, e))?
+        {
+            let entry = entry.map_err(|e| Error::io("list checkpoints in", &self.dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name.strip_prefix(DIR_PREFIX) {
+                if n.len() == 20 {
+                    if let Ok(id) = n.parse::<u64>() {
+                        ids.push(CheckpointId(id));
+                    }
+                }
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn remove_checkpoint(&self, id: CheckpointId) -> Result<()> {
+        let dir = self.checkpoint_dir(id);
+        let manifest = dir.join(MANIFEST_FILE);
+        match fs::remove_file(&manifest) {
+            Ok(()) => storage::sync_dir(&dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove manifest", &manifest, e)),
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove checkpoint directory", &dir, e)),
+        }
+        storage::sync_dir(&self.dir)
+    }
+
+    fn apply_retention(&self, committed: CheckpointId) -> Result<()> {
+        let complete = self.completed_ids()?;
+        let keep_from = complete.len().saturating_sub(self.retain);
+        for &id in &complete[..keep_from] {
+            self.remove_checkpoint(id)?;
+            tracing::debug!(job = %self.job, checkpoint = %id, "retention removed checkpoint");
+        }
+        for id in self.all_ids()? {
+            if id < committed && !complete.contains(&id) {
+                self.remove_checkpoint(id)?;
+                tracing::debug!(job = %self.job, checkpoint = %id, "removed stale incomplete checkpoint");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointStorage for LocalCheckpointStorage {
+    fn job(&self) -> &str {
+        &self.job
+    }
+
+    fn write_task_state(
+        &self,
+        id: CheckpointId,
+        task: &TaskId,
+        bytes: &[u8],
+    ) -> Result<StateHandle> {
+        storage::validate_name("vertex", &task.vertex)?;
+        let dir = self.checkpoint_dir(id);
+        if dir.join(MANIFEST_FILE).exists() {
+            return Err(Error::Config(format!(
+                "checkpoint {id} is already complete; its state cannot change"
+            )));
+        }
+        storage::create_dir_durable(&dir)?;
+        let handle = state_handle(task, bytes);
+        storage::write_atomic(
+            &dir.join(&handle.file),
+            &storage::encode_envelope(STATE_MAGIC, bytes),
+        )?;
+        Ok(handle)
+    }
+
+    fn commit(&self, manifest: &Manifest) -> Result<()> {
+        let id = manifest.checkpoint;
+        if manifest.job != self.job {
+            return Err(Error::Config(format!(
+                "manifest of job {:?} committed to the storage of job {:?}",
+                manifest.job, self.job
+            )));
+        }
+        let bytes = encode_manifest(manifest)?;
+        let dir = self.checkpoint_dir(id);
+        storage::create_dir_durable(&dir)?;
+        for t in &manifest.tasks {
+            let path = dir.join(&t.state.file);
+            let len = fs::metadata(&path)
+                .map_err(|e| Error::io("stat state file", &path, e))?
+                .len();
+            if len != storage::ENVELOPE_HEADER as u64 + t.state.size {
+                return Err(self.corrupt(
+                    id,
+                    &path,
+                    format!(
+                        "state file is {len} bytes, expected {}",
+                        storage::ENVELOPE_HEADER as u64 + t.state.size
+                    ),
+                ));
+            }
+        }
+        storage::write_atomic(&dir.join(MANIFEST_FILE), &bytes)?;
+        tracing::info!(job = %self.job, checkpoint = %id, tasks = manifest.tasks.len(),
+            bytes = manifest.state_bytes(), "checkpoint complete");
+        self.apply_retention(id)
+    }
+
+    fn abort(&self, id: CheckpointId) -> Result<()> {
+        let dir = self.checkpoint_dir(id);
+        if dir.join(MANIFEST_FILE).exists() {
+            return Err(Error::Config(format!(
+                "checkpoint {id} is complete and cannot be aborted"
+            )));
+        }
+        self.remove_checkpoint(id)?;
+        tracing::info!(job = %self.job, checkpoint = %id, "checkpoint aborted; files removed");
+        Ok(())
+    }
+
+    fn completed_ids(&self) -> Result<Vec<CheckpointId>> {
+        Ok(self
+            .all_ids()?
+            .into_iter()
+            .filter(|id| self.checkpoint_dir(*id).join(MANIFEST_FILE).is_file())
+            .collect())
+    }
+
+    fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
+        let path = self.checkpoint_dir(id).join(MANIFEST_FILE);
+        let bytes = match storage::read_bounded(
+            &path,
+            MAX_MANIFEST_BYTES + storage::ENVELOPE_HEADER as u64,
+        ) {
+            Ok(Ok(b)) => b,
+            Ok(Err(reason)) => return Err(self.corrupt(id, &path, reason)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::CheckpointNotFound {
+                    job: self.job.clone(),
+                    checkpoint: id,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let manifest =
+            decode_manifest(&bytes, id, &self.job).map_err(|r| self.corrupt(id, &path, r))?;
+        for t in &manifest.tasks {
+            self.read_task_state(id, &t.state)?;
+        }
+        Ok(CompletedCheckpoint { manifest })
+    }
+
+    fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
+        if storage::validate_name("state file", &handle.file).is_err() {
+            return Err(self.corrupt(
+                id,
+                &self.checkpoint_dir(id),
+                format!("unsafe state file name {:?}", handle.file),
+            ));
+        }
+        let path = self.checkpoint_dir(id).join(&handle.file);
+        if handle.size > self.max_state_bytes {
+            return Err(self.corrupt(
+                id,
+                &path,
+                format!(
+                    "state of {} bytes exceeds the limit of {}",
+                    handle.size, self.max_state_bytes
+                ),
+            ));
+        }
+        let bytes =
+            match storage::read_bounded(&path, handle.size + storage::ENVELOPE_HEADER as u64) {
+                Ok(Ok(b)) => b,
+                Ok(Err(reason)) => return Err(self.corrupt(id, &path, reason)),
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(self.corrupt(id, &path, "state file is missing"))
+                }
+                Err(e) => return Err(e),
+            };
+        let payload = check_state(&bytes, handle).map_err(|r| self.corrupt(id, &path, r))?;
+        Ok(payload.to_vec())
+    }
+}

@@ -1,0 +1,298 @@
+//! Checkpoint storage: where task snapshots and checkpoint manifests are kept across crashes.
+//!
+//! A checkpoint `n` is written in two phases:
+//! 1. every task writes its state with [`CheckpointStorage::write_task_state`], which returns a
+//!    [`StateHandle`] (file name, size, CRC32C) once the bytes are durable;
+//! 2. the coordinator, holding every handle, writes the [`Manifest`] with
+//!    [`CheckpointStorage::commit`]. The manifest is written last and atomically; only then is
+//!    `n` *complete*. Commit then applies retention (keep the newest `k` complete checkpoints,
+//!    default 3) and removes older incomplete ones.
+//!
+//! **Invariant:** a checkpoint without a valid manifest does not exist. Readers
+//! ([`CheckpointStorage::latest_complete`]) verify the manifest and every state file it names
+//! (size and checksum) and fall back to the previous complete checkpoint, logging what failed,
+//! when anything does not verify. Nothing corrupt is ever handed to a restore.
+//!
+//! Implementations: [`LocalCheckpointStorage`] (a directory; the default) and
+//! [`MemoryCheckpointStorage`] (for tests). Both keep the same file envelopes and checks.
+
+mod local;
+mod memory;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::log::{codec, LogOffset, PartitionId};
+use crate::state::KeyGroupRange;
+use crate::storage;
+
+pub use local::LocalCheckpointStorage;
+pub use memory::MemoryCheckpointStorage;
+
+/// The number of a checkpoint. Checkpoint ids only grow within a job.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct CheckpointId(pub u64);
+
+impl fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One task: a vertex name and the task's index among the vertex's parallel instances.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskId {
+    /// The vertex (operator) name; a safe file name component (see [`crate::validate_name`]).
+    pub vertex: String,
+    /// The task's index, from 0 to parallelism - 1.
+    pub index: u32,
+}
+
+impl TaskId {
+    /// A task id, refusing vertex names that are unsafe as file names.
+    pub fn new(vertex: impl Into<String>, index: u32) -> Result<TaskId> {
+        let vertex = vertex.into();
+        storage::validate_name("vertex", &vertex)?;
+        Ok(TaskId { vertex, index })
+    }
+
+    /// The name of this task's state file in a checkpoint.
+    pub(crate) fn state_file_name(&self) -> String {
+        format!("task-{}-{}.state", self.vertex, self.index)
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.vertex, self.index)
+    }
+}
+
+/// Where a task's state of one checkpoint is, and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateHandle {
+    /// The state file's name inside the checkpoint.
+    pub file: String,
+    /// The payload size in bytes.
+    pub size: u64,
+    /// CRC32C of the payload.
+    pub crc32c: u32,
+}
+
+/// One task's entry in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStateEntry {
+    /// The task.
+    pub task: TaskId,
+    /// Its state file.
+    pub state: StateHandle,
+    /// The key groups its keyed state covers, for a keyed task.
+    pub key_groups: Option<KeyGroupRange>,
+}
+
+/// A source task's read position in one log partition: the next offset to read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceOffset {
+    /// The source task.
+    pub task: TaskId,
+    /// The partition.
+    pub partition: PartitionId,
+    /// The offset to resume reading from.
+    pub offset: LogOffset,
+}
+
+/// The description of a complete checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The checkpoint.
+    pub checkpoint: CheckpointId,
+    /// The job's name.
+    pub job: String,
+    /// When the checkpoint was triggered, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// The number of key groups of keyed vertices.
+    pub max_parallelism: u32,
+    /// The parallelism of every vertex.
+    pub parallelism: BTreeMap<String, u32>,
+    /// Every task's state.
+    pub tasks: Vec<TaskStateEntry>,
+    /// Every source task's log positions.
+    pub sources: Vec<SourceOffset>,
+}
+
+impl Manifest {
+    /// An empty manifest for checkpoint `checkpoint` of `job`, stamped with the current time.
+    pub fn new(job: impl Into<String>, checkpoint: CheckpointId, max_parallelism: u32) -> Manifest {
+        let created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Manifest {
+            checkpoint,
+            job: job.into(),
+            created_unix_ms,
+            max_parallelism,
+            parallelism: BTreeMap::new(),
+            tasks: Vec::new(),
+            sources: Vec::new(),
+        }
+    }
+
+    /// The state entry of `task`, if the manifest has one.
+    pub fn task(&self, task: &TaskId) -> Option<&TaskStateEntry> {
+        self.tasks.iter().find(|t| &t.task == task)
+    }
+
+    /// The sum of the state file sizes.
+    pub fn state_bytes(&self) -> u64 {
+        self.tasks.iter().map(|t| t.state.size).sum()
+    }
+
+    /// Checks the manifest's internal consistency: safe names, one entry per task, file names
+    /// that match their tasks.
+    fn validate(&self) -> std::result::Result<(), String> {
+        storage::validate_name("job", &self.job).map_err(|e| e.to_string())?;
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.tasks {
+            storage::validate_name("vertex", &t.task.vertex).map_err(|e| e.to_string())?;
+            if !seen.insert(&t.task) {
+                return Err(format!("task {} appears twice", t.task));
+            }
+            if t.state.file != t.task.state_file_name() {
+                return Err(format!(
+                    "task {} names state file {:?}",
+                    t.task, t.state.file
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint whose manifest and state files have been verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedCheckpoint {
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+impl CompletedCheckpoint {
+    /// The checkpoint's id.
+    pub fn id(&self) -> CheckpointId {
+        self.manifest.checkpoint
+    }
+}
+
+/// Durable storage for checkpoints. All methods block on I/O: call them from a background task
+/// (`tokio::task::spawn_blocking`), never from an operator's actor.
+pub trait CheckpointStorage: Send + Sync + fmt::Debug {
+    /// The job whose checkpoints this stores.
+    fn job(&self) -> &str;
+
+    /// Stores one task's state for checkpoint `id`; durable when it returns.
+    fn write_task_state(
+        &self,
+        id: CheckpointId,
+        task: &TaskId,
+        bytes: &[u8],
+    ) -> Result<StateHandle>;
+
+    /// Makes checkpoint `manifest.checkpoint` complete by writing its manifest atomically, after
+    /// checking that every state file it names is there with the right size. Then applies
+    /// retention.
+    fn commit(&self, manifest: &Manifest) -> Result<()>;
+
+    /// Removes every file of an incomplete checkpoint. Refuses to remove a complete one.
+    fn abort(&self, id: CheckpointId) -> Result<()>;
+
+    /// The ids of the checkpoints that have a manifest, oldest first (not verified).
+    fn completed_ids(&self) -> Result<Vec<CheckpointId>>;
+
+    /// Reads and verifies the manifest of checkpoint `id` and every state file it names.
+    fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint>;
+
+    /// Reads one task's state and checks it against its handle.
+    fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>>;
+
+    /// The newest checkpoint that verifies. A checkpoint that does not verify is skipped for
+    /// the previous one, with an error logged naming what failed. `None` when no checkpoint
+    /// verifies (start from the beginning of the log with empty state).
+    fn latest_complete(&self) -> Result<Option<CompletedCheckpoint>> {
+        for id in self.completed_ids()?.into_iter().rev() {
+            match self.verify(id) {
+                Ok(c) => return Ok(Some(c)),
+                Err(e) => {
+                    tracing::error!(job = self.job(), checkpoint = %id, error = %e,
+                        "checkpoint does not verify; falling back to the previous one");
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+pub(crate) const STATE_MAGIC: &[u8; 8] = b"SNAPSTAT";
+pub(crate) const MANIFEST_MAGIC: &[u8; 8] = b"SNAPMANI";
+/// Manifests larger than this are refused before they are read.
+pub(crate) const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+pub(crate) fn encode_manifest(manifest: &Manifest) -> Result<Vec<u8>> {
+    manifest.validate().map_err(Error::Config)?;
+    let payload = codec::encode_named(manifest, "checkpoint manifest")?;
+    Ok(storage::encode_envelope(MANIFEST_MAGIC, &payload))
+}
+
+/// Decodes and checks a manifest's bytes; `Err` holds the reason.
+pub(crate) fn decode_manifest(
+    bytes: &[u8],
+    id: CheckpointId,
+    job: &str,
+) -> std::result::Result<Manifest, String> {
+    let payload = storage::decode_envelope(MANIFEST_MAGIC, bytes, MAX_MANIFEST_BYTES)?;
+    let m: Manifest = codec::decode(payload, "checkpoint manifest").map_err(|e| e.to_string())?;
+    if m.checkpoint != id {
+        return Err(format!("manifest names checkpoint {}", m.checkpoint));
+    }
+    if m.job != job {
+        return Err(format!("manifest names job {:?}", m.job));
+    }
+    m.validate()?;
+    Ok(m)
+}
+
+/// Checks a state file's bytes against its handle and returns the payload; `Err` holds the
+/// reason.
+pub(crate) fn check_state<'a>(
+    bytes: &'a [u8],
+    handle: &StateHandle,
+) -> std::result::Result<&'a [u8], String> {
+    let payload = storage::decode_envelope(STATE_MAGIC, bytes, handle.size)?;
+    if payload.len() as u64 != handle.size {
+        return Err(format!(
+            "state is {} bytes, the manifest says {}",
+            payload.len(),
+            handle.size
+        ));
+    }
+    let crc = crc32c::crc32c(payload);
+    if crc != handle.crc32c {
+        return Err(format!(
+            "state checksum {crc:#010x} differs from the manifest's {:#010x}",
+            handle.crc32c
+        ));
+    }
+    Ok(payload)
+}
+
+pub(crate) fn state_handle(task: &TaskId, bytes: &[u8]) -> StateHandle {
+    StateHandle {
+        file: task.state_file_name(),
+        size: bytes.len() as u64,
+        crc32c: crc32c::crc32c(bytes),
+    }
+}

@@ -1,0 +1,319 @@
+//! The crate's one error type.
+//!
+//! Every fallible operation in snapflow returns [`Result<T>`], whose error is [`Error`]. Each
+//! variant carries the identifiers needed to diagnose it without reading logs (path, partition,
+//! offset, checkpoint id, key group, task), and [`Error::class`] tells a supervisor from data,
+//! never from message text, whether retrying can help ([`ErrorClass`]).
+
+use std::path::PathBuf;
+
+use crate::checkpoint::{CheckpointId, TaskId};
+use crate::log::{LogOffset, PartitionId};
+use crate::state::{KeyGroup, KeyGroupRange};
+
+/// The result type used throughout snapflow.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a failure should be handled by whoever supervises the failing work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// A transient condition (an interrupted or timed-out I/O call): the same operation may
+    /// succeed if tried again.
+    Retryable,
+    /// The work cannot go on from where it is, but restarting it from the last durable state
+    /// (the last complete checkpoint) can succeed: corrupt data, a failed task, a lost write.
+    Restart,
+    /// A mistake in configuration, input or usage that no retry or restart can fix.
+    Fatal,
+}
+
+/// Every error snapflow reports.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O call failed.
+    #[error("i/o error while trying to {op} {path}: {source}")]
+    Io {
+        /// What was being done, as a verb phrase ("open segment", "fsync directory").
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A log record failed its checksum or framing check, and is not a torn tail that can be
+    /// truncated: the log holds valid records after it.
+    #[error("log partition {partition} is corrupt at offset {offset} ({path}): {reason}")]
+    LogCorrupt {
+        /// The partition holding the record.
+        partition: PartitionId,
+        /// The offset of the first record that could not be read.
+        offset: LogOffset,
+        /// The segment file.
+        path: PathBuf,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// A record is larger than the configured maximum record size.
+    #[error("record of {len} bytes in partition {partition} exceeds the maximum record size of {max} bytes")]
+    RecordTooLarge {
+        /// The partition written or read.
+        partition: PartitionId,
+        /// The record's length (possibly a corrupt length field).
+        len: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+
+    /// A read asked for an offset that the partition does not hold (below the retained start or
+    /// past the end).
+    #[error("offset {offset} is outside partition {partition}'s retained range [{start}, {end})")]
+    OffsetOutOfRange {
+        /// The partition.
+        partition: PartitionId,
+        /// The offset asked for.
+        offset: LogOffset,
+        /// The oldest retained offset.
+        start: LogOffset,
+        /// The next offset to be written.
+        end: LogOffset,
+    },
+
+    /// A partition number beyond the log's partition count.
+    #[error("partition {partition} does not exist (the log has {partitions} partitions)")]
+    UnknownPartition {
+        /// The partition asked for.
+        partition: PartitionId,
+        /// How many partitions the log has.
+        partitions: u32,
+    },
+
+    /// Encoding or decoding bytes (a record payload, a snapshot, a manifest) failed.
+    #[error("cannot {op} {what}: {reason}")]
+    Codec {
+        /// "encode" or "decode".
+        op: &'static str,
+        /// What was being encoded or decoded.
+        what: String,
+        /// The codec's message.
+        reason: String,
+    },
+
+    /// A state snapshot is corrupt or does not fit the state it is restored into.
+    #[error("state snapshot is corrupt{}: {reason}", key_group.map(|g| format!(" in key group {g}")).unwrap_or_default())]
+    StateCorrupt {
+        /// The key group whose blob failed, where known.
+        key_group: Option<KeyGroup>,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// A state name was registered again with a different kind or value type.
+    #[error("state '{name}' is already registered as {existing}, not {requested}")]
+    StateTypeMismatch {
+        /// The state's name.
+        name: String,
+        /// The kind and type it was registered with.
+        existing: String,
+        /// The kind and type asked for now.
+        requested: String,
+    },
+
+    /// Keyed state was used before a current key was set.
+    #[error("keyed state '{name}' was accessed with no current key set")]
+    NoCurrentKey {
+        /// The state's name.
+        name: String,
+    },
+
+    /// A key falls in a key group that this task does not own.
+    #[error("key group {key_group} is not owned by this task (it owns {range})")]
+    KeyGroupNotOwned {
+        /// The key's key group.
+        key_group: KeyGroup,
+        /// The range the task owns.
+        range: KeyGroupRange,
+    },
+
+    /// A parallelism or max parallelism outside the allowed range.
+    #[error("invalid parallelism {parallelism}: it must be between 1 and the max parallelism {max_parallelism}")]
+    InvalidParallelism {
+        /// The parallelism asked for.
+        parallelism: u32,
+        /// The max parallelism (number of key groups).
+        max_parallelism: u32,
+    },
+
+    /// A checkpoint's manifest or state file is missing, truncated or fails its checksum.
+    #[error("checkpoint {checkpoint} is corrupt ({path}): {reason}")]
+    CheckpointCorrupt {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// The file that failed.
+        path: PathBuf,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// A checkpoint that was asked for does not exist or is not complete.
+    #[error("checkpoint {checkpoint} of job '{job}' not found")]
+    CheckpointNotFound {
+        /// The job.
+        job: String,
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+    },
+
+    /// A name that would reach the file system (job, vertex, task, checkpoint) is unsafe.
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        /// What the name names ("job", "vertex").
+        kind: &'static str,
+        /// The name as given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A store failed an earlier write or fsync and refuses further writes; restart from the
+    /// last durable state.
+    #[error("{what} failed earlier and refuses further writes: {reason}")]
+    Poisoned {
+        /// What is poisoned ("log partition 3").
+        what: String,
+        /// The first failure.
+        reason: String,
+    },
+
+    /// An error that happened inside a task, with the task it happened in.
+    #[error("in task {task}: {source}")]
+    InTask {
+        /// The task.
+        task: TaskId,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// An actor that was asked to do something is gone (its mailbox closed).
+    #[error("actor {actor} is not running: {reason}")]
+    ActorGone {
+        /// Which actor.
+        actor: &'static str,
+        /// The mailbox error.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// How a supervisor should treat this error.
+    pub fn class(&self) -> ErrorClass {
+        use std::io::ErrorKind;
+        match self {
+            Error::InTask { source, .. } => source.class(),
+            Error::Io { source, .. } => match source.kind() {
+                ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                    ErrorClass::Retryable
+                }
+                ErrorKind::PermissionDenied | ErrorKind::InvalidInput => ErrorClass::Fatal,
+                _ => ErrorClass::Restart,
+            },
+            Error::LogCorrupt { .. }
+            | Error::StateCorrupt { .. }
+            | Error::CheckpointCorrupt { .. }
+            | Error::CheckpointNotFound { .. }
+            | Error::Poisoned { .. }
+            | Error::ActorGone { .. } => ErrorClass::Restart,
+            Error::Codec { .. } => ErrorClass::Restart,
+            Error::RecordTooLarge { .. }
+            | Error::OffsetOutOfRange { .. }
+            | Error::UnknownPartition { .. }
+            | Error::StateTypeMismatch { .. }
+            | Error::NoCurrentKey { .. }
+            | Error::KeyGroupNotOwned { .. }
+            | Error::InvalidParallelism { .. }
+            | Error::InvalidName { .. }
+            | Error::Config(_) => ErrorClass::Fatal,
+        }
+    }
+
+    /// Adds the task this error happened in (once: an error already tagged keeps its task).
+    pub fn in_task(self, task: &TaskId) -> Error {
+        match self {
+            e @ Error::InTask { .. } => e,
+            e => Error::InTask {
+                task: task.clone(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// True when trying the same operation again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.class() == ErrorClass::Retryable
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn encode(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Error::Codec {
+            op: "encode",
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn decode(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Error::Codec {
+            op: "decode",
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupted_io_is_retryable_and_corruption_needs_a_restart() {
+        let e = Error::io(
+            "read",
+            "/x",
+            std::io::Error::from(std::io::ErrorKind::Interrupted),
+        );
+        assert_eq!(e.class(), ErrorClass::Retryable);
+        let e = Error::LogCorrupt {
+            partition: PartitionId(1),
+            offset: LogOffset(7),
+            path: "/x".into(),
+            reason: "crc".into(),
+        };
+        assert_eq!(e.class(), ErrorClass::Restart);
+        assert!(e.to_string().contains("offset 7"));
+        assert_eq!(Error::Config("x".into()).class(), ErrorClass::Fatal);
+        let task = TaskId::new("count", 1).expect("task");
+        let tagged = e
+            .in_task(&task)
+            .in_task(&TaskId::new("other", 0).expect("task"));
+        assert_eq!(tagged.class(), ErrorClass::Restart);
+        assert!(
+            tagged.to_string().starts_with("in task count[1]: "),
+            "{tagged}"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! # snapflow
+//!
+//! Fault-tolerant stateful stream processing on [actix](https://docs.rs/actix) actors, with
+//! exactly-once state through aligned checkpoints.
+//!
+//! This release holds the foundation the dataflow runtime stands on:
+//!
+//! - [`log`]: the replayable, partitioned log sources read by offset ([`FileLog`],
+//!   [`MemoryLog`], [`LogWriter`] for appending from actors);
+//! - [`state`]: stable key groups, keyed state with typed handles, operator state, and
+//!   snapshots by key group;
+//! - [`checkpoint`]: crash-safe checkpoint storage with checksummed files and atomic manifests;
+//! - [`Error`]: the one error type, with an [`ErrorClass`] for supervisors.
+//!
+//! ```
+//! use snapflow::prelude::*;
+//!
+//! # fn main() -> snapflow::Result<()> {
+//! // Keyed state for task 0 of 1: it owns every key group.
+//! let range = KeyGroupRange::for_task(0, 1, DEFAULT_MAX_PARALLELISM)?;
+//! let mut state = KeyedStateBackend::<String>::new(range, DEFAULT_MAX_PARALLELISM)?;
+//! let count = state.value_state::<u64>("count")?;
+//! for word in ["a", "b", "a"] {
+//!     state.set_current_key(word.to_string())?;
+//!     *count.get_or_insert_with(&mut state, || 0)? += 1;
+//! }
+//!
+//! // Snapshot, then restore into a fresh backend.
+//! let snapshot = state.snapshot()?;
+//! let mut restored = KeyedStateBackend::<String>::new(range, DEFAULT_MAX_PARALLELISM)?;
+//! restored.restore([&snapshot])?;
+//! let count = restored.value_state::<u64>("count")?;
+//! restored.set_current_key("a".to_string())?;
+//! assert_eq!(count.get(&restored)?, Some(&2));
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
+
+pub mod checkpoint;
+mod error;
+pub mod log;
+pub mod state;
+mod storage;
+
+pub use checkpoint::{
+    CheckpointId, CheckpointStorage, CompletedCheckpoint, LocalCheckpointStorage, Manifest,
+    MemoryCheckpointStorage, SourceOffset, StateHandle, TaskId, TaskStateEntry,
+};
+pub use error::{Error, ErrorClass, Result};
+pub use log::{
+    Durability, FileLog, FileLogOptions, LogOffset, LogWriter, MemoryLog, OffsetRange, PartitionId,
+    RecordBatch, ReplayableLog, SyncPolicy, TypedLog,
+};
+pub use storage::validate_name;
+
+/// The names most programs need, for `use snapflow::prelude::*`.
+pub mod prelude {
+    pub use crate::checkpoint::{CheckpointId, CheckpointStorage, LocalCheckpointStorage, TaskId};
+    pub use crate::error::{Error, ErrorClass, Result};
+    pub use crate::log::{
+        FileLog, FileLogOptions, LogOffset, MemoryLog, PartitionId, ReplayableLog, SyncPolicy,
+        TypedLog,
+    };
+    pub use crate::state::{
+        KeyGroupRange, KeyedStateBackend, OperatorStateBackend, Redistribution, StableHash,
+        TaskSnapshot, DEFAULT_MAX_PARALLELISM,
+    };
+}
+
+// The README's code is compiled and run as a doctest, so it cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,293 @@
+//! The replayable log that sources read: partitions of records addressed by offset.
+//!
+//! A [`ReplayableLog`] holds a fixed number of partitions. Each partition is a sequence of
+//! opaque byte records numbered 0, 1, 2, ... in append order. A reader can ask for the records
+//! from any retained offset as often as it likes and always gets the same bytes back: that is
+//! what lets a restarted source seek to the offset recorded in a checkpoint and replay.
+//!
+//! Implementations:
+//! - [`FileLog`]: the embedded default, segment files with CRC32C-framed records, a sparse
+//!   offset index and a [`SyncPolicy`]; a torn tail is truncated on open, any other corruption
+//!   is reported as [`Error::LogCorrupt`](crate::Error::LogCorrupt) and never returned as data.
+//! - [`MemoryLog`]: the same contract in memory, for tests and examples.
+//!
+//! Typed records go through [`TypedLog`] and the [`codec`] layer (MessagePack via rmp-serde);
+//! the file format itself has fixed-width little-endian fields, never `usize`. Actors append
+//! by message through [`LogWriter`], which replies once the record is durable.
+
+pub mod codec;
+mod file;
+mod frame;
+mod memory;
+mod writer;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub use codec::TypedLog;
+pub use file::{FileLog, FileLogOptions, SyncPolicy};
+pub use memory::MemoryLog;
+pub use writer::{Append, AppendBatch, LogWriter, SyncNow};
+
+/// A partition of a log (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartitionId(pub u32);
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The position of a record in its partition: the first record appended has offset 0.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct LogOffset(pub u64);
+
+impl LogOffset {
+    /// The offset after this one.
+    pub fn next(self) -> LogOffset {
+        LogOffset(self.0 + 1)
+    }
+}
+
+impl fmt::Display for LogOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A half-open range of offsets `[start, end)`, as returned by a batch append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OffsetRange {
+    /// The first offset in the range.
+    pub start: LogOffset,
+    /// The offset after the last one in the range.
+    pub end: LogOffset,
+}
+
+impl OffsetRange {
+    /// How many offsets the range holds.
+    pub fn len(&self) -> u64 {
+        self.end.0 - self.start.0
+    }
+
+    /// True when the range holds no offset.
+    pub fn is_empty(&self) -> bool {
+        self.end.0 == self.start.0
+    }
+}
+
+/// When an appended record is durable, that is, survives a power failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Durable when `append` returns.
+    OnAppend,
+    /// Durable after the next [`ReplayableLog::sync`], which the log runs at least this often
+    /// while appends arrive.
+    OnSync {
+        /// The longest time a record stays unsynced while appends keep arriving.
+        interval: Duration,
+    },
+    /// Never durable against power failure (a memory log, or a file log leaving syncs to the
+    /// operating system): only the process keeps it.
+    Volatile,
+}
+
+/// Records read from one partition: consecutive offsets starting at [`base_offset`]. The
+/// payloads share one buffer, so a batch costs two allocations whatever its length.
+///
+/// [`base_offset`]: RecordBatch::base_offset
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordBatch {
+    partition: PartitionId,
+    base_offset: LogOffset,
+    data: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl RecordBatch {
+    pub(crate) fn new(partition: PartitionId, base_offset: LogOffset) -> Self {
+        RecordBatch {
+            partition,
+            base_offset,
+            data: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, payload: &[u8]) {
+        self.data.extend_from_slice(payload);
+        self.ends.push(self.data.len() as u32);
+    }
+
+    pub(crate) fn data_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The partition the records came from.
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    /// The offset of the first record (also when the batch is empty: then it is the offset
+    /// that was asked for).
+    pub fn base_offset(&self) -> LogOffset {
+        self.base_offset
+    }
+
+    /// The offset to read from next: after the last record of the batch.
+    pub fn next_offset(&self) -> LogOffset {
+        LogOffset(self.base_offset.0 + self.ends.len() as u64)
+    }
+
+    /// How many records the batch holds.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the batch holds no record (the reader is at the end of the partition).
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The payload of the `i`-th record of the batch, if there is one.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)? as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        Some(&self.data[start..end])
+    }
+
+    /// The records with their offsets, in offset order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (LogOffset, &[u8])> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().enumerate().map(move |(i, &end)| {
+            let s = start;
+            start = end as usize;
+            (
+                LogOffset(self.base_offset.0 + i as u64),
+                &self.data[s..end as usize],
+            )
+        })
+    }
+}
+
+/// A partitioned, offset-addressed, replayable log of byte records.
+///
+/// All methods take `&self`: implementations synchronise per partition, so one log can be
+/// shared (`Arc<dyn ReplayableLog>`) by the source tasks that read it and the writers that
+/// append to it.
+pub trait ReplayableLog: Send + Sync + fmt::Debug {
+    /// The number of partitions, fixed when the log was created.
+    fn partitions(&self) -> u32;
+
+    /// Appends one record and returns its offset.
+    fn append(&self, partition: PartitionId, payload: &[u8]) -> Result<LogOffset> {
+        Ok(self.append_batch(partition, &[payload])?.start)
+    }
+
+    /// Appends records in order, all or none if one is refused for its size, and returns the
+    /// range of offsets they got. The batch is written with one write call where possible.
+    fn append_batch(&self, partition: PartitionId, records: &[&[u8]]) -> Result<OffsetRange>;
+
+    /// Reads up to `max_records` records starting at `from`. Reading at the end offset gives
+    /// an empty batch; below the start offset or past the end gives
+    /// [`Error::OffsetOutOfRange`].
+    fn read(
+        &self,
+        partition: PartitionId,
+        from: LogOffset,
+        max_records: usize,
+    ) -> Result<RecordBatch>;
+
+    /// The oldest offset still retained.
+    fn start_offset(&self, partition: PartitionId) -> Result<LogOffset>;
+
+    /// The offset the next appended record will get.
+    fn end_offset(&self, partition: PartitionId) -> Result<LogOffset>;
+
+    /// Makes every record appended so far durable (a no-op for a memory log).
+    fn sync(&self) -> Result<()>;
+
+    /// Retention: drops whole stored units (segments) that hold only offsets below `offset`,
+    /// and returns the new start offset, which may stay below `offset`. Never drops records at
+    /// or above `offset`.
+    fn truncate_before(&self, partition: PartitionId, offset: LogOffset) -> Result<LogOffset>;
+
+    /// When an appended record becomes durable.
+    fn durability(&self) -> Durability;
+}
+
+impl<L: ReplayableLog + ?Sized> ReplayableLog for Arc<L> {
+    fn partitions(&self) -> u32 {
+        (**self).partitions()
+    }
+    fn append(&self, partition: PartitionId, payload: &[u8]) -> Result<LogOffset> {
+        (**self).append(partition, payload)
+    }
+    fn append_batch(&self, partition: PartitionId, records: &[&[u8]]) -> Result<OffsetRange> {
+        (**self).append_batch(partition, records)
+    }
+    fn read(
+        &self,
+        partition: PartitionId,
+        from: LogOffset,
+        max_records: usize,
+    ) -> Result<RecordBatch> {
+        (**self).read(partition, from, max_records)
+    }
+    fn start_offset(&self, partition: PartitionId) -> Result<LogOffset> {
+        (**self).start_offset(partition)
+    }
+    fn end_offset(&self, partition: PartitionId) -> Result<LogOffset> {
+        (**self).end_offset(partition)
+    }
+    fn sync(&self) -> Result<()> {
+        (**self).sync()
+    }
+    fn truncate_before(&self, partition: PartitionId, offset: LogOffset) -> Result<LogOffset> {
+        (**self).truncate_before(partition, offset)
+    }
+    fn durability(&self) -> Durability {
+        (**self).durability()
+    }
+}
+
+/// Returns the error for a partition number that is not below `partitions`.
+pub(crate) fn check_partition(partition: PartitionId, partitions: u32) -> Result<usize> {
+    if partition.0 < partitions {
+        Ok(partition.0 as usize)
+    } else {
+        Err(Error::UnknownPartition {
+            partition,
+            partitions,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_batch_iterates_offsets_and_payloads_in_order() {
+        let mut b = RecordBatch::new(PartitionId(0), LogOffset(10));
+        b.push(b"a");
+        b.push(b"");
+        b.push(b"ccc");
+        let got: Vec<_> = b.iter().map(|(o, p)| (o.0, p.to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![(10, b"a".to_vec()), (11, vec![]), (12, b"ccc".to_vec())]
+        );
+        assert_eq!(b.next_offset(), LogOffset(13));
+        assert_eq!(b.get(2), Some(&b"ccc"[..]));
+        assert_eq!(b.get(3), None);
+    }
+}

@@ -1,0 +1,1020 @@
+//! Keyed state: per (state name, key) values, stored by key group, reached through typed
+//! handles scoped to the backend's current key.
+//!
+//! A [`KeyedStateBackend`] belongs to one task and covers the task's [`KeyGroupRange`]. The
+//! task (the runtime, for an operator) sets the current key before user code runs; every
+//! handle then reads and writes the slot of that key. A key outside the task's range is
+//! refused ([`Error::KeyGroupNotOwned`]): it would mean records were routed to the wrong task.
+//!
+//! Snapshots: [`KeyedStateBackend::capture`] clones the tables (for `Copy`-like data a memcpy
+//! of each hash table; O(n) time and one extra copy of the state in memory) so the task can go
+//! on processing at once; [`KeyedStateCapture::encode`] turns the clone into one checksummed
+//! MessagePack blob per non-empty key group and can run on a background thread.
+//! [`KeyedStateBackend::restore`] takes the blobs of the groups the task owns from any number
+//! of snapshots (so a task can be restored at another parallelism), verifies each blob's
+//! checksum and each key's group, and keeps the bytes of states that are not registered yet
+//! until they are (so lazily registered state is neither lost nor needed up front).
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::key_group::{key_group_for, KeyGroup, KeyGroupRange, StableHash};
+use crate::error::{Error, Result};
+use crate::log::codec;
+
+/// A type usable as a key of keyed state: hashed stably to find its key group, and stored.
+pub trait StateKey:
+    StableHash + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + 'static
+{
+}
+impl<T> StateKey for T where
+    T: StableHash + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + 'static
+{
+}
+
+/// A type usable as a value of state.
+pub trait StateValue: Clone + Serialize + DeserializeOwned + Send + 'static {}
+impl<T> StateValue for T where T: Clone + Serialize + DeserializeOwned + Send + 'static {}
+
+/// A type usable as the user key of a [`MapState`].
+pub trait MapKey: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + 'static {}
+impl<T> MapKey for T where T: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + 'static {}
+
+/// The kinds of keyed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StateKind {
+    /// One value per key.
+    Value,
+    /// A list of values per key.
+    List,
+    /// A map per key.
+    Map,
+    /// One value per key, folded from every added value by a reduce function.
+    Reducing,
+    /// An accumulator per key, fed by an [`Aggregator`].
+    Aggregating,
+}
+
+/// Folds inputs into an accumulator; the logic of an [`AggregatingState`].
+pub trait Aggregator: Send + Sync + 'static {
+    /// What is added.
+    type In;
+    /// What is stored per key.
+    type Acc: StateValue;
+    /// What is read.
+    type Out;
+    /// A fresh accumulator, for a key that has none.
+    fn create_accumulator(&self) -> Self::Acc;
+    /// Folds `value` into `acc`.
+    fn add(&self, acc: &mut Self::Acc, value: Self::In);
+    /// The result for an accumulator.
+    fn result(&self, acc: &Self::Acc) -> Self::Out;
+}
+
+/// One state's entries of one key group, as stored in a key group blob.
+#[derive(Debug, Serialize, Deserialize)]
+struct GroupEntry {
+    name: String,
+    kind: StateKind,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+/// The state of one key group: a checksummed MessagePack blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyGroupBlob {
+    /// The key group.
+    pub key_group: KeyGroup,
+    /// CRC32C of `bytes`.
+    pub crc32c: u32,
+    /// The encoded entries of every state in this group.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// The keyed state of one task, as bytes per key group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedSnapshot {
+    /// The number of key groups of the vertex (key groups mean nothing without it).
+    pub max_parallelism: u32,
+    /// The range of the task that took the snapshot.
+    pub range: KeyGroupRange,
+    /// One blob per non-empty key group, in key group order.
+    pub groups: Vec<KeyGroupBlob>,
+}
+
+impl KeyedSnapshot {
+    /// The total size of the blobs in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.groups.iter().map(|g| g.bytes.len()).sum()
+    }
+}
+
+/// What a restore took in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Key groups restored.
+    pub key_groups: usize,
+    /// Blobs skipped because their group belongs to another task.
+    pub skipped_key_groups: usize,
+}
+
+trait ErasedTable<K>: Send {
+    fn name(&self) -> &str;
+    fn kind(&self) -> StateKind;
+    fn value_type(&self) -> (TypeId, &'static str);
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn encode_group(&self, gi: usize) -> Result<Option<Vec<u8>>>;
+    /// Decodes one group's entries; checks each key's group when `check_keys` holds the
+    /// max parallelism (restore has already checked them when it is `None`).
+    fn restore_group(
+        &mut self,
+        gi: usize,
+        kg: KeyGroup,
+        bytes: &[u8],
+        check_keys: Option<u32>,
+    ) -> Result<()>;
+    fn clear(&mut self);
+    fn clone_box(&self) -> Box<dyn ErasedTable<K>>;
+    fn entries(&self) -> usize;
+}
+
+struct Table<K, T> {
+    name: String,
+    kind: StateKind,
+    groups: Vec<HashMap<K, T>>,
+}
+
+impl<K: StateKey, T> Table<K, T> {
+    fn merge(&mut self, gi: usize, map: HashMap<K, T>) {
+        let slot = &mut self.groups[gi];
+        if slot.is_empty() {
+            *slot = map;
+        } else {
+            slot.extend(map);
+        }
+    }
+}
+
+/// Checks, without knowing the value type, that every key of an encoded `HashMap<K, _>`
+/// belongs to key group `kg`.
+fn check_keys<K: StateKey>(bytes: &[u8], kg: KeyGroup, max_p: u32, name: &str) -> Result<()> {
+    use serde::de::{Deserializer as _, Error as _, IgnoredAny, MapAccess, Visitor};
+    struct Keys<K> {
+        kg: KeyGroup,
+        max_p: u32,
+        _k: PhantomData<K>,
+    }
+    impl<'de, K: StateKey> Visitor<'de> for Keys<K> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of keyed state")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            while let Some(k) = map.next_key::<K>()? {
+                map.next_value::<IgnoredAny>()?;
+                let g = key_group_for(&k, self.max_p);
+                if g != self.kg {
+                    return Err(A::Error::custom(format!(
+                        "holds a key of key group {g} in the blob of group {}",
+                        self.kg
+                    )));
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut input = bytes;
+    let mut de = rmp_serde::Deserializer::new(&mut input);
+    let visited = de.deserialize_map(Keys::<K> {
+        kg,
+        max_p,
+        _k: PhantomData,
+    });
+    let rest = de.into_inner().len();
+    match visited {
+        Ok(()) if rest == 0 => Ok(()),
+        Ok(()) => Err(Error::StateCorrupt {
+            key_group: Some(kg),
+            reason: format!("state '{name}': {rest} trailing bytes"),
+        }),
+        Err(e) => Err(Error::StateCorrupt {
+            key_group: Some(kg),
+            reason: format!("state '{name}': {e}"),
+        }),
+    }
+}
+
+impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> StateKind {
+        self.kind
+    }
+    fn value_type(&self) -> (TypeId, &'static str) {
+        (TypeId::of::<T>(), std::any::type_name::<T>())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn encode_group(&self, gi: usize) -> Result<Option<Vec<u8>>> {
+        let g = &self.groups[gi];
+        if g.is_empty() {
+            return Ok(None);
+        }
+        codec::encode(g, "keyed state").map(Some)
+    }
+    fn restore_group(
+        &mut self,
+        gi: usize,
+        kg: KeyGroup,
+        bytes: &[u8],
+        check_keys: Option<u32>,
+    ) -> Result<()> {
+        let map: HashMap<K, T> =
+            codec::decode(bytes, "keyed state").map_err(|e| Error::StateCorrupt {
+                key_group: Some(kg),
+                reason: format!("state '{}': {e}", self.name),
+            })?;
+        let Some(max_p) = check_keys else {
+            self.merge(gi, map);
+            return Ok(());
+        };
+        if let Some(stray) = map.keys().find(|k| key_group_for(*k, max_p) != kg) {
+            return Err(Error::StateCorrupt {
+                key_group: Some(kg),
+                reason: format!(
+                    "state '{}' holds a key of key group {} in the blob of group {kg}",
+                    self.name,
+                    key_group_for(stray, max_p)
+                ),
+            });
+        }
+        self.merge(gi, map);
+        Ok(())
+    }
+    fn clear(&mut self) {
+        for g in &mut self.groups {
+            g.clear();
+        }
+    }
+    fn clone_box(&self) -> Box<dyn ErasedTable<K>> {
+        Box::new(Table {
+            name: self.name.clone(),
+            kind: self.kind,
+            groups: self.groups.clone(),
+        })
+    }
+    fn entries(&self) -> usize {
+        self.groups.iter().map(|g| g.len()).sum()
+    }
+}
+
+struct Current<K> {
+    key: K,
+    gi: usize,
+}
+
+/// Restored bytes of a state nobody has registered yet: (group index, key group, kind, data).
+type Pending = Vec<(usize, KeyGroup, StateKind, Vec<u8>)>;
+
+static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The keyed state of one task. See the module documentation.
+pub struct KeyedStateBackend<K: StateKey> {
+    id: u64,
+    range: KeyGroupRange,
+    max_parallelism: u32,
+    tables: Vec<Box<dyn ErasedTable<K>>>,
+    by_name: HashMap<String, usize>,
+    current: Option<Current<K>>,
+    pending: HashMap<String, Pending>,
+}
+
+impl<K: StateKey> fmt::Debug for KeyedStateBackend<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedStateBackend")
+            .field("range", &self.range)
+            .field("max_parallelism", &self.max_parallelism)
+            .field("states", &self.by_name.keys().collect::<Vec<_>>())
+            .field("entries", &self.entries())
+            .finish()
+    }
+}
+
+/// A typed handle to a state registered on one backend. Handles are cheap to copy around
+/// and only work on the backend that made them.
+macro_rules! handle {
+    ($(#[$doc:meta])* $name:ident<$($p:ident),*> $(, $extra:ident: $ty:ty)?) => {
+        $(#[$doc])*
+        pub struct $name<$($p),*> {
+            backend: u64,
+            id: usize,
+            $($extra: $ty,)?
+            _types: PhantomData<fn() -> ($($p,)*)>,
+        }
+        impl<$($p),*> Clone for $name<$($p),*> {
+            fn clone(&self) -> Self {
+                $name { backend: self.backend, id: self.id, $($extra: self.$extra.clone(),)? _types: PhantomData }
+            }
+        }
+        impl<$($p),*> fmt::Debug for $name<$($p),*> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name)).field("id", &self.id).finish()
+            }
+        }
+    };
+}
+
+handle!(
+    /// A handle to a value state: one `V` per key.
+    ValueState<V>
+);
+handle!(
+    /// A handle to a list state: a `Vec<V>` per key.
+    ListState<V>
+);
+handle!(
+    /// A handle to a map state: a `HashMap<UK, UV>` per key.
+    MapState<UK, UV>
+);
+handle!(
+    /// A handle to a reducing state: one `V` per key, folded in place by a reduce function.
+    ReducingState<V>, reduce: Arc<dyn Fn(&mut V, V) + Send + Sync>
+);
+handle!(
+    /// A handle to an aggregating state: an accumulator per key, fed by an [`Aggregator`].
+    AggregatingState<A>, agg: Arc<A>
+);
+
+impl<K: StateKey> KeyedStateBackend<K> {
+    /// An empty backend for the key groups `range` of a vertex with `max_parallelism` groups.
+    pub fn new(range: KeyGroupRange, max_parallelism: u32) -> Result<KeyedStateBackend<K>> {
+        let all = KeyGroupRange::all(max_parallelism)?;
+        if range.start > range.end || range.end > all.end {
+            return Err(Error::Config(format!(
+                "key group range {range} is not within {all}"
+            )));
+        }
+        Ok(KeyedStateBackend {
+            id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
+            range,
+            max_parallelism,
+            tables: Vec::new(),
+            by_name: HashMap::new(),
+            current: None,
+            pending: HashMap::new(),
+        })
+    }
+
+    /// The key groups this backend owns.
+    pub fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    /// The number of key groups of the vertex.
+    pub fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    /// Sets the key that state handles read and write, and returns its key group.
+    pub fn set_current_key(&mut self, key: K) -> Result<KeyGroup> {
+        let kg = key_group_for(&key, self.max_parallelism);
+        if !self.range.contains(kg) {
+            return Err(Error::KeyGroupNotOwned {
+                key_group: kg,
+                range: self.range,
+            });
+        }
+        self.current = Some(Current {
+            key,
+            gi: usize::from(kg.0 - self.range.start),
+        });
+        Ok(kg)
+    }
+
+    /// The current key, if one is set.
+    pub fn current_key(&self) -> Option<&K> {
+        self.current.as_ref().map(|c| &c.key)
+    }
+
+    /// The number of (state, key) entries held.
+    pub fn entries(&self) -> usize {
+        self.tables.iter().map(|t| t.entries()).sum()
+    }
+
+    /// Registers (or finds) a value state named `name`.
+    pub fn value_state<V: StateValue>(&mut self, name: &str) -> Result<ValueState<V>> {
+        let id = self.register::<V>(name, StateKind::Value)?;
+        Ok(ValueState {
+            backend: self.id,
+            id,
+            _types: PhantomData,
+        })
+    }
+
+    /// Registers (or finds) a list state named `name`.
+    pub fn list_state<V: StateValue>(&mut self, name: &str) -> Result<ListState<V>> {
+        let id = self.register::<Vec<V>>(name, StateKind::List)?;
+        Ok(ListState {
+            backend: self.id,
+            id,
+            _types: PhantomData,
+        })
+    }
+
+    /// Registers (or finds) a map state named `name`.
+    pub fn map_state<UK: MapKey, UV: StateValue>(
+        &mut self,
+        name: &str,
+    ) -> Result<MapState<UK, UV>> {
+        let id = self.register::<HashMap<UK, UV>>(name, StateKind::Map)?;
+        Ok(MapState {
+            backend: self.id,
+            id,
+            _types: PhantomData,
+        })
+    }
+
+    /// Registers (or finds) a reducing state named `name`; `reduce(acc, value)` folds a new
+    /// value into the stored one in place.
+    pub fn reducing_state<V: StateValue>(
+        &mut self,
+        name: &str,
+        reduce: impl Fn(&mut V, V) + Send + Sync + 'static,
+    ) -> Result<ReducingState<V>> {
+        let id = self.register::<V>(name, StateKind::Reducing)?;
+        Ok(ReducingState {
+            backend: self.id,
+            id,
+            reduce: Arc::new(reduce),
+            _types: PhantomData,
+        })
+    }
+
+    /// Registers (or finds) an aggregating state named `name` driven by `agg`.
+    pub fn aggregating_state<A: Aggregator>(
+        &mut self,
+        name: &str,
+        agg: A,
+    ) -> Result<AggregatingState<A>> {
+        let id = self.register::<A::Acc>(name, StateKind::Aggregating)?;
+        Ok(AggregatingState {
+            backend: self.id,
+            id,
+            agg: Arc::new(agg),
+            _types: PhantomData,
+        })
+    }
+
+    fn register<T: StateValue>(&mut self, name: &str, kind: StateKind) -> Result<usize> {
+        let requested = || format!("{kind:?} of {}", std::any::type_name::<T>());
+        if let Some(&id) = self.by_name.get(name) {
+            let t = &self.tables[id];
+            let (tid, tname) = t.value_type();
+            if t.kind() != kind || tid != TypeId::of::<T>() {
+                return Err(Error::StateTypeMismatch {
+                    name: name.to_string(),
+                    existing: format!("{:?} of {tname}", t.kind()),
+                    requested: requested(),
+                });
+            }
+            return Ok(id);
+        }
+        let mut table: Table<K, T> = Table {
+            name: name.to_string(),
+            kind,
+            groups: (0..self.range.len()).map(|_| HashMap::new()).collect(),
+        };
+        if let Some(pending) = self.pending.get(name) {
+            for (gi, kg, stored_kind, data) in pending {
+                if *stored_kind != kind {
+                    return Err(Error::StateTypeMismatch {
+                        name: name.to_string(),
+                        existing: format!("{stored_kind:?} (in the restored snapshot)"),
+                        requested: requested(),
+                    });
+                }
+                table.restore_group(*gi, *kg, data, None)?;
+            }
+            self.pending.remove(name);
+        }
+        self.tables.push(Box::new(table));
+        self.by_name.insert(name.to_string(), self.tables.len() - 1);
+        Ok(self.tables.len() - 1)
+    }
+
+    fn check_handle(&self, backend: u64, id: usize) -> Result<()> {
+        if backend != self.id || id >= self.tables.len() {
+            return Err(Error::Config(
+                "a state handle was used on a backend other than the one that registered it".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn slot<T: StateValue>(&self, backend: u64, id: usize) -> Result<(&HashMap<K, T>, &K)> {
+        self.check_handle(backend, id)?;
+        let table = self.tables[id]
+            .as_any()
+            .downcast_ref::<Table<K, T>>()
+            .ok_or_else(|| Error::Config("state handle type does not match its state".into()))?;
+        let cur = self.current.as_ref().ok_or_else(|| Error::NoCurrentKey {
+            name: table.name.clone(),
+        })?;
+        Ok((&table.groups[cur.gi], &cur.key))
+    }
+
+    fn slot_mut<T: StateValue>(
+        &mut self,
+        backend: u64,
+        id: usize,
+    ) -> Result<(&mut HashMap<K, T>, &K)> {
+        self.check_handle(backend, id)?;
+        let table = self.tables[id]
+            .as_any_mut()
+            .downcast_mut::<Table<K, T>>()
+            .ok_or_else(|| Error::Config("state handle type does not match its state".into()))?;
+        let cur = self.current.as_ref().ok_or_else(|| Error::NoCurrentKey {
+            name: table.name.clone(),
+        })?;
+        Ok((&mut table.groups[cur.gi], &cur.key))
+    }
+
+    /// Clones every table so that the state can be encoded while the task goes on changing
+    /// it. Costs O(entries) time and one extra copy of the state in memory until the capture
+    /// is encoded and dropped.
+    pub fn capture(&self) -> KeyedStateCapture<K> {
+        KeyedStateCapture {
+            range: self.range,
+            max_parallelism: self.max_parallelism,
+            tables: self.tables.iter().map(|t| t.clone_box()).collect(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Captures and encodes in one step, on the calling thread.
+    pub fn snapshot(&self) -> Result<KeyedSnapshot> {
+        self.capture().encode()
+    }
+
+    /// Replaces all state with the key groups this backend owns found in `snapshots`. Blobs of
+    /// other groups are skipped; a group found twice, a checksum mismatch, a key in the wrong
+    /// group or a different max parallelism is an error, and leaves the backend empty.
+    pub fn restore<'a>(
+        &mut self,
+        snapshots: impl IntoIterator<Item = &'a KeyedSnapshot>,
+    ) -> Result<RestoreStats> {
+        let result = self.restore_inner(snapshots);
+        if result.is_err() {
+            self.clear();
+        }
+        result
+    }
+
+    /// Drops every entry of every state, and any restored bytes not yet registered.
+    pub fn clear(&mut self) {
+        for t in &mut self.tables {
+            t.clear();
+        }
+        self.pending.clear();
+        self.current = None;
+    }
+
+    fn restore_inner<'a>(
+        &mut self,
+        snapshots: impl IntoIterator<Item = &'a KeyedSnapshot>,
+    ) -> Result<RestoreStats> {
+        self.clear();
+        let mut stats = RestoreStats::default();
+        let mut seen = HashSet::new();
+        for snap in snapshots {
+            if snap.max_parallelism != self.max_parallelism {
+                return Err(Error::StateCorrupt {
+                    key_group: None,
+                    reason: format!(
+                        "the snapshot has {} key groups but the vertex has {}: max parallelism cannot change",
+                        snap.max_parallelism, self.max_parallelism
+                    ),
+                });
+            }
+            for blob in &snap.groups {
+                let kg = blob.key_group;
+                if !self.range.contains(kg) {
+                    stats.skipped_key_groups += 1;
+                    continue;
+                }
+                if !seen.insert(kg) {
+                    return Err(Error::StateCorrupt {
+                        key_group: Some(kg),
+                        reason: "key group found in more than one snapshot".into(),
+                    });
+                }
+                if crc32c::crc32c(&blob.bytes) != blob.crc32c {
+                    return Err(Error::StateCorrupt {
+                        key_group: Some(kg),
+                        reason: "blob checksum mismatch".into(),
+                    });
+                }
+                let entries: Vec<GroupEntry> = codec::decode(&blob.bytes, "key group blob")
+                    .map_err(|e| Error::StateCorrupt {
+                        key_group: Some(kg),
+                        reason: e.to_string(),
+                    })?;
+                let gi = usize::from(kg.0 - self.range.start);
+                for entry in entries {
+                    match self.by_name.get(&entry.name) {
+                        Some(&id) => {
+                            let table = &mut self.tables[id];
+                            if table.kind() != entry.kind {
+                                return Err(Error::StateTypeMismatch {
+                                    name: entry.name,
+                                    existing: format!("{:?}", table.kind()),
+                                    requested: format!(
+                                        "{:?} (in the restored snapshot)",
+                                        entry.kind
+                                    ),
+                                });
+                            }
+                            table.restore_group(gi, kg, &entry.data, Some(self.max_parallelism))?;
+                        }
+                        None => {
+                            check_keys::<K>(&entry.data, kg, self.max_parallelism, &entry.name)?;
+                            self.pending
+                                .entry(entry.name)
+                                .or_default()
+                                .push((gi, kg, entry.kind, entry.data));
+                        }
+                    }
+                }
+                stats.key_groups += 1;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// A clone of a backend's state taken by [`KeyedStateBackend::capture`], to be encoded off the
+/// task's thread.
+pub struct KeyedStateCapture<K> {
+    range: KeyGroupRange,
+    max_parallelism: u32,
+    tables: Vec<Box<dyn ErasedTable<K>>>,
+    pending: HashMap<String, Pending>,
+}
+
+impl<K> fmt::Debug for KeyedStateCapture<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedStateCapture")
+            .field("range", &self.range)
+            .field("states", &self.tables.len())
+            .finish()
+    }
+}
+
+impl<K: StateKey> KeyedStateCapture<K> {
+    /// Encodes the captured state as one checksummed blob per non-empty key group.
+    pub fn encode(&self) -> Result<KeyedSnapshot> {
+        let mut groups = Vec::new();
+        for gi in 0..self.range.len() {
+            let kg = KeyGroup(self.range.start + gi as u16);
+            let mut entries = Vec::new();
+            for t in &self.tables {
+                if let Some(data) = t.encode_group(gi)? {
+                    entries.push(GroupEntry {
+                        name: t.name().to_string(),
+                        kind: t.kind(),
+                        data,
+                    });
+                }
+            }
+            for (name, pending) in &self.pending {
+                for (pgi, _, kind, data) in pending {
+                    if *pgi == gi {
+                        entries.push(GroupEntry {
+                            name: name.clone(),
+                            kind: *kind,
+                            data: data.clone(),
+                        });
+                    }
+                }
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            let bytes = codec::encode(&entries, "key group blob")?;
+            groups.push(KeyGroupBlob {
+                key_group: kg,
+                crc32c: crc32c::crc32c(&bytes),
+                bytes,
+            });
+        }
+        Ok(KeyedSnapshot {
+            max_parallelism: self.max_parallelism,
+            range: self.range,
+            groups,
+        })
+    }
+}
+
+impl<V: StateValue> ValueState<V> {
+    /// The current key's value.
+    pub fn get<'a, K: StateKey>(&self, b: &'a KeyedStateBackend<K>) -> Result<Option<&'a V>> {
+        let (slot, key) = b.slot::<V>(self.backend, self.id)?;
+        Ok(slot.get(key))
+    }
+
+    /// The current key's value, mutably.
+    pub fn get_mut<'a, K: StateKey>(
+        &self,
+        b: &'a mut KeyedStateBackend<K>,
+    ) -> Result<Option<&'a mut V>> {
+        let (slot, key) = b.slot_mut::<V>(self.backend, self.id)?;
+        Ok(slot.get_mut(key))
+    }
+
+    /// The current key's value, inserting `init()` first if there is none.
+    pub fn get_or_insert_with<'a, K: StateKey>(
+        &self,
+        b: &'a mut KeyedStateBackend<K>,
+        init: impl FnOnce() -> V,
+    ) -> Result<&'a mut V> {
+        let (slot, key) = b.slot_mut::<V>(self.backend, self.id)?;
+        if !slot.contains_key(key) {
+            slot.insert(key.clone(), init());
+        }
+        slot.get_mut(key)
+            .ok_or_else(|| Error::Config("value vanished after insert".into()))
+    }
+
+    /// Sets the current key's value.
+    pub fn set<K: StateKey>(&self, b: &mut KeyedStateBackend<K>, value: V) -> Result<()> {
+        let (slot, key) = b.slot_mut::<V>(self.backend, self.id)?;
+        slot.insert(key.clone(), value);
+        Ok(())
+    }
+
+    /// Removes and returns the current key's value.
+    pub fn clear<K: StateKey>(&self, b: &mut KeyedStateBackend<K>) -> Result<Option<V>> {
+        let (slot, key) = b.slot_mut::<V>(self.backend, self.id)?;
+        Ok(slot.remove(key))
+    }
+}
+
+impl<V: StateValue> ListState<V> {
+    /// The current key's list (empty if it has none).
+    pub fn get<'a, K: StateKey>(&self, b: &'a KeyedStateBackend<K>) -> Result<&'a [V]> {
+        let (slot, key) = b.slot::<Vec<V>>(self.backend, self.id)?;
+        Ok(slot.get(key).map(|v| v.as_slice()).unwrap_or(&[]))
+    }
+
+    /// Appends to the current key's list.
+    pub fn add<K: StateKey>(&self, b: &mut KeyedStateBackend<K>, value: V) -> Result<()> {
+        let (slot, key) = b.slot_mut::<Vec<V>>(self.backend, self.id)?;
+        match slot.get_mut(key) {
+            Some(list) => list.push(value),
+            None => {
+                slot.insert(key.clone(), vec![value]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the current key's list (an empty list removes the key).
+    pub fn update<K: StateKey>(&self, b: &mut KeyedStateBackend<K>, values: Vec<V>) -> Result<()> {
+        let (slot, key) = b.slot_mut::<Vec<V>>(self.backend, self.id)?;
+        if values.is_empty() {
+            slot.remove(key);
+        } else {
+            slot.insert(key.clone(), values);
+        }
+        Ok(())
+    }
+
+    /// Removes and returns the current key's list.
+    pub fn clear<K: StateKey>(&self, b: &mut KeyedStateBackend<K>) -> Result<Vec<V>> {
+        let (slot, key) = b.slot_mut::<Vec<V>>(self.backend, self.id)?;
+        Ok(slot.remove(key).unwrap_or_default())
+    }
+}
+
+impl<UK: MapKey, UV: StateValue> MapState<UK, UV> {
+    /// The value under `user_key` in the current key's map.
+    pub fn get<'a, K: StateKey>(
+        &self,
+        b: &'a KeyedStateBackend<K>,
+        user_key: &UK,
+    ) -> Result<Option<&'a UV>> {
+        let (slot, key) = b.slot::<HashMap<UK, UV>>(self.backend, self.id)?;
+        Ok(slot.get(key).and_then(|m| m.get(user_key)))
+    }
+
+    /// Puts a value in the current key's map, returning the one it replaces.
+    pub fn put<K: StateKey>(
+        &self,
+        b: &mut KeyedStateBackend<K>,
+        user_key: UK,
+        value: UV,
+    ) -> Result<Option<UV>> {
+        let (slot, key) = b.slot_mut::<HashMap<UK, UV>>(self.backend, self.id)?;
+        match slot.get_mut(key) {
+            Some(m) => Ok(m.insert(user_key, value)),
+            None => {
+                slot.insert(key.clone(), HashMap::from([(user_key, value)]));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes a user key from the current key's map (an emptied map removes the key).
+    pub fn remove<K: StateKey>(
+        &self,
+        b: &mut KeyedStateBackend<K>,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
+        let (slot, key) = b.slot_mut::<HashMap<UK, UV>>(self.backend, self.id)?;
+        let Some(m) = slot.get_mut(key) else {
+            return Ok(None);
+        };
+        let old = m.remove(user_key);
+        if m.is_empty() {
+            slot.remove(key);
+        }
+        Ok(old)
+    }
+
+    /// The entries of the current key's map, in no particular order.
+    pub fn entries<'a, K: StateKey>(
+        &self,
+        b: &'a KeyedStateBackend<K>,
+    ) -> Result<impl Iterator<Item = (&'a UK, &'a UV)> + 'a> {
+        let (slot, key) = b.slot::<HashMap<UK, UV>>(self.backend, self.id)?;
+        Ok(slot.get(key).into_iter().flat_map(|m| m.iter()))
+    }
+
+    /// Removes the current key's whole map.
+    pub fn clear<K: StateKey>(&self, b: &mut KeyedStateBackend<K>) -> Result<()> {
+        let (slot, key) = b.slot_mut::<HashMap<UK, UV>>(self.backend, self.id)?;
+        slot.remove(key);
+        Ok(())
+    }
+}
+
+impl<V: StateValue> ReducingState<V> {
+    /// Folds `value` into the current key's value (or stores it, for a key with none).
+    pub fn add<K: StateKey>(&self, b: &mut KeyedStateBackend<K>, value: V) -> Result<()> {
+        let (slot, key) = b.slot_mut::<V>(self.backend, self.id)?;
+        match slot.get_mut(key) {
+            Some(acc) => (self.reduce)(acc, value),
+            None => {
+                slot.insert(key.clone(), value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current key's folded value.
+    pub fn get<'a, K: StateKey>(&self, b: &'a KeyedStateBackend<K>) -> Result<Option<&'a V>> {
+        let (slot, key) = b.slot::<V>(self.backend, self.id)?;
+        Ok(slot.get(key))
+    }
+
+    /// Removes and returns the current key's folded value.
+    pub fn clear<K: StateKey>(&self, b: &mut KeyedStateBackend<K>) -> Result<Option<V>> {
+        let (slot, key) = b.slot_mut::<V>(self.backend, self.id)?;
+        Ok(slot.remove(key))
+    }
+}
+
+impl<A: Aggregator> AggregatingState<A> {
+    /// Adds `value` to the current key's accumulator (created first if the key has none).
+    pub fn add<K: StateKey>(&self, b: &mut KeyedStateBackend<K>, value: A::In) -> Result<()> {
+        let (slot, key) = b.slot_mut::<A::Acc>(self.backend, self.id)?;
+        match slot.get_mut(key) {
+            Some(acc) => self.agg.add(acc, value),
+            None => {
+                let mut acc = self.agg.create_accumulator();
+                self.agg.add(&mut acc, value);
+                slot.insert(key.clone(), acc);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current key's result, if it has an accumulator.
+    pub fn get<K: StateKey>(&self, b: &KeyedStateBackend<K>) -> Result<Option<A::Out>> {
+        let (slot, key) = b.slot::<A::Acc>(self.backend, self.id)?;
+        Ok(slot.get(key).map(|acc| self.agg.result(acc)))
+    }
+
+    /// Removes the current key's accumulator.
+    pub fn clear<K: StateKey>(&self, b: &mut KeyedStateBackend<K>) -> Result<()> {
+        let (slot, key) = b.slot_mut::<A::Acc>(self.backend, self.id)?;
+        slot.remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(range: KeyGroupRange) -> KeyedStateBackend<String> {
+        KeyedStateBackend::new(range, 128).expect("backend")
+    }
+
+    #[test]
+    fn every_state_kind_is_scoped_to_the_current_key() {
+        let mut b = backend(KeyGroupRange::all(128).expect("range"));
+        let v = b.value_state::<u64>("v").expect("v");
+        let l = b.list_state::<u32>("l").expect("l");
+        let m = b.map_state::<String, i64>("m").expect("m");
+        let r = b.reducing_state::<u64>("r", |acc, x| *acc += x).expect("r");
+        struct Avg;
+        impl Aggregator for Avg {
+            type In = u64;
+            type Acc = (u64, u64);
+            type Out = f64;
+            fn create_accumulator(&self) -> (u64, u64) {
+                (0, 0)
+            }
+            fn add(&self, acc: &mut (u64, u64), x: u64) {
+                acc.0 += x;
+                acc.1 += 1;
+            }
+            fn result(&self, acc: &(u64, u64)) -> f64 {
+                acc.0 as f64 / acc.1 as f64
+            }
+        }
+        let a = b.aggregating_state("a", Avg).expect("a");
+        b.set_current_key("x".into()).expect("key");
+        v.set(&mut b, 5).expect("set");
+        l.add(&mut b, 1).expect("add");
+        l.add(&mut b, 2).expect("add");
+        m.put(&mut b, "k".into(), -1).expect("put");
+        r.add(&mut b, 3).expect("r");
+        r.add(&mut b, 4).expect("r");
+        a.add(&mut b, 2).expect("a");
+        a.add(&mut b, 4).expect("a");
+        b.set_current_key("y".into()).expect("key");
+        assert_eq!(v.get(&b).expect("get"), None);
+        assert!(l.get(&b).expect("get").is_empty());
+        assert_eq!(m.get(&b, &"k".into()).expect("get"), None);
+        b.set_current_key("x".into()).expect("key");
+        assert_eq!(v.get(&b).expect("get"), Some(&5));
+        assert_eq!(l.get(&b).expect("get"), &[1, 2]);
+        assert_eq!(m.get(&b, &"k".into()).expect("get"), Some(&-1));
+        assert_eq!(r.get(&b).expect("get"), Some(&7));
+        assert_eq!(a.get(&b).expect("get"), Some(3.0));
+    }
+
+    #[test]
+    fn registering_a_name_again_with_another_type_is_refused() {
+        let mut b = backend(KeyGroupRange::all(128).expect("range"));
+        b.value_state::<u64>("s").expect("first");
+        b.value_state::<u64>("s").expect("same type again is fine");
+        assert!(matches!(
+            b.value_state::<String>("s"),
+            Err(Error::StateTypeMismatch { .. })
+        ));
+        assert!(matches!(
+            b.list_state::<u64>("s"),
+            Err(Error::StateTypeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn access_without_a_current_key_or_with_a_foreign_key_is_an_error() {
+        let range = KeyGroupRange::for_task(0, 2, 128).expect("range");
+        let mut b = backend(range);
+        let v = b.value_state::<u64>("v").expect("v");
+        assert!(matches!(v.get(&b), Err(Error::NoCurrentKey { .. })));
+        let foreign = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| !range.contains(key_group_for(k, 128)))
+            .expect("some key lands in the other half");
+        assert!(matches!(
+            b.set_current_key(foreign),
+            Err(Error::KeyGroupNotOwned { .. })
+        ));
+        let mut other = backend(range);
+        let _ = other.value_state::<u64>("v").expect("v");
+        assert!(
+            v.get(&other).is_err(),
+            "a handle of another backend is refused"
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! The state operators own: key groups, keyed state, operator state, and their snapshots.
+//!
+//! - [`key_group`](self::key_group_for): stable key hashing and the key-group ranges tasks own.
+//! - [`KeyedStateBackend`]: per-key state stored by key group, with typed handles
+//!   ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`], [`AggregatingState`]).
+//! - [`OperatorStateBackend`]: per-task list state (split or union on rescale) and broadcast
+//!   state.
+//! - [`TaskSnapshot`]: everything one task stores in a checkpoint, as bytes.
+//!
+//! **Invariant:** a task only ever holds keys of the key groups it owns; restore checks every
+//! key's group, every blob's checksum, and treats the bytes as untrusted input (bounded by the
+//! storage layer's size limits before they get here; errors, never panics).
+
+mod key_group;
+mod keyed;
+mod operator;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::log::codec;
+
+pub use key_group::{
+    key_group_for, stable_hash, task_for_key_group, KeyGroup, KeyGroupRange, StableHash,
+    StableHasher, DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM,
+};
+pub use keyed::{
+    AggregatingState, Aggregator, KeyGroupBlob, KeyedSnapshot, KeyedStateBackend,
+    KeyedStateCapture, ListState, MapKey, MapState, ReducingState, RestoreStats, StateKey,
+    StateKind, StateValue, ValueState,
+};
+pub use operator::{
+    redistribute, BroadcastSnapshot, BroadcastState, ListSnapshot, OperatorListState,
+    OperatorSnapshot, OperatorStateBackend, Redistribution,
+};
+
+/// Everything one task stores in a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSnapshot {
+    /// Keyed state, for a task of a keyed vertex.
+    pub keyed: Option<KeyedSnapshot>,
+    /// Operator state.
+    pub operator: OperatorSnapshot,
+}
+
+impl TaskSnapshot {
+    /// Encodes the snapshot (MessagePack).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        codec::encode(self, "task snapshot")
+    }
+
+    /// Decodes a snapshot. The caller bounds the input's size (checkpoint storage does).
+    pub fn from_bytes(bytes: &[u8]) -> Result<TaskSnapshot> {
+        codec::decode(bytes, "task snapshot")
+    }
+}

@@ -1,0 +1,232 @@
+//! Crash-consistent file primitives: the one place where the rules for durable writes live.
+//!
+//! Everything that must survive a crash is written through [`write_atomic`] (write a temp file
+//! in the same directory, fsync it, rename it over the target, fsync the directory) and wrapped
+//! in a checksummed [envelope](encode_envelope), so a reader can tell a complete file from a
+//! torn or corrupted one and never decodes bad bytes. Names that reach the file system are
+//! checked by [`validate_name`].
+//!
+//! Media assumptions (the same as most embedded stores): a `rename` within one directory is
+//! atomic, an `fsync` that returns success means the file's bytes are durable, and an `fsync`
+//! of a directory makes the entries created or renamed in it durable. A write that was not
+//! followed by a successful fsync may be lost, torn, or reordered with other unsynced writes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Size of the envelope header: magic (8) + payload length (8) + CRC32C (4).
+pub(crate) const ENVELOPE_HEADER: usize = 20;
+
+/// Wraps `payload` in a checksummed envelope: an 8-byte magic naming the file kind, the payload
+/// length (u64, little endian), a CRC32C over the length and the payload, then the payload.
+pub(crate) fn encode_envelope(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENVELOPE_HEADER + payload.len());
+    let len = (payload.len() as u64).to_le_bytes();
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&len), payload);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks an envelope made by [`encode_envelope`] and returns its payload, or a sentence saying
+/// what is wrong. A length field above `max_payload` is refused before anything is trusted.
+pub(crate) fn decode_envelope<'a>(
+    magic: &[u8; 8],
+    bytes: &'a [u8],
+    max_payload: u64,
+) -> std::result::Result<&'a [u8], String> {
+    if bytes.len() < ENVELOPE_HEADER {
+        return Err(format!(
+            "file is {} bytes, shorter than its {ENVELOPE_HEADER}-byte header",
+            bytes.len()
+        ));
+    }
+    if &bytes[..8] != magic {
+        return Err("wrong magic bytes: not a file of this kind".to_string());
+    }
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&bytes[8..16]);
+    let len = u64::from_le_bytes(len_bytes);
+    if len > max_payload {
+        return Err(format!(
+            "payload length {len} exceeds the limit of {max_payload} bytes"
+        ));
+    }
+    let body = &bytes[ENVELOPE_HEADER..];
+    if body.len() as u64 != len {
+        return Err(format!(
+            "payload is {} bytes but the header says {len} (truncated or extended)",
+            body.len()
+        ));
+    }
+    let mut crc_bytes = [0u8; 4];
+    crc_bytes.copy_from_slice(&bytes[16..20]);
+    let expected = u32::from_le_bytes(crc_bytes);
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), body);
+    if expected != actual {
+        return Err(format!(
+            "checksum mismatch (stored {expected:#010x}, computed {actual:#010x})"
+        ));
+    }
+    Ok(body)
+}
+
+/// Replaces `path` with `bytes` so that after a crash the file holds either its old content or
+/// the new one, never a mix: write `path.tmp`, fsync it, rename it over `path`, fsync the
+/// directory. Returns only once the new content is durable.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Config(format!("{} has no parent directory", path.display())))?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create temp file", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("write temp file", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| Error::io("fsync temp file", &tmp, e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename temp file over", path, e))?;
+    sync_dir(dir)
+}
+
+/// Makes the directory entries of `dir` (files created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    d.sync_all()
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Creates `dir` and any missing parents, then makes the new entries durable by syncing the
+/// parent directory.
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Reads a whole file, refusing files larger than `max_bytes` before reading them.
+pub(crate) fn read_bounded(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<std::result::Result<Vec<u8>, String>> {
+    let meta = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    if meta.len() > max_bytes {
+        return Ok(Err(format!(
+            "file is {} bytes, above the limit of {max_bytes}",
+            meta.len()
+        )));
+    }
+    let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    Ok(Ok(bytes))
+}
+
+/// The longest name accepted by [`validate_name`].
+pub(crate) const MAX_NAME_LEN: usize = 128;
+
+/// Checks that a name given by a user can be used as one path component: 1 to 128 characters
+/// from `[A-Za-z0-9._-]`, not starting with a dot (so not `.`, `..` or a hidden file). This
+/// rules out path traversal, absolute paths, separators and NUL bytes.
+pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
+    let refuse = |reason| {
+        Err(Error::InvalidName {
+            kind,
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return refuse("it is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return refuse("it is longer than 128 bytes");
+    }
+    if name.starts_with('.') {
+        return refuse("it starts with a dot");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return refuse("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_detects_every_truncation_and_flip() {
+        let payload = b"hello checkpoint".to_vec();
+        let bytes = encode_envelope(b"TESTFILE", &payload);
+        assert_eq!(
+            decode_envelope(b"TESTFILE", &bytes, 1024).expect("valid"),
+            &payload[..]
+        );
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_envelope(b"TESTFILE", &bytes[..cut], 1024).is_err(),
+                "cut {cut}"
+            );
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(decode_envelope(b"TESTFILE", &b, 1024).is_err(), "flip {i}");
+        }
+    }
+
+    #[test]
+    fn envelope_refuses_lengths_above_the_limit() {
+        let bytes = encode_envelope(b"TESTFILE", &[0u8; 100]);
+        let err = decode_envelope(b"TESTFILE", &bytes, 99).expect_err("too big");
+        assert!(err.contains("exceeds"), "{err}");
+    }
+
+    #[test]
+    fn names_that_could_escape_a_directory_are_refused() {
+        for bad in [
+            "", ".", "..", "../x", "a/b", "/abs", "a\\b", "a\0b", ".hidden", "é",
+        ] {
+            assert!(validate_name("job", bad).is_err(), "{bad:?} accepted");
+        }
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        assert!(validate_name("job", &long).is_err());
+        for good in ["job", "word-count_2", "v1.0", "A9"] {
+            validate_name("job", good).expect("valid name");
+        }
+    }
+
+    #[test]
+    fn write_atomic_replaces_content_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        write_atomic(&p, b"one").expect("write");
+        write_atomic(&p, b"two").expect("rewrite");
+        assert_eq!(fs::read(&p).expect("read"), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+}

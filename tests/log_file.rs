@@ -1,0 +1,374 @@
+//! The public contract of `FileLog`: round trips, torn tails, corruption, retention, limits.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use snapflow::{Error, FileLog, FileLogOptions, LogOffset, PartitionId, ReplayableLog, SyncPolicy};
+
+const P0: PartitionId = PartitionId(0);
+
+fn opts(partitions: u32) -> FileLogOptions {
+    FileLogOptions {
+        partitions,
+        segment_bytes: 2048,
+        index_interval_bytes: 256,
+        sync: SyncPolicy::EveryAppend,
+        ..FileLogOptions::default()
+    }
+}
+
+fn payload(p: u32, i: u64) -> Vec<u8> {
+    let len = (i * 37 % 150) as usize;
+    (0..len)
+        .map(|j| (i as usize + j + p as usize) as u8)
+        .collect()
+}
+
+fn read_all(log: &FileLog, p: PartitionId) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = log.start_offset(p).expect("start");
+    loop {
+        let batch = log.read(p, at, 7).expect("read");
+        if batch.is_empty() {
+            return out;
+        }
+        let mut expect = at;
+        for (o, bytes) in batch.iter() {
+            assert_eq!(o, expect, "offsets are consecutive");
+            expect = expect.next();
+            out.push(bytes.to_vec());
+        }
+        at = batch.next_offset();
+    }
+}
+
+fn segment_files(dir: &Path, p: u32) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir.join(format!("p-{p:05}")))
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for e in fs::read_dir(from).expect("list") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn log_round_trip_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 300u64;
+    {
+        let log = FileLog::open(dir.path(), opts(3)).expect("open");
+        for i in 0..n {
+            let p = (i % 3) as u32;
+            let off = log.append(PartitionId(p), &payload(p, i)).expect("append");
+            assert_eq!(off.0, i / 3);
+        }
+    }
+    assert!(
+        segment_files(dir.path(), 0).len() > 1,
+        "the test must roll segments"
+    );
+    let log = FileLog::open(dir.path(), opts(3)).expect("reopen");
+    for p in 0..3u32 {
+        let expected: Vec<Vec<u8>> = (0..n)
+            .filter(|i| i % 3 == u64::from(p))
+            .map(|i| payload(p, i))
+            .collect();
+        assert_eq!(read_all(&log, PartitionId(p)), expected, "partition {p}");
+        assert_eq!(
+            log.end_offset(PartitionId(p)).expect("end").0,
+            expected.len() as u64
+        );
+    }
+    // Reading from any offset gives the same bytes, as often as asked.
+    for from in [0u64, 1, 17, 55, 99] {
+        let a = log.read(P0, LogOffset(from), 3).expect("read");
+        let b = log.read(P0, LogOffset(from), 3).expect("read again");
+        assert_eq!(a, b);
+        assert_eq!(a.base_offset().0, from);
+        assert_eq!(a.get(0).expect("record"), &payload(0, from * 3)[..]);
+    }
+    let next = log.append(P0, b"after reopen").expect("append");
+    assert_eq!(next.0, 100);
+}
+
+#[test]
+fn torn_write_at_every_cut_point_of_the_last_record_keeps_earlier_records() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let records: Vec<Vec<u8>> = (0..20u64).map(|i| payload(0, i + 3)).collect();
+    let before_last;
+    // Several segments, with the last record alone at the start of the active one.
+    let o = FileLogOptions {
+        segment_bytes: 512,
+        ..opts(1)
+    };
+    {
+        let log = FileLog::open(src.path(), o.clone()).expect("open");
+        for r in &records[..19] {
+            log.append(P0, r).expect("append");
+        }
+        let segs = segment_files(src.path(), 0);
+        let len_before = fs::metadata(segs.last().expect("segment"))
+            .expect("stat")
+            .len();
+        log.append(P0, &records[19]).expect("append last");
+        // The last record either extended the active segment or started a new one.
+        before_last = if segment_files(src.path(), 0).len() == segs.len() {
+            len_before
+        } else {
+            16
+        };
+    }
+    assert!(
+        segment_files(src.path(), 0).len() > 2,
+        "the test must span several segments"
+    );
+    let seg = segment_files(src.path(), 0)
+        .last()
+        .expect("segment")
+        .clone();
+    let full = fs::metadata(&seg).expect("stat").len();
+    assert!(
+        full > before_last + 16,
+        "the last record must be in the active segment"
+    );
+    for cut in before_last..full {
+        let work = tempfile::tempdir().expect("tempdir");
+        copy_dir(src.path(), work.path());
+        let seg_copy = work
+            .path()
+            .join(seg.strip_prefix(src.path()).expect("relative"));
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&seg_copy)
+            .expect("open copy");
+        f.set_len(cut).expect("truncate");
+        drop(f);
+        let log =
+            FileLog::open(work.path(), o.clone()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        assert_eq!(log.end_offset(P0).expect("end").0, 19, "cut {cut}");
+        assert_eq!(read_all(&log, P0), records[..19].to_vec(), "cut {cut}");
+        assert_eq!(log.append(P0, b"next").expect("append").0, 19, "cut {cut}");
+        drop(log);
+        let log = FileLog::open(work.path(), o.clone()).expect("reopen");
+        let mut expected = records[..19].to_vec();
+        expected.push(b"next".to_vec());
+        assert_eq!(read_all(&log, P0), expected, "cut {cut} after reopen");
+    }
+}
+
+/// Writes 12 records of 40 bytes into one segment and returns the byte position of each frame.
+fn write_twelve(dir: &Path, index_interval_bytes: u32) -> (PathBuf, Vec<u64>) {
+    let o = FileLogOptions {
+        index_interval_bytes,
+        segment_bytes: 1 << 20,
+        ..opts(1)
+    };
+    let log = FileLog::open(dir, o).expect("open");
+    for i in 0..12u8 {
+        log.append(P0, &[i; 40]).expect("append");
+    }
+    drop(log);
+    let seg = segment_files(dir, 0)[0].clone();
+    let positions = (0..12u64).map(|i| 16 + i * 56).collect();
+    (seg, positions)
+}
+
+#[test]
+fn a_flipped_byte_in_a_middle_record_of_the_tail_fails_open_with_its_offset() {
+    // Index interval larger than the data: open scans every record.
+    let src = tempfile::tempdir().expect("tempdir");
+    let (seg, pos) = write_twelve(src.path(), 1 << 20);
+    for byte in 0..56u64 {
+        let work = tempfile::tempdir().expect("tempdir");
+        copy_dir(src.path(), work.path());
+        let target = work.path().join(seg.strip_prefix(src.path()).expect("rel"));
+        let mut bytes = fs::read(&target).expect("read");
+        bytes[(pos[5] + byte) as usize] ^= 0x40;
+        fs::write(&target, &bytes).expect("write");
+        let o = FileLogOptions {
+            index_interval_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+            ..opts(1)
+        };
+        match FileLog::open(work.path(), o) {
+            Err(Error::LogCorrupt {
+                partition, offset, ..
+            }) => {
+                assert_eq!((partition, offset), (P0, LogOffset(5)), "byte {byte}");
+            }
+            other => panic!("flip at byte {byte} of record 5 gave {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_an_indexed_record_is_reported_on_read_with_its_offset() {
+    // A small index interval: open starts its scan after record 5, so the read finds it.
+    let src = tempfile::tempdir().expect("tempdir");
+    let (seg, pos) = write_twelve(src.path(), 100);
+    let mut bytes = fs::read(&seg).expect("read");
+    bytes[(pos[5] + 20) as usize] ^= 0x01;
+    fs::write(&seg, &bytes).expect("write");
+    let o = FileLogOptions {
+        index_interval_bytes: 100,
+        segment_bytes: 1 << 20,
+        ..opts(1)
+    };
+    let log = FileLog::open(src.path(), o).expect("open reads only the tail");
+    match log.read(P0, LogOffset(0), 100) {
+        Err(Error::LogCorrupt { offset, .. }) => assert_eq!(offset, LogOffset(5)),
+        other => panic!("read over the flipped record gave {other:?}"),
+    }
+    let first = log
+        .read(P0, LogOffset(0), 5)
+        .expect("records before it read fine");
+    assert_eq!(first.len(), 5);
+    let after = log
+        .read(P0, LogOffset(6), 100)
+        .expect("records after it read fine");
+    assert_eq!(after.len(), 6);
+}
+
+#[test]
+fn a_corrupt_record_in_a_sealed_segment_is_reported_on_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FileLog::open(dir.path(), opts(1)).expect("open");
+        for i in 0..100u64 {
+            log.append(P0, &payload(0, i)).expect("append");
+        }
+    }
+    let first = segment_files(dir.path(), 0)[0].clone();
+    let mut bytes = fs::read(&first).expect("read");
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0xff;
+    fs::write(&first, &bytes).expect("write");
+    let log = FileLog::open(dir.path(), opts(1)).expect("sealed segments are not scanned on open");
+    let mut at = LogOffset(0);
+    let err = loop {
+        match log.read(P0, at, 1) {
+            Ok(b) if b.is_empty() => panic!("the corrupt record was never reported"),
+            Ok(b) => at = b.next_offset(),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(err, Error::LogCorrupt { offset, .. } if offset == at),
+        "{err}"
+    );
+}
+
+#[test]
+fn records_above_the_size_limit_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = FileLogOptions {
+        max_record_bytes: 100,
+        ..opts(1)
+    };
+    let log = FileLog::open(dir.path(), o).expect("open");
+    let ok = vec![1u8; 100];
+    let big = vec![1u8; 101];
+    assert!(matches!(
+        log.append_batch(P0, &[&ok, &big]),
+        Err(Error::RecordTooLarge {
+            len: 101,
+            max: 100,
+            ..
+        })
+    ));
+    assert_eq!(log.end_offset(P0).expect("end").0, 0, "all or nothing");
+    log.append(P0, &ok).expect("a record at the limit is fine");
+}
+
+#[test]
+fn retention_drops_whole_segments_below_the_offset_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FileLog::open(dir.path(), opts(1)).expect("open");
+    for i in 0..200u64 {
+        log.append(P0, &payload(0, i)).expect("append");
+    }
+    let segs_before = segment_files(dir.path(), 0).len();
+    let start = log.truncate_before(P0, LogOffset(120)).expect("truncate");
+    assert!(start.0 <= 120 && start.0 > 0, "start {start}");
+    assert!(segment_files(dir.path(), 0).len() < segs_before);
+    let batch = log.read(P0, LogOffset(120), 1).expect("offset 120 is kept");
+    assert_eq!(batch.get(0).expect("record"), &payload(0, 120)[..]);
+    assert!(matches!(
+        log.read(P0, LogOffset(start.0 - 1), 1),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    drop(log);
+    let log = FileLog::open(dir.path(), opts(1)).expect("reopen");
+    assert_eq!(log.start_offset(P0).expect("start"), start);
+    assert_eq!(log.end_offset(P0).expect("end").0, 200);
+}
+
+#[test]
+fn reopening_with_another_partition_count_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(FileLog::open(dir.path(), opts(2)).expect("open"));
+    assert!(matches!(
+        FileLog::open(dir.path(), opts(3)),
+        Err(Error::Config(_))
+    ));
+    let log = FileLog::open(dir.path(), opts(2)).expect("same count");
+    assert!(matches!(
+        log.append(PartitionId(2), b"x"),
+        Err(Error::UnknownPartition { partitions: 2, .. })
+    ));
+}
+
+#[test]
+fn a_missing_index_is_rebuilt_and_reads_still_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FileLog::open(dir.path(), opts(1)).expect("open");
+        for i in 0..200u64 {
+            log.append(P0, &payload(0, i)).expect("append");
+        }
+    }
+    for e in fs::read_dir(dir.path().join("p-00000")).expect("list") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "idx") {
+            fs::remove_file(p).expect("remove index");
+        }
+    }
+    let log = FileLog::open(dir.path(), opts(1)).expect("reopen");
+    let expected: Vec<Vec<u8>> = (0..200u64).map(|i| payload(0, i)).collect();
+    assert_eq!(read_all(&log, P0), expected);
+}
+
+#[test]
+fn interval_sync_policy_round_trips_and_syncs_on_drop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = FileLogOptions {
+        sync: SyncPolicy::Interval {
+            every: std::time::Duration::from_secs(3600),
+            max_records: 1_000_000,
+        },
+        ..opts(1)
+    };
+    {
+        let log = FileLog::open(dir.path(), o.clone()).expect("open");
+        let recs: Vec<Vec<u8>> = (0..50u64).map(|i| payload(0, i)).collect();
+        let slices: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+        let range = log.append_batch(P0, &slices).expect("append");
+        assert_eq!((range.start.0, range.end.0), (0, 50));
+    }
+    let log = FileLog::open(dir.path(), o).expect("reopen");
+    assert_eq!(log.end_offset(P0).expect("end").0, 50);
+}

@@ -1,0 +1,240 @@
+//! Keyed state: stable key groups, snapshots by key group, restore of any subset.
+
+use std::collections::{BTreeMap, HashMap};
+
+use snapflow::state::{
+    key_group_for, stable_hash, KeyGroupRange, KeyedSnapshot, KeyedStateBackend, StableHash,
+    StableHasher, TaskSnapshot, DEFAULT_MAX_PARALLELISM,
+};
+use snapflow::Error;
+
+const G: u32 = DEFAULT_MAX_PARALLELISM;
+
+#[test]
+fn stable_key_group_values_are_pinned() {
+    // These values are part of the on-disk contract: a change would move restored state to
+    // the wrong tasks. Never update them without a migration.
+    assert_eq!(stable_hash(&0u64), 0x7969_2586_f1c3_1436);
+    assert_eq!(stable_hash(&42u64), 0x8802_126c_dea0_f6fa);
+    assert_eq!(stable_hash("apple"), 0x84a9_d810_9211_8f7c);
+    assert_eq!(stable_hash(&("user", 7u32)), 0xbb7a_66e1_f3f9_da29);
+    let groups: Vec<u16> = ["", "a", "apple", "the", "snapflow"]
+        .iter()
+        .map(|k| key_group_for(*k, G).0)
+        .collect();
+    assert_eq!(groups, vec![54, 87, 124, 126, 103]);
+    let ints: Vec<u16> = (0u64..8).map(|k| key_group_for(&k, G).0).collect();
+    assert_eq!(ints, vec![54, 48, 46, 123, 99, 27, 47, 14]);
+}
+
+#[test]
+fn stable_hash_does_not_depend_on_the_integer_width_or_the_container() {
+    assert_eq!(stable_hash(&7usize), stable_hash(&7u64));
+    assert_eq!(stable_hash(&7u8), stable_hash(&7u64));
+    assert_eq!(stable_hash(&-7isize), stable_hash(&-7i64));
+    assert_eq!(stable_hash(&String::from("x")), stable_hash("x"));
+    assert_ne!(
+        stable_hash(&("ab", "c")),
+        stable_hash(&("a", "bc")),
+        "lengths are hashed"
+    );
+    struct UserKey {
+        tenant: u32,
+        name: String,
+    }
+    impl StableHash for UserKey {
+        fn stable_hash(&self, h: &mut StableHasher) {
+            self.tenant.stable_hash(h);
+            self.name.stable_hash(h);
+        }
+    }
+    let k = UserKey {
+        tenant: 1,
+        name: "n".into(),
+    };
+    assert_eq!(stable_hash(&k), stable_hash(&(1u32, "n")));
+}
+
+/// Fills a backend covering every key group with value, list and map state for `n` keys.
+fn filled(n: u64) -> (KeyedStateBackend<String>, KeyedSnapshot) {
+    let mut b = KeyedStateBackend::<String>::new(KeyGroupRange::all(G).expect("range"), G)
+        .expect("backend");
+    let v = b.value_state::<u64>("count").expect("value");
+    let l = b.list_state::<u64>("seen").expect("list");
+    let m = b.map_state::<u8, String>("tags").expect("map");
+    for i in 0..n {
+        b.set_current_key(format!("key-{i}")).expect("key");
+        v.set(&mut b, i * 10).expect("set");
+        l.add(&mut b, i).expect("add");
+        l.add(&mut b, i + 1).expect("add");
+        if i % 3 == 0 {
+            m.put(&mut b, (i % 7) as u8, format!("t{i}")).expect("put");
+        }
+    }
+    let snap = b.snapshot().expect("snapshot");
+    (b, snap)
+}
+
+/// Every (key, count) pair visible in `b` among the first `n` keys.
+fn counts(b: &mut KeyedStateBackend<String>, n: u64) -> BTreeMap<String, u64> {
+    let v = b.value_state::<u64>("count").expect("value");
+    let range = b.key_group_range();
+    let mut out = BTreeMap::new();
+    for i in 0..n {
+        let key = format!("key-{i}");
+        if !range.contains(key_group_for(&key, G)) {
+            continue;
+        }
+        b.set_current_key(key.clone()).expect("key");
+        if let Some(c) = v.get(b).expect("get") {
+            out.insert(key, *c);
+        }
+    }
+    out
+}
+
+#[test]
+fn keyed_state_restore_of_a_subset_of_key_groups_gives_exactly_those_keys() {
+    let n = 5_000;
+    let (_, snap) = filled(n);
+    let bytes = TaskSnapshot {
+        keyed: Some(snap),
+        operator: Default::default(),
+    }
+    .to_bytes()
+    .expect("encode");
+    let snap = TaskSnapshot::from_bytes(&bytes)
+        .expect("decode")
+        .keyed
+        .expect("keyed");
+    let mut union = BTreeMap::new();
+    for i in 0..3 {
+        let range = KeyGroupRange::for_task(i, 3, G).expect("range");
+        let mut b = KeyedStateBackend::<String>::new(range, G).expect("backend");
+        let stats = b.restore([&snap]).expect("restore");
+        assert_eq!(stats.key_groups, range.len());
+        let got = counts(&mut b, n);
+        let expected: BTreeMap<String, u64> = (0..n)
+            .map(|i| (format!("key-{i}"), i * 10))
+            .filter(|(k, _)| range.contains(key_group_for(k, G)))
+            .collect();
+        assert_eq!(got, expected, "task {i}");
+        // Lists and maps came back too.
+        let l = b.list_state::<u64>("seen").expect("list");
+        let m = b.map_state::<u8, String>("tags").expect("map");
+        let with_tags = expected.values().filter(|c| (*c / 10) % 3 == 0).count();
+        assert_eq!(
+            b.entries(),
+            expected.len() * 2 + with_tags,
+            "value + list + map entries of exactly the owned keys"
+        );
+        for (k, c) in &expected {
+            let i = c / 10;
+            b.set_current_key(k.clone()).expect("key");
+            assert_eq!(l.get(&b).expect("list"), &[i, i + 1]);
+            let tag = m.get(&b, &((i % 7) as u8)).expect("map").cloned();
+            assert_eq!(tag, (i % 3 == 0).then(|| format!("t{i}")));
+        }
+        union.extend(got);
+    }
+    assert_eq!(
+        union.len() as u64,
+        n,
+        "the three tasks together hold every key once"
+    );
+}
+
+#[test]
+fn rescaling_from_three_tasks_to_two_restores_every_key_once() {
+    let n = 3_000;
+    let (_, all) = filled(n);
+    // Split the state over 3 tasks, snapshot each, then restore at parallelism 2.
+    let mut old = Vec::new();
+    for i in 0..3 {
+        let mut b =
+            KeyedStateBackend::<String>::new(KeyGroupRange::for_task(i, 3, G).expect("r"), G)
+                .expect("b");
+        b.restore([&all]).expect("restore");
+        old.push(b.snapshot().expect("snapshot"));
+    }
+    let mut seen = HashMap::new();
+    for j in 0..2 {
+        let mut b =
+            KeyedStateBackend::<String>::new(KeyGroupRange::for_task(j, 2, G).expect("r"), G)
+                .expect("b");
+        b.restore(old.iter()).expect("restore from three snapshots");
+        for (k, c) in counts(&mut b, n) {
+            assert!(seen.insert(k, c).is_none(), "a key restored twice");
+        }
+    }
+    assert_eq!(seen.len() as u64, n);
+    assert!(seen.iter().all(|(k, c)| format!("key-{}", c / 10) == *k));
+}
+
+#[test]
+fn state_registered_after_restore_gets_its_data_and_unregistered_state_is_carried_over() {
+    let (_, snap) = filled(100);
+    let range = KeyGroupRange::all(G).expect("range");
+    let mut b = KeyedStateBackend::<String>::new(range, G).expect("backend");
+    b.restore([&snap]).expect("restore");
+    // Only "count" is registered before the next snapshot: "seen" and "tags" must survive.
+    let v = b.value_state::<u64>("count").expect("value");
+    b.set_current_key("key-5".into()).expect("key");
+    v.set(&mut b, 999).expect("set");
+    let second = b.snapshot().expect("snapshot");
+    let mut c = KeyedStateBackend::<String>::new(range, G).expect("backend");
+    c.restore([&second]).expect("restore");
+    let l = c.list_state::<u64>("seen").expect("list");
+    let v = c.value_state::<u64>("count").expect("value");
+    c.set_current_key("key-5".into()).expect("key");
+    assert_eq!(l.get(&c).expect("list"), &[5, 6]);
+    assert_eq!(v.get(&c).expect("value"), Some(&999));
+}
+
+#[test]
+fn a_corrupt_or_mismatched_snapshot_is_an_error_and_leaves_the_backend_empty() {
+    let (_, snap) = filled(200);
+    let range = KeyGroupRange::all(G).expect("range");
+
+    let mut flipped = snap.clone();
+    flipped.groups[3].bytes[5] ^= 0x10;
+    let mut b = KeyedStateBackend::<String>::new(range, G).expect("backend");
+    let err = b.restore([&flipped]).expect_err("checksum");
+    assert!(
+        matches!(
+            err,
+            Error::StateCorrupt {
+                key_group: Some(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(b.entries(), 0);
+
+    // A blob whose checksum matches but whose keys belong to another group.
+    let mut moved = snap.clone();
+    let other = moved.groups[1].key_group;
+    moved.groups[0].key_group = other;
+    moved.groups.remove(1);
+    let err = b.restore([&moved]).expect_err("stray keys");
+    assert!(err.to_string().contains("key group"), "{err}");
+
+    let err = b.restore([&snap, &snap]).expect_err("duplicate groups");
+    assert!(err.to_string().contains("more than one"), "{err}");
+
+    let mut other_g =
+        KeyedStateBackend::<String>::new(KeyGroupRange::all(64).expect("r"), 64).expect("b");
+    assert!(
+        other_g.restore([&snap]).is_err(),
+        "max parallelism cannot change"
+    );
+
+    // Type confusion: the snapshot's "count" is a u64 value state.
+    let mut typed = KeyedStateBackend::<String>::new(range, G).expect("backend");
+    typed.restore([&snap]).expect("restore");
+    assert!(typed.value_state::<String>("count").is_err());
+
+    // Garbage bytes never panic.
+    assert!(TaskSnapshot::from_bytes(&[0xde, 0xad, 0xbe, 0xef]).is_err());
+}
