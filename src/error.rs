@@ -202,6 +202,32 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// User code panicked; the panic was contained in its task.
+    #[error("panic in user code: {message}")]
+    Panic {
+        /// The panic message.
+        message: String,
+    },
+
+    /// A task actor stopped without being asked to (killed, its arbiter gone).
+    #[error("task stopped unexpectedly: {reason}")]
+    TaskStopped {
+        /// How it ended.
+        reason: String,
+    },
+
+    /// The job graph is not valid.
+    #[error("invalid job graph: {0}")]
+    InvalidGraph(String),
+
+    /// The job was cancelled.
+    #[error("the job was cancelled")]
+    Cancelled,
+
+    /// A broken internal invariant: a bug in snapflow.
+    #[error("internal error (a bug in snapflow): {0}")]
+    Internal(String),
+
     /// An actor that was asked to do something is gone (its mailbox closed).
     #[error("actor {actor} is not running: {reason}")]
     ActorGone {
@@ -232,6 +258,10 @@ impl Error {
             | Error::Poisoned { .. }
             | Error::ActorGone { .. } => ErrorClass::Restart,
             Error::Codec { .. } => ErrorClass::Restart,
+            Error::Panic { .. } | Error::TaskStopped { .. } | Error::Internal(_) => {
+                ErrorClass::Restart
+            }
+            Error::InvalidGraph(_) | Error::Cancelled => ErrorClass::Fatal,
             Error::RecordTooLarge { .. }
             | Error::OffsetOutOfRange { .. }
             | Error::UnknownPartition { .. }

@@ -42,6 +42,8 @@
 pub mod checkpoint;
 mod error;
 pub mod log;
+pub mod runtime;
+pub mod sink;
 pub mod state;
 mod storage;
 
@@ -54,6 +56,11 @@ pub use log::{
     Durability, FileLog, FileLogOptions, LogOffset, LogWriter, MemoryLog, OffsetRange, PartitionId,
     RecordBatch, ReplayableLog, SyncPolicy, TypedLog,
 };
+pub use runtime::{
+    Collector, Job, JobBuilder, JobConfig, JobHandle, JobReport, KeyedOperator, KeyedStream,
+    LogSource, Operator, Stream, Threads,
+};
+pub use sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
 pub use storage::validate_name;
 
 /// The names most programs need, for `use snapflow::prelude::*`.
@@ -64,6 +71,11 @@ pub mod prelude {
         FileLog, FileLogOptions, LogOffset, MemoryLog, PartitionId, ReplayableLog, SyncPolicy,
         TypedLog,
     };
+    pub use crate::runtime::{
+        Collector, Job, JobBuilder, JobConfig, JobHandle, KeyedContext, KeyedOperator, KeyedStream,
+        LogSource, Operator, OperatorContext, Stream, Threads,
+    };
+    pub use crate::sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
     pub use crate::state::{
         KeyGroupRange, KeyedStateBackend, OperatorStateBackend, Redistribution, StableHash,
         TaskSnapshot, DEFAULT_MAX_PARALLELISM,

@@ -16,6 +16,8 @@
 //! Implementations: [`LocalCheckpointStorage`] (a directory; the default) and
 //! [`MemoryCheckpointStorage`] (for tests). Both keep the same file envelopes and checks.
 
+mod barrier;
+mod coordinator;
 mod local;
 mod memory;
 
@@ -29,6 +31,8 @@ use crate::log::{codec, LogOffset, PartitionId};
 use crate::state::KeyGroupRange;
 use crate::storage;
 
+pub use barrier::{Aligner, BarrierOutcome, CheckpointMode};
+pub use coordinator::{AckOutcome, CheckpointCoordinator, CheckpointTiming, Trigger};
 pub use local::LocalCheckpointStorage;
 pub use memory::MemoryCheckpointStorage;
 

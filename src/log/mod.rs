@@ -113,7 +113,9 @@ pub struct RecordBatch {
 }
 
 impl RecordBatch {
-    pub(crate) fn new(partition: PartitionId, base_offset: LogOffset) -> Self {
+    /// An empty batch of `partition` starting at `base_offset`, for implementations of
+    /// [`ReplayableLog`] outside this crate.
+    pub fn new(partition: PartitionId, base_offset: LogOffset) -> Self {
         RecordBatch {
             partition,
             base_offset,
@@ -122,12 +124,14 @@ impl RecordBatch {
         }
     }
 
-    pub(crate) fn push(&mut self, payload: &[u8]) {
+    /// Appends the next record's payload.
+    pub fn push(&mut self, payload: &[u8]) {
         self.data.extend_from_slice(payload);
         self.ends.push(self.data.len() as u32);
     }
 
-    pub(crate) fn data_len(&self) -> usize {
+    /// The total payload bytes of the batch.
+    pub fn data_len(&self) -> usize {
         self.data.len()
     }
 

@@ -1,0 +1,307 @@
+//! The checkpoint coordinator's decisions: the pure protocol core, without actors or clocks.
+//!
+//! States of one checkpoint: *triggered* (barriers injected at the sources) → *acked by every
+//! task* → *complete* (the manifest is written by the driver, which then calls
+//! [`CheckpointCoordinator::complete`]) — or *aborted* (timeout, a declined task, a failure).
+//! At most one checkpoint is in flight. A new one is triggered only when none is in flight,
+//! the interval has passed since the previous trigger, and the minimum pause has passed since
+//! the previous checkpoint ended.
+//!
+//! The job master (an actor) owns a coordinator, feeds it the current time and the acks, and
+//! carries its answers out ([`AckOutcome`], [`Trigger`]).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::CheckpointId;
+
+/// Timing of periodic checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointTiming {
+    /// Trigger a checkpoint this often; `None` turns periodic checkpoints off (on-demand and
+    /// final checkpoints still run).
+    pub interval: Option<Duration>,
+    /// Abort a checkpoint that is not complete after this long.
+    pub timeout: Duration,
+    /// The least time between the end of one checkpoint and the trigger of the next.
+    pub min_pause: Duration,
+}
+
+impl Default for CheckpointTiming {
+    fn default() -> Self {
+        CheckpointTiming {
+            interval: Some(Duration::from_secs(1)),
+            timeout: Duration::from_secs(60),
+            min_pause: Duration::ZERO,
+        }
+    }
+}
+
+/// A checkpoint to trigger now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trigger {
+    /// Its id.
+    pub checkpoint: CheckpointId,
+    /// True for the final checkpoint of a bounded job or a graceful stop.
+    pub is_final: bool,
+}
+
+/// What an acknowledgement led to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckOutcome<A> {
+    /// The ack is for a checkpoint that is no longer in flight (aborted or unknown): ignore it.
+    Stale,
+    /// More acks are expected.
+    Pending,
+    /// Every task has acked: write the manifest from these acks, then call `complete`.
+    AllAcked {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// True for a final checkpoint.
+        is_final: bool,
+        /// Every task's ack, by task number.
+        acks: BTreeMap<usize, A>,
+        /// When it was triggered.
+        triggered_at: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct InFlight<A> {
+    id: CheckpointId,
+    is_final: bool,
+    triggered_at: Instant,
+    acks: BTreeMap<usize, A>,
+    all_acked: bool,
+}
+
+/// The decisions of a checkpoint coordinator for a job of `tasks` tasks. `A` is whatever a
+/// task's acknowledgement carries (its state handle, offsets, metrics).
+#[derive(Debug)]
+pub struct CheckpointCoordinator<A> {
+    timing: CheckpointTiming,
+    tasks: usize,
+    next_id: CheckpointId,
+    in_flight: Option<InFlight<A>>,
+    last_trigger: Option<Instant>,
+    last_end: Option<Instant>,
+    on_demand: bool,
+    final_requested: bool,
+}
+
+impl<A> CheckpointCoordinator<A> {
+    /// A coordinator whose first checkpoint will be `first`.
+    pub fn new(timing: CheckpointTiming, tasks: usize, first: CheckpointId) -> Self {
+        CheckpointCoordinator {
+            timing,
+            tasks,
+            next_id: first,
+            in_flight: None,
+            last_trigger: None,
+            last_end: None,
+            on_demand: false,
+            final_requested: false,
+        }
+    }
+
+    /// The checkpoint in flight, if any.
+    pub fn in_flight(&self) -> Option<CheckpointId> {
+        self.in_flight.as_ref().map(|f| f.id)
+    }
+
+    /// Asks for a checkpoint as soon as the one in flight (if any) ends.
+    pub fn request_now(&mut self) {
+        self.on_demand = true;
+    }
+
+    /// Asks for the final checkpoint: it is triggered as soon as nothing is in flight, and no
+    /// periodic checkpoint is triggered after the request.
+    pub fn request_final(&mut self) {
+        self.final_requested = true;
+    }
+
+    /// Whether a checkpoint should be triggered at `now`, and if so which. Call it on every
+    /// timer tick; it starts the checkpoint it returns.
+    pub fn poll_trigger(&mut self, now: Instant) -> Option<Trigger> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        if self
+            .last_end
+            .is_some_and(|end| now.saturating_duration_since(end) < self.timing.min_pause)
+            && !self.final_requested
+        {
+            return None;
+        }
+        let is_final = self.final_requested;
+        let periodic_due = match (self.timing.interval, self.last_trigger) {
+            (Some(_), None) => true,
+            (Some(i), Some(t)) => now.saturating_duration_since(t) >= i,
+            (None, _) => false,
+        };
+        if !(is_final || self.on_demand || periodic_due) {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id = CheckpointId(id.0 + 1);
+        self.on_demand = false;
+        self.last_trigger = Some(now);
+        self.in_flight = Some(InFlight {
+            id,
+            is_final,
+            triggered_at: now,
+            acks: BTreeMap::new(),
+            all_acked: false,
+        });
+        Some(Trigger {
+            checkpoint: id,
+            is_final,
+        })
+    }
+
+    /// Records task `task`'s acknowledgement of `checkpoint`.
+    pub fn on_ack(&mut self, checkpoint: CheckpointId, task: usize, ack: A) -> AckOutcome<A> {
+        let Some(f) = self.in_flight.as_mut() else {
+            return AckOutcome::Stale;
+        };
+        if f.id != checkpoint || f.all_acked {
+            return AckOutcome::Stale;
+        }
+        assert!(
+            task < self.tasks,
+            "invariant: task number {task} out of range"
+        );
+        let duplicate = f.acks.insert(task, ack).is_some();
+        assert!(
+            !duplicate,
+            "invariant: task {task} acked checkpoint {checkpoint} twice"
+        );
+        if f.acks.len() < self.tasks {
+            return AckOutcome::Pending;
+        }
+        f.all_acked = true;
+        AckOutcome::AllAcked {
+            checkpoint,
+            is_final: f.is_final,
+            acks: std::mem::take(&mut f.acks),
+            triggered_at: f.triggered_at,
+        }
+    }
+
+    /// The manifest of `checkpoint` is written: it is complete.
+    pub fn complete(&mut self, checkpoint: CheckpointId, now: Instant) {
+        if self.in_flight.as_ref().is_some_and(|f| f.id == checkpoint) {
+            self.in_flight = None;
+            self.last_end = Some(now);
+        }
+    }
+
+    /// Aborts `checkpoint` if it is in flight; returns true if it was. A final checkpoint that
+    /// is aborted is requested again.
+    pub fn abort(&mut self, checkpoint: CheckpointId, now: Instant) -> bool {
+        if self.in_flight.as_ref().is_some_and(|f| f.id == checkpoint) {
+            self.in_flight = None;
+            self.last_end = Some(now);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The checkpoint in flight if it has passed its timeout at `now` (without all its acks).
+    pub fn timed_out(&self, now: Instant) -> Option<CheckpointId> {
+        self.in_flight
+            .as_ref()
+            .filter(|f| {
+                !f.all_acked && now.saturating_duration_since(f.triggered_at) >= self.timing.timeout
+            })
+            .map(|f| f.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(interval_ms: u64) -> CheckpointTiming {
+        CheckpointTiming {
+            interval: Some(Duration::from_millis(interval_ms)),
+            timeout: Duration::from_millis(500),
+            min_pause: Duration::from_millis(50),
+        }
+    }
+
+    #[test]
+    fn one_checkpoint_in_flight_and_ids_only_grow() {
+        let t = Instant::now();
+        let mut c = CheckpointCoordinator::<()>::new(timing(100), 2, CheckpointId(5));
+        let first = c.poll_trigger(t).expect("first trigger");
+        assert_eq!(first.checkpoint, CheckpointId(5));
+        assert_eq!(
+            c.poll_trigger(t + Duration::from_secs(1)),
+            None,
+            "one in flight"
+        );
+        assert_eq!(c.on_ack(CheckpointId(5), 0, ()), AckOutcome::Pending);
+        assert!(matches!(
+            c.on_ack(CheckpointId(5), 1, ()),
+            AckOutcome::AllAcked { .. }
+        ));
+        c.complete(CheckpointId(5), t + Duration::from_millis(10));
+        assert_eq!(
+            c.poll_trigger(t + Duration::from_millis(40)),
+            None,
+            "min pause"
+        );
+        assert_eq!(
+            c.poll_trigger(t + Duration::from_millis(120))
+                .map(|t| t.checkpoint),
+            Some(CheckpointId(6))
+        );
+    }
+
+    #[test]
+    fn a_timed_out_checkpoint_is_aborted_and_late_acks_are_stale() {
+        let t = Instant::now();
+        let mut c = CheckpointCoordinator::<()>::new(timing(100), 2, CheckpointId(1));
+        c.poll_trigger(t);
+        c.on_ack(CheckpointId(1), 0, ());
+        assert_eq!(c.timed_out(t + Duration::from_millis(499)), None);
+        assert_eq!(
+            c.timed_out(t + Duration::from_millis(500)),
+            Some(CheckpointId(1))
+        );
+        assert!(c.abort(CheckpointId(1), t + Duration::from_millis(500)));
+        assert_eq!(c.on_ack(CheckpointId(1), 1, ()), AckOutcome::Stale);
+        let next = c
+            .poll_trigger(t + Duration::from_millis(600))
+            .expect("next");
+        assert_eq!(next.checkpoint, CheckpointId(2));
+    }
+
+    #[test]
+    fn final_and_on_demand_checkpoints_ignore_the_interval() {
+        let t = Instant::now();
+        let mut c = CheckpointCoordinator::<()>::new(
+            CheckpointTiming {
+                interval: None,
+                ..timing(1)
+            },
+            1,
+            CheckpointId(1),
+        );
+        assert_eq!(c.poll_trigger(t), None, "periodic checkpoints are off");
+        c.request_now();
+        assert_eq!(c.poll_trigger(t).map(|x| x.is_final), Some(false));
+        c.on_ack(CheckpointId(1), 0, ());
+        c.complete(CheckpointId(1), t);
+        c.request_final();
+        assert_eq!(
+            c.poll_trigger(t),
+            Some(Trigger {
+                checkpoint: CheckpointId(2),
+                is_final: true
+            })
+        );
+    }
+}

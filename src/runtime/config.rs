@@ -1,0 +1,94 @@
+//! Job configuration.
+
+use std::time::Duration;
+
+use crate::checkpoint::{CheckpointMode, CheckpointTiming};
+use crate::error::{Error, Result};
+use crate::state::{DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM};
+
+/// Where a job's task actors run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Every actor on the arbiter that starts the job: one thread. Deterministic scheduling
+    /// for a given input, at the cost of using one core.
+    Current,
+    /// Task actors spread round-robin over this many new arbiters (threads); the job master
+    /// stays on the arbiter that starts the job. Task `i` of every vertex goes to arbiter
+    /// `i % n`, so a forward pipeline slice stays on one thread.
+    Arbiters(usize),
+}
+
+/// Settings of a job. `JobConfig::default()` suits most jobs.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// Parallelism of vertices that do not set their own.
+    pub parallelism: u32,
+    /// Number of key groups of keyed vertices; fixed for the life of the job's checkpoints.
+    pub max_parallelism: u32,
+    /// Checkpoint interval, timeout and minimum pause.
+    pub checkpoints: CheckpointTiming,
+    /// Aligned (exactly-once, the default) or unaligned (at-least-once) checkpoints.
+    pub mode: CheckpointMode,
+    /// Records per batch on a channel.
+    pub batch_size: usize,
+    /// How long a partly filled batch may wait for more records before it is sent. Zero sends
+    /// partial batches at the end of every input batch.
+    pub linger: Duration,
+    /// Batches a channel holds before its sender waits (backpressure). The records in flight
+    /// on a channel are at most `channel_capacity * batch_size`.
+    pub channel_capacity: usize,
+    /// Thread placement.
+    pub threads: Threads,
+    /// How long an unbounded source waits before polling a log that had nothing new.
+    pub source_idle_poll: Duration,
+    /// Resume from the latest complete checkpoint in the checkpoint storage when the job
+    /// starts (the default), or start from the beginning of the log with empty state.
+    pub restore_on_start: bool,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        JobConfig {
+            parallelism: cores as u32,
+            max_parallelism: DEFAULT_MAX_PARALLELISM,
+            checkpoints: CheckpointTiming::default(),
+            mode: CheckpointMode::ExactlyOnce,
+            batch_size: 1024,
+            linger: Duration::ZERO,
+            channel_capacity: 8,
+            threads: Threads::Arbiters(cores),
+            source_idle_poll: Duration::from_millis(10),
+            restore_on_start: true,
+        }
+    }
+}
+
+impl JobConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_parallelism == 0 || self.max_parallelism > MAX_MAX_PARALLELISM {
+            return Err(Error::Config(format!(
+                "max_parallelism must be between 1 and {MAX_MAX_PARALLELISM}, not {}",
+                self.max_parallelism
+            )));
+        }
+        if self.batch_size == 0 || self.channel_capacity == 0 {
+            return Err(Error::Config(
+                "batch_size and channel_capacity must be above 0".into(),
+            ));
+        }
+        if let Threads::Arbiters(0) = self.threads {
+            return Err(Error::Config(
+                "Threads::Arbiters needs at least one arbiter (or use Threads::Current)".into(),
+            ));
+        }
+        if self.checkpoints.timeout.is_zero() {
+            return Err(Error::Config(
+                "the checkpoint timeout must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}

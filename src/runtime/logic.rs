@@ -1,0 +1,601 @@
+//! What a task does with its records, behind one object-safe trait so the task actor need not
+//! know the record types: sources, (keyed) operators and sinks each implement [`TaskLogic`].
+//!
+//! A logic value owns the task's state (keyed and operator state, sink transactions, source
+//! offsets) and its output [`Collector`]. The task actor calls it for records, barriers
+//! (`capture`), end of input and checkpoint completion, inside a panic boundary.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::channel::{Collector, Envelope, OutputEdge, Route};
+use super::operator::{Data, KeyedContext, KeyedOperator, Operator, OperatorContext, TaskInfo};
+use crate::checkpoint::CheckpointId;
+use crate::error::{Error, Result};
+use crate::log::{LogOffset, PartitionId, ReplayableLog};
+use crate::sink::TwoPhaseCommitSink;
+use crate::state::{
+    redistribute, KeyGroup, KeyGroupRange, KeyedSnapshot, KeyedStateBackend, OperatorListState,
+    OperatorSnapshot, OperatorStateBackend, Redistribution, StateKey, TaskSnapshot,
+};
+
+/// A task's state as captured at a barrier: the bytes are produced by `encode`, which may run
+/// on any thread.
+pub(crate) struct Capture {
+    pub(crate) encode: Box<dyn FnOnce() -> Result<TaskSnapshot> + Send>,
+    pub(crate) key_groups: Option<KeyGroupRange>,
+    pub(crate) sources: Vec<(PartitionId, LogOffset)>,
+}
+
+/// What one poll of a source produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SourcePoll {
+    /// Records were read and emitted.
+    Produced(usize),
+    /// Nothing new in the log (unbounded source): poll again later.
+    Idle,
+    /// Every assigned partition reached its stop offset (bounded source).
+    AtEnd,
+}
+
+pub(crate) trait TaskLogic: Send {
+    fn open(&mut self) -> Result<()>;
+    fn on_records(&mut self, batch: Box<dyn Any + Send>) -> Result<()>;
+    fn end_of_input(&mut self) -> Result<()>;
+    fn capture(&mut self, checkpoint: CheckpointId) -> Result<Capture>;
+    fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()>;
+    fn drain(&mut self, all: bool, out: &mut Vec<(usize, Envelope)>);
+    fn has_buffered(&self) -> bool;
+    fn poll_source(&mut self, _max: usize) -> Result<SourcePoll> {
+        Err(Error::Internal(
+            "poll_source called on a task that is not a source".into(),
+        ))
+    }
+}
+
+/// State handed to a task at start: from the checkpoint restored, or empty.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RestoreState {
+    /// Every keyed snapshot of the vertex in the checkpoint (a task takes its own groups).
+    pub(crate) keyed: Arc<Vec<KeyedSnapshot>>,
+    /// This task's operator state, redistributed for the current parallelism.
+    pub(crate) operator: OperatorSnapshot,
+}
+
+impl RestoreState {
+    /// Splits the old tasks' operator snapshots over `parallelism` new tasks.
+    pub(crate) fn for_vertex(
+        keyed: Vec<KeyedSnapshot>,
+        operator: &[OperatorSnapshot],
+        parallelism: u32,
+    ) -> Result<Vec<RestoreState>> {
+        let keyed = Arc::new(keyed);
+        let ops = if operator.is_empty() {
+            vec![OperatorSnapshot::default(); parallelism as usize]
+        } else {
+            redistribute(operator, parallelism)?
+        };
+        Ok(ops
+            .into_iter()
+            .map(|operator| RestoreState {
+                keyed: Arc::clone(&keyed),
+                operator,
+            })
+            .collect())
+    }
+}
+
+/// How one output edge of a task ships its records.
+#[derive(Clone)]
+pub(crate) struct OutputSpec {
+    pub(crate) kind: EdgeKind,
+    pub(crate) channels: Vec<usize>,
+    /// For hash edges: an `Arc<dyn Fn(&T) -> KeyGroup + Send + Sync>` for the producer's `T`.
+    pub(crate) key_group: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+/// The shipping strategy of an edge, once resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EdgeKind {
+    Forward,
+    Rebalance,
+    Broadcast,
+    Hash,
+}
+
+/// Everything a logic factory needs to build one task's logic.
+pub(crate) struct LogicParams {
+    pub(crate) info: TaskInfo,
+    pub(crate) outputs: Vec<OutputSpec>,
+    pub(crate) restore: RestoreState,
+    pub(crate) batch_size: usize,
+    pub(crate) first_epoch: CheckpointId,
+    /// For bounded sources: the offset to stop at, per partition.
+    pub(crate) stop_offsets: Option<Arc<HashMap<PartitionId, LogOffset>>>,
+}
+
+pub(crate) type KeyGroupFn<T> = Arc<dyn Fn(&T) -> KeyGroup + Send + Sync>;
+
+pub(crate) fn collector<T: Data>(
+    outputs: &[OutputSpec],
+    batch_size: usize,
+    max_parallelism: u32,
+) -> Result<Collector<T>> {
+    let mut edges = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        let route = match o.kind {
+            EdgeKind::Forward => Route::Forward,
+            EdgeKind::Rebalance => Route::Rebalance { next: 0 },
+            EdgeKind::Broadcast => Route::Broadcast,
+            EdgeKind::Hash => {
+                let f = o
+                    .key_group
+                    .as_ref()
+                    .and_then(|a| a.downcast_ref::<KeyGroupFn<T>>())
+                    .ok_or_else(|| {
+                        Error::Internal(
+                            "hash edge without a key function of the stream's type".into(),
+                        )
+                    })?;
+                Route::Hash {
+                    key_group: Arc::clone(f),
+                    max_parallelism,
+                }
+            }
+        };
+        edges.push(OutputEdge {
+            route,
+            channels: o.channels.clone(),
+            buffers: o.channels.iter().map(|_| Vec::new()).collect(),
+        });
+    }
+    Ok(Collector::new(edges, batch_size))
+}
+
+fn downcast<T: 'static>(batch: Box<dyn Any + Send>) -> Result<Vec<T>> {
+    batch.downcast::<Vec<T>>().map(|b| *b).map_err(|_| {
+        Error::Internal(format!(
+            "a channel delivered records that are not {}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+fn operator_capture(state: &OperatorStateBackend) -> Result<Capture> {
+    let operator = state.snapshot()?;
+    Ok(Capture {
+        encode: Box::new(move || {
+            Ok(TaskSnapshot {
+                keyed: None,
+                operator,
+            })
+        }),
+        key_groups: None,
+        sources: Vec::new(),
+    })
+}
+
+/// A non-keyed operator task.
+pub(crate) struct OperatorLogic<I, O, Op> {
+    op: Op,
+    info: TaskInfo,
+    state: OperatorStateBackend,
+    out: Collector<O>,
+    _i: std::marker::PhantomData<fn(I)>,
+}
+
+impl<I: Data, O: Data, Op: Operator<I, O>> OperatorLogic<I, O, Op> {
+    pub(crate) fn new(op: Op, p: LogicParams) -> Result<Self> {
+        Ok(OperatorLogic {
+            out: collector(&p.outputs, p.batch_size, p.info.max_parallelism)?,
+            state: OperatorStateBackend::restored(p.restore.operator),
+            info: p.info,
+            op,
+            _i: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op> {
+    fn open(&mut self) -> Result<()> {
+        self.op.open(&mut OperatorContext {
+            info: &self.info,
+            state: &mut self.state,
+        })
+    }
+
+    fn on_records(&mut self, batch: Box<dyn Any + Send>) -> Result<()> {
+        let mut ctx = OperatorContext {
+            info: &self.info,
+            state: &mut self.state,
+        };
+        for r in downcast::<I>(batch)? {
+            self.op.process(r, &mut ctx, &mut self.out)?;
+        }
+        Ok(())
+    }
+
+    fn end_of_input(&mut self) -> Result<()> {
+        self.op.end_of_input(
+            &mut OperatorContext {
+                info: &self.info,
+                state: &mut self.state,
+            },
+            &mut self.out,
+        )
+    }
+
+    fn capture(&mut self, _checkpoint: CheckpointId) -> Result<Capture> {
+        operator_capture(&self.state)
+    }
+
+    fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        self.op.checkpoint_complete(
+            checkpoint,
+            &mut OperatorContext {
+                info: &self.info,
+                state: &mut self.state,
+            },
+        )
+    }
+
+    fn drain(&mut self, all: bool, out: &mut Vec<(usize, Envelope)>) {
+        self.out.drain(all, out);
+    }
+
+    fn has_buffered(&self) -> bool {
+        self.out.has_buffered()
+    }
+}
+
+/// A keyed operator task.
+pub(crate) struct KeyedLogic<K: StateKey, I, O, Op> {
+    op: Op,
+    key: Arc<dyn Fn(&I) -> K + Send + Sync>,
+    info: TaskInfo,
+    keyed: KeyedStateBackend<K>,
+    operator: OperatorStateBackend,
+    restore: Arc<Vec<KeyedSnapshot>>,
+    out: Collector<O>,
+}
+
+impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I, O, Op> {
+    pub(crate) fn new(
+        op: Op,
+        key: Arc<dyn Fn(&I) -> K + Send + Sync>,
+        p: LogicParams,
+    ) -> Result<Self> {
+        let range = KeyGroupRange::for_task(
+            p.info.task.index,
+            p.info.parallelism,
+            p.info.max_parallelism,
+        )?;
+        Ok(KeyedLogic {
+            keyed: KeyedStateBackend::new(range, p.info.max_parallelism)?,
+            operator: OperatorStateBackend::restored(p.restore.operator),
+            restore: p.restore.keyed,
+            out: collector(&p.outputs, p.batch_size, p.info.max_parallelism)?,
+            info: p.info,
+            key,
+            op,
+        })
+    }
+}
+
+impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
+    for KeyedLogic<K, I, O, Op>
+{
+    fn open(&mut self) -> Result<()> {
+        if !self.restore.is_empty() {
+            let restore = std::mem::take(&mut self.restore);
+            self.keyed.restore(restore.iter())?;
+        }
+        let mut ctx = KeyedContext {
+            info: &self.info,
+            keyed: &mut self.keyed,
+            operator: &mut self.operator,
+        };
+        self.op.open(&mut ctx)
+    }
+
+    fn on_records(&mut self, batch: Box<dyn Any + Send>) -> Result<()> {
+        let mut ctx = KeyedContext {
+            info: &self.info,
+            keyed: &mut self.keyed,
+            operator: &mut self.operator,
+        };
+        for r in downcast::<I>(batch)? {
+            ctx.keyed.set_current_key((self.key)(&r))?;
+            self.op.process(r, &mut ctx, &mut self.out)?;
+        }
+        Ok(())
+    }
+
+    fn end_of_input(&mut self) -> Result<()> {
+        let mut ctx = KeyedContext {
+            info: &self.info,
+            keyed: &mut self.keyed,
+            operator: &mut self.operator,
+        };
+        self.op.end_of_input(&mut ctx, &mut self.out)
+    }
+
+    fn capture(&mut self, _checkpoint: CheckpointId) -> Result<Capture> {
+        let keyed = self.keyed.capture();
+        let operator = self.operator.snapshot()?;
+        let range = self.keyed.key_group_range();
+        Ok(Capture {
+            encode: Box::new(move || {
+                Ok(TaskSnapshot {
+                    keyed: Some(keyed.encode()?),
+                    operator,
+                })
+            }),
+            key_groups: Some(range),
+            sources: Vec::new(),
+        })
+    }
+
+    fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        let KeyedLogic {
+            op,
+            info,
+            keyed,
+            operator,
+            ..
+        } = self;
+        op.checkpoint_complete(
+            checkpoint,
+            &mut KeyedContext {
+                info,
+                keyed,
+                operator,
+            },
+        )
+    }
+
+    fn drain(&mut self, all: bool, out: &mut Vec<(usize, Envelope)>) {
+        self.out.drain(all, out);
+    }
+
+    fn has_buffered(&self) -> bool {
+        self.out.has_buffered()
+    }
+}
+
+const SINK_TXNS: &str = "snapflow.sink-transactions";
+const SOURCE_OFFSETS: &str = "snapflow.source-offsets";
+
+/// A sink task driving a [`TwoPhaseCommitSink`].
+pub(crate) struct SinkLogic<T, S: TwoPhaseCommitSink<T>> {
+    sink: S,
+    info: TaskInfo,
+    state: OperatorStateBackend,
+    txns: Option<OperatorListState<(u64, S::Txn)>>,
+    /// Pre-committed transactions not yet committed, oldest first.
+    pending: Vec<(u64, S::Txn)>,
+    epoch: CheckpointId,
+    _t: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Data, S: TwoPhaseCommitSink<T>> SinkLogic<T, S> {
+    pub(crate) fn new(sink: S, p: LogicParams) -> Result<Self> {
+        Ok(SinkLogic {
+            sink,
+            state: OperatorStateBackend::restored(p.restore.operator),
+            info: p.info,
+            txns: None,
+            pending: Vec::new(),
+            epoch: p.first_epoch,
+            _t: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T: Data, S: TwoPhaseCommitSink<T>> TaskLogic for SinkLogic<T, S> {
+    fn open(&mut self) -> Result<()> {
+        self.sink.open(&self.info)?;
+        // Union redistribution: every task sees every pre-committed transaction of the
+        // checkpoint, so none is lost when the sink's parallelism changes; commits are
+        // idempotent.
+        let txns = self
+            .state
+            .list_state::<(u64, S::Txn)>(SINK_TXNS, Redistribution::Union)?;
+        let restored = txns.clear(&mut self.state)?;
+        let committed: Vec<S::Txn> = restored.into_iter().map(|(_, t)| t).collect();
+        self.sink.recover(&committed)?;
+        self.txns = Some(txns);
+        self.sink.begin(self.epoch)
+    }
+
+    fn on_records(&mut self, batch: Box<dyn Any + Send>) -> Result<()> {
+        for r in downcast::<T>(batch)? {
+            self.sink.write(r)?;
+        }
+        Ok(())
+    }
+
+    fn end_of_input(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn capture(&mut self, checkpoint: CheckpointId) -> Result<Capture> {
+        assert_eq!(
+            checkpoint, self.epoch,
+            "invariant: barrier {checkpoint} closes the sink's open epoch {}",
+            self.epoch
+        );
+        let txn = self.sink.pre_commit(checkpoint)?;
+        self.pending.push((checkpoint.0, txn));
+        if let Some(list) = &self.txns {
+            list.update(&mut self.state, self.pending.clone())?;
+        }
+        let capture = operator_capture(&self.state)?;
+        self.epoch = CheckpointId(checkpoint.0 + 1);
+        self.sink.begin(self.epoch)?;
+        Ok(capture)
+    }
+
+    fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        let mut done = 0;
+        for (epoch, txn) in &self.pending {
+            if *epoch > checkpoint.0 {
+                break;
+            }
+            self.sink.commit(txn)?;
+            done += 1;
+        }
+        if done > 0 {
+            self.pending.drain(..done);
+            if let Some(list) = &self.txns {
+                list.update(&mut self.state, self.pending.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, _all: bool, _out: &mut Vec<(usize, Envelope)>) {}
+
+    fn has_buffered(&self) -> bool {
+        false
+    }
+}
+
+/// Decodes a log record into a stream record.
+pub(crate) type Decoder<T> = Arc<dyn Fn(&[u8]) -> Result<T> + Send + Sync>;
+
+/// A source task reading its share of a log's partitions.
+pub(crate) struct SourceLogic<T> {
+    log: Arc<dyn ReplayableLog>,
+    decode: Decoder<T>,
+    info: TaskInfo,
+    state: OperatorStateBackend,
+    offsets_state: Option<OperatorListState<(u32, u64)>>,
+    /// (partition, next offset, stop offset for a bounded source).
+    partitions: Vec<(PartitionId, LogOffset, Option<LogOffset>)>,
+    stops: Option<Arc<HashMap<PartitionId, LogOffset>>>,
+    next: usize,
+    out: Collector<T>,
+}
+
+impl<T: Data> SourceLogic<T> {
+    pub(crate) fn new(
+        log: Arc<dyn ReplayableLog>,
+        decode: Decoder<T>,
+        p: LogicParams,
+    ) -> Result<Self> {
+        Ok(SourceLogic {
+            out: collector(&p.outputs, p.batch_size, p.info.max_parallelism)?,
+            state: OperatorStateBackend::restored(p.restore.operator),
+            offsets_state: None,
+            partitions: Vec::new(),
+            stops: p.stop_offsets,
+            next: 0,
+            info: p.info,
+            log,
+            decode,
+        })
+    }
+
+    fn save_offsets(&mut self) -> Result<()> {
+        if let Some(list) = &self.offsets_state {
+            let v = self.partitions.iter().map(|(p, o, _)| (p.0, o.0)).collect();
+            list.update(&mut self.state, v)?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Data> TaskLogic for SourceLogic<T> {
+    fn open(&mut self) -> Result<()> {
+        let list = self
+            .state
+            .list_state::<(u32, u64)>(SOURCE_OFFSETS, Redistribution::Split)?;
+        let restored = list.get(&self.state)?.to_vec();
+        let stop = |p: PartitionId| self.stops.as_ref().and_then(|s| s.get(&p).copied());
+        if restored.is_empty() && self.info.restored_from.is_none() {
+            for p in 0..self.log.partitions() {
+                if p % self.info.parallelism == self.info.task.index {
+                    let pid = PartitionId(p);
+                    let start = self.log.start_offset(pid)?;
+                    self.partitions.push((pid, start, stop(pid)));
+                }
+            }
+        } else {
+            for (p, o) in restored {
+                let pid = PartitionId(p);
+                self.partitions.push((pid, LogOffset(o), stop(pid)));
+            }
+        }
+        self.offsets_state = Some(list);
+        self.save_offsets()
+    }
+
+    fn on_records(&mut self, _batch: Box<dyn Any + Send>) -> Result<()> {
+        Err(Error::Internal("a source task received records".into()))
+    }
+
+    fn end_of_input(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn capture(&mut self, _checkpoint: CheckpointId) -> Result<Capture> {
+        self.save_offsets()?;
+        let mut c = operator_capture(&self.state)?;
+        c.sources = self.partitions.iter().map(|(p, o, _)| (*p, *o)).collect();
+        Ok(c)
+    }
+
+    fn checkpoint_complete(&mut self, _checkpoint: CheckpointId) -> Result<()> {
+        Ok(())
+    }
+
+    fn drain(&mut self, all: bool, out: &mut Vec<(usize, Envelope)>) {
+        self.out.drain(all, out);
+    }
+
+    fn has_buffered(&self) -> bool {
+        self.out.has_buffered()
+    }
+
+    fn poll_source(&mut self, max: usize) -> Result<SourcePoll> {
+        let n = self.partitions.len();
+        for step in 0..n {
+            let i = (self.next + step) % n;
+            let (pid, offset, stop) = self.partitions[i];
+            let want = match stop {
+                Some(s) if offset >= s => continue,
+                Some(s) => ((s.0 - offset.0) as usize).min(max),
+                None => max,
+            };
+            let batch = self.log.read(pid, offset, want)?;
+            if batch.is_empty() {
+                continue;
+            }
+            for (o, bytes) in batch.iter() {
+                let record = (self.decode)(bytes).map_err(|e| match e {
+                    Error::Codec { op, reason, .. } => Error::Codec {
+                        op,
+                        what: format!("log record at partition {pid} offset {o}"),
+                        reason,
+                    },
+                    other => other,
+                })?;
+                self.out.emit(record);
+            }
+            self.partitions[i].1 = batch.next_offset();
+            self.next = (i + 1) % n;
+            return Ok(SourcePoll::Produced(batch.len()));
+        }
+        let all_stopped = self
+            .partitions
+            .iter()
+            .all(|(_, o, s)| s.is_some_and(|s| *o >= s));
+        if all_stopped && self.stops.is_some() {
+            Ok(SourcePoll::AtEnd)
+        } else {
+            Ok(SourcePoll::Idle)
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The dataflow runtime: operators as actors, checkpoint barriers as messages.
+//!
+//! A user builds a job with [`JobBuilder`]: sources read a [`ReplayableLog`](crate::ReplayableLog),
+//! operators transform streams ([`Stream::map`], [`Stream::flat_map`], [`Stream::process`] with an
+//! [`Operator`], [`KeyedStream::process`] with a [`KeyedOperator`], [`KeyedStream::reduce`]), and
+//! sinks ([`crate::sink`]) end them. [`Job::start`] runs it inside the current actix System and
+//! returns a [`JobHandle`]; [`Job::run`] runs a bounded job standalone.
+//!
+//! Every task (one parallel instance of a vertex) is one actix actor ([`task`](self) module docs
+//! give its contract). Records travel in batches over bounded channels; barriers and
+//! end-of-input travel in-band on the same channels; the job master triggers checkpoints at the
+//! sources, collects acks, writes the manifest and notifies every task.
+
+mod channel;
+mod config;
+mod graph;
+mod handle;
+mod logic;
+mod master;
+mod metrics;
+mod operator;
+mod task;
+
+pub use channel::Collector;
+pub use config::{JobConfig, Threads};
+pub use graph::{Job, JobBuilder, KeyedStream, LogSource, Stream};
+pub use handle::{JobHandle, JobReport};
+pub use metrics::{CheckpointStats, MetricsSnapshot, TaskRecordCounts};
+pub use operator::{Data, KeyedContext, KeyedOperator, Operator, OperatorContext, TaskInfo};

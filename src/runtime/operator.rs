@@ -1,0 +1,263 @@
+//! The user's side of an operator: the [`Operator`] and [`KeyedOperator`] traits, their
+//! contexts, and the closure operators behind `map`, `filter`, `flat_map` and `reduce`.
+//!
+//! Operator code never sees barriers, channels or actors: it is called once per record with a
+//! context giving its state, and emits into a [`Collector`]. The runtime calls it inside a
+//! panic boundary; a panic or an `Err` fails the task, never the thread or another task.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use super::channel::Collector;
+use crate::checkpoint::{CheckpointId, TaskId};
+use crate::error::Result;
+use crate::state::{KeyedStateBackend, OperatorStateBackend, StateKey, StateValue, ValueState};
+
+/// A type that can travel on a stream: records are cloned for broadcast edges and moved
+/// between threads.
+pub trait Data: Clone + Send + 'static {}
+impl<T: Clone + Send + 'static> Data for T {}
+
+/// Who a task is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// The task's id (vertex name and index).
+    pub task: TaskId,
+    /// The vertex's parallelism.
+    pub parallelism: u32,
+    /// The job's number of key groups.
+    pub max_parallelism: u32,
+    /// The checkpoint the task's state was restored from, if any.
+    pub restored_from: Option<CheckpointId>,
+}
+
+/// What a non-keyed operator can reach while it runs.
+#[derive(Debug)]
+pub struct OperatorContext<'a> {
+    pub(crate) info: &'a TaskInfo,
+    pub(crate) state: &'a mut OperatorStateBackend,
+}
+
+impl OperatorContext<'_> {
+    /// The task running the operator.
+    pub fn task(&self) -> &TaskInfo {
+        self.info
+    }
+
+    /// The task's operator state (checkpointed with the task).
+    pub fn state(&mut self) -> &mut OperatorStateBackend {
+        self.state
+    }
+}
+
+/// What a keyed operator can reach while it runs: keyed state scoped to the current key, and
+/// operator state.
+#[derive(Debug)]
+pub struct KeyedContext<'a, K: StateKey> {
+    pub(crate) info: &'a TaskInfo,
+    pub(crate) keyed: &'a mut KeyedStateBackend<K>,
+    pub(crate) operator: &'a mut OperatorStateBackend,
+}
+
+impl<K: StateKey> KeyedContext<'_, K> {
+    /// The task running the operator.
+    pub fn task(&self) -> &TaskInfo {
+        self.info
+    }
+
+    /// The key of the record being processed (none in `open` and `end_of_input`).
+    pub fn current_key(&self) -> Option<&K> {
+        self.keyed.current_key()
+    }
+
+    /// The task's keyed state; handles read and write the current key's slot.
+    pub fn state(&mut self) -> &mut KeyedStateBackend<K> {
+        self.keyed
+    }
+
+    /// The task's operator state.
+    pub fn operator_state(&mut self) -> &mut OperatorStateBackend {
+        self.operator
+    }
+}
+
+/// A non-keyed operator: one instance per task, cloned from the one given to the builder.
+pub trait Operator<I, O>: Send + 'static {
+    /// Called once before the first record, after state is restored: register state here.
+    fn open(&mut self, _ctx: &mut OperatorContext<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called for every record.
+    fn process(
+        &mut self,
+        record: I,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<O>,
+    ) -> Result<()>;
+
+    /// Called once when every input has ended (bounded input), before the final checkpoint.
+    fn end_of_input(
+        &mut self,
+        _ctx: &mut OperatorContext<'_>,
+        _out: &mut Collector<O>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called when a checkpoint this task took part in is complete.
+    fn checkpoint_complete(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _ctx: &mut OperatorContext<'_>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A keyed operator: called with keyed state scoped to each record's key.
+pub trait KeyedOperator<K: StateKey, I, O>: Send + 'static {
+    /// Called once before the first record, after state is restored: register state here.
+    fn open(&mut self, _ctx: &mut KeyedContext<'_, K>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called for every record, with the record's key as the current key.
+    fn process(
+        &mut self,
+        record: I,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Collector<O>,
+    ) -> Result<()>;
+
+    /// Called once when every input has ended (bounded input), before the final checkpoint.
+    fn end_of_input(
+        &mut self,
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Collector<O>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called when a checkpoint this task took part in is complete.
+    fn checkpoint_complete(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _ctx: &mut KeyedContext<'_, K>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// `map`: one output per input.
+pub(crate) struct MapOp<I, O>(pub(crate) Arc<dyn Fn(I) -> O + Send + Sync>);
+
+impl<I, O> Clone for MapOp<I, O> {
+    fn clone(&self) -> Self {
+        MapOp(Arc::clone(&self.0))
+    }
+}
+
+impl<I: Send + 'static, O: Clone + Send + 'static> Operator<I, O> for MapOp<I, O> {
+    fn process(
+        &mut self,
+        record: I,
+        _ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<O>,
+    ) -> Result<()> {
+        out.emit((self.0)(record));
+        Ok(())
+    }
+}
+
+/// `filter`: keeps the records the predicate accepts.
+pub(crate) struct FilterOp<T>(pub(crate) Arc<dyn Fn(&T) -> bool + Send + Sync>);
+
+impl<T> Clone for FilterOp<T> {
+    fn clone(&self) -> Self {
+        FilterOp(Arc::clone(&self.0))
+    }
+}
+
+impl<T: Clone + Send + 'static> Operator<T, T> for FilterOp<T> {
+    fn process(
+        &mut self,
+        record: T,
+        _ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<T>,
+    ) -> Result<()> {
+        if (self.0)(&record) {
+            out.emit(record);
+        }
+        Ok(())
+    }
+}
+
+/// The function of a `flat_map`.
+pub(crate) type FlatMapFn<I, O> = Arc<dyn Fn(I, &mut Collector<O>) + Send + Sync>;
+
+/// `flat_map`: any number of outputs per input.
+pub(crate) struct FlatMapOp<I, O>(pub(crate) FlatMapFn<I, O>);
+
+impl<I, O> Clone for FlatMapOp<I, O> {
+    fn clone(&self) -> Self {
+        FlatMapOp(Arc::clone(&self.0))
+    }
+}
+
+impl<I: Send + 'static, O: Clone + Send + 'static> Operator<I, O> for FlatMapOp<I, O> {
+    fn process(
+        &mut self,
+        record: I,
+        _ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<O>,
+    ) -> Result<()> {
+        (self.0)(record, out);
+        Ok(())
+    }
+}
+
+/// `key_by(..).reduce(..)`: folds each key's records into a value state and emits the new
+/// value after every record.
+pub(crate) struct ReduceOp<K, T> {
+    pub(crate) name: String,
+    pub(crate) f: Arc<dyn Fn(T, T) -> T + Send + Sync>,
+    pub(crate) state: Option<ValueState<T>>,
+    pub(crate) _k: PhantomData<fn() -> K>,
+}
+
+impl<K, T> Clone for ReduceOp<K, T> {
+    fn clone(&self) -> Self {
+        ReduceOp {
+            name: self.name.clone(),
+            f: Arc::clone(&self.f),
+            state: None,
+            _k: PhantomData,
+        }
+    }
+}
+
+impl<K: StateKey, T: StateValue> KeyedOperator<K, T, T> for ReduceOp<K, T> {
+    fn open(&mut self, ctx: &mut KeyedContext<'_, K>) -> Result<()> {
+        self.state = Some(ctx.state().value_state::<T>(&self.name)?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        record: T,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Collector<T>,
+    ) -> Result<()> {
+        let Some(state) = &self.state else {
+            return Err(crate::Error::Config("reduce state used before open".into()));
+        };
+        let next = match state.clear(ctx.state())? {
+            Some(acc) => (self.f)(acc, record),
+            None => record,
+        };
+        state.set(ctx.state(), next.clone())?;
+        out.emit(next);
+        Ok(())
+    }
+}

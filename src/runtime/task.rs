@@ -1,0 +1,464 @@
+//! The task actor: one actix actor per task, running its [`TaskLogic`] between its input
+//! channels and its output channels.
+//!
+//! Runtime contract of a task:
+//! - Input channels are read as actix streams, each behind a gate. Records are handed to the
+//!   logic in batches, in FIFO order per channel.
+//! - `Barrier(n)` on a channel goes to the [`Aligner`]: in exactly-once mode the channel's gate
+//!   closes until `Barrier(n)` has arrived on every channel. Then the task captures its state
+//!   (on its own thread: a clone for keyed state), sends `Barrier(n)` on every output channel
+//!   after every record it emitted before, opens all gates, and encodes and writes the snapshot
+//!   on a blocking background thread, acking `n` to the job master once it is durable.
+//! - `End` on every input: the logic's end-of-input hook runs, then `End` goes out on every
+//!   output channel.
+//! - Output goes through bounded channels. When one is full the task stops handling any event
+//!   (`ctx.wait`) until the send completes: backpressure reaches the sources.
+//! - User code runs under `catch_unwind`. A panic or an error is reported to the job master as a
+//!   task failure and the task stops; no other actor or thread is affected.
+//! - A source has no inputs: a pacing stream ticks it; each tick reads one batch from the log.
+//!   `Trigger(n)` from the master (its mailbox, never behind data) makes it emit `Barrier(n)`;
+//!   a final trigger makes it emit `End` first.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::Stream;
+use tokio::sync::{mpsc::error::TrySendError, watch};
+
+use super::channel::{Envelope, Gate, Input, Sender};
+use super::logic::{SourcePoll, TaskLogic};
+use super::master::{AckInfo, JobMaster, TaskEvent};
+use super::metrics::{JobMetrics, TaskCounters};
+use super::operator::TaskInfo;
+use crate::checkpoint::{Aligner, BarrierOutcome, CheckpointId, CheckpointMode, CheckpointStorage};
+use crate::error::{Error, Result};
+
+/// How a source's pacing stream ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pace {
+    Run,
+    Idle(Duration),
+    Halt,
+}
+
+/// One tick of a source's pacing stream.
+#[derive(Debug)]
+pub(crate) struct Tick;
+
+/// A stream that yields a tick after every yield to the scheduler while running, after a sleep
+/// while idle, and never while halted.
+pub(crate) fn pace_stream(pace: Rc<Cell<Pace>>) -> impl Stream<Item = Tick> {
+    futures::stream::unfold(pace, |pace| async move {
+        loop {
+            match pace.get() {
+                Pace::Run => {
+                    tokio::task::yield_now().await;
+                    if pace.get() == Pace::Run {
+                        return Some((Tick, pace));
+                    }
+                }
+                Pace::Idle(d) => {
+                    tokio::time::sleep(d).await;
+                    if pace.get() == Pace::Idle(d) {
+                        pace.set(Pace::Run);
+                    }
+                }
+                Pace::Halt => {
+                    // Sleep in long steps rather than forever, so the stream re-checks if a
+                    // halted source is ever resumed.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Master → source: inject a barrier.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Trigger {
+    pub(crate) checkpoint: CheckpointId,
+    pub(crate) is_final: bool,
+}
+
+/// Master → task: a checkpoint is complete. Replies whether the task handled it.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub(crate) struct Complete(pub(crate) CheckpointId);
+
+/// Master → task: stop now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Shutdown;
+
+/// Settings a task needs from the job configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskSettings {
+    pub(crate) batch_size: usize,
+    pub(crate) linger: Duration,
+    pub(crate) idle_poll: Duration,
+    pub(crate) mode: CheckpointMode,
+}
+
+pub(crate) struct TaskActor {
+    pub(crate) info: TaskInfo,
+    pub(crate) number: usize,
+    pub(crate) logic: Box<dyn TaskLogic>,
+    pub(crate) aligner: Aligner,
+    pub(crate) gates: Vec<Rc<Gate>>,
+    pub(crate) ended: Vec<bool>,
+    pub(crate) senders: Vec<Sender>,
+    pub(crate) sends: VecDeque<(usize, Envelope)>,
+    pub(crate) master: Addr<JobMaster>,
+    pub(crate) storage: Arc<dyn CheckpointStorage>,
+    pub(crate) metrics: Arc<JobMetrics>,
+    pub(crate) counters: Arc<TaskCounters>,
+    pub(crate) cancel: watch::Receiver<bool>,
+    pub(crate) pace: Rc<Cell<Pace>>,
+    pub(crate) settings: TaskSettings,
+    pub(crate) flush_scheduled: bool,
+    pub(crate) failed: bool,
+    pub(crate) end_sent: bool,
+    pub(crate) at_end_reported: bool,
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}
+
+impl TaskActor {
+    /// Runs `f` on the logic inside a panic boundary. On a panic or an error, reports the
+    /// failure, stops the task and returns `None`.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        what: &'static str,
+        f: impl FnOnce(&mut dyn TaskLogic) -> Result<R>,
+    ) -> Option<R> {
+        let logic = &mut *self.logic;
+        match catch_unwind(AssertUnwindSafe(|| f(logic))) {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(e)) => {
+                self.fail(ctx, e, what);
+                None
+            }
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                self.fail(ctx, Error::Panic { message }, what);
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, ctx: &mut Context<Self>, error: Error, what: &'static str) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        tracing::error!(task = %self.info.task, during = what, error = %error, "task failed");
+        self.master.do_send(TaskEvent::Failed {
+            task: self.number,
+            error,
+        });
+        self.pace.set(Pace::Halt);
+        ctx.stop();
+    }
+
+    /// Sends queued envelopes: at once while the channels have room, then, if one is full,
+    /// the rest in order while the task handles nothing else.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while let Some((ch, env)) = self.sends.pop_front() {
+            let n = records_of(&env);
+            match self.senders[ch].try_send(env) {
+                Ok(()) => self.sent(n),
+                Err(TrySendError::Full(env)) => {
+                    self.sends.push_front((ch, env));
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    // The consumer is gone: the job master is handling its failure.
+                    self.sends.clear();
+                    return;
+                }
+            }
+        }
+        if self.sends.is_empty() {
+            return;
+        }
+        let queue: Vec<(Sender, Envelope)> = self
+            .sends
+            .drain(..)
+            .map(|(ch, env)| (self.senders[ch].clone(), env))
+            .collect();
+        let metrics = Arc::clone(&self.metrics);
+        let counters = Arc::clone(&self.counters);
+        let mut cancel = self.cancel.clone();
+        let send_all = async move {
+            for (tx, env) in queue {
+                let n = records_of(&env);
+                tokio::select! {
+                    sent = tx.send(env) => {
+                        if sent.is_err() {
+                            return;
+                        }
+                        metrics.sent(n);
+                        counters.records_out.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    _ = cancel.changed() => return,
+                }
+            }
+        };
+        ctx.wait(send_all.into_actor(self));
+    }
+
+    fn sent(&self, n: usize) {
+        if n > 0 {
+            self.metrics.sent(n);
+            self.counters
+                .records_out
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues buffered output (all of it, or only full batches when lingering) and sends.
+    fn flush(&mut self, ctx: &mut Context<Self>, all: bool) {
+        let mut out = Vec::new();
+        self.logic.drain(all, &mut out);
+        self.sends.extend(out);
+        if !all && !self.flush_scheduled && self.logic.has_buffered() {
+            self.flush_scheduled = true;
+            ctx.run_later(self.settings.linger, |act, ctx| {
+                act.flush_scheduled = false;
+                if !act.failed {
+                    act.flush(ctx, true);
+                }
+            });
+        }
+        self.pump(ctx);
+    }
+
+    fn after_records(&mut self, ctx: &mut Context<Self>) {
+        let all = self.settings.linger.is_zero();
+        self.flush(ctx, all);
+    }
+
+    /// Queues `env` on every output channel, after everything buffered.
+    fn broadcast(&mut self, ctx: &mut Context<Self>, make: impl Fn() -> Envelope) {
+        let mut out = Vec::new();
+        self.logic.drain(true, &mut out);
+        self.sends.extend(out);
+        for ch in 0..self.senders.len() {
+            self.sends.push_back((ch, make()));
+        }
+        self.pump(ctx);
+    }
+
+    fn checkpoint(&mut self, ctx: &mut Context<Self>, id: CheckpointId, alignment: Duration) {
+        let started = Instant::now();
+        let Some(capture) = self.guarded(ctx, "snapshot capture", |l| l.capture(id)) else {
+            return;
+        };
+        let capture_time = started.elapsed();
+        self.broadcast(ctx, || Envelope::Barrier(id));
+        let storage = Arc::clone(&self.storage);
+        let master = self.master.clone();
+        let task = self.info.task.clone();
+        let number = self.number;
+        actix::spawn(async move {
+            let key_groups = capture.key_groups;
+            let sources = capture.sources;
+            let encode = capture.encode;
+            let task2 = task.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let snapshot = encode()?;
+                let bytes = snapshot.to_bytes()?;
+                storage.write_task_state(id, &task2, &bytes)
+            })
+            .await;
+            let event = match written {
+                Ok(Ok(state)) => TaskEvent::Ack(AckInfo {
+                    checkpoint: id,
+                    task: number,
+                    state,
+                    key_groups,
+                    sources,
+                    alignment,
+                    capture: capture_time,
+                    acked_at: Instant::now(),
+                }),
+                Ok(Err(error)) => TaskEvent::Decline {
+                    checkpoint: id,
+                    task: number,
+                    reason: error.to_string(),
+                },
+                Err(join) => TaskEvent::Decline {
+                    checkpoint: id,
+                    task: number,
+                    reason: format!("snapshot writer failed: {join}"),
+                },
+            };
+            master.do_send(event);
+        });
+    }
+
+    fn on_barrier(&mut self, ctx: &mut Context<Self>, channel: usize, id: CheckpointId) {
+        match self.aligner.on_barrier(channel, id, Instant::now()) {
+            BarrierOutcome::BlockChannel => self.gates[channel].close(),
+            BarrierOutcome::Continue => {}
+            BarrierOutcome::Aligned {
+                checkpoint,
+                alignment,
+            } => {
+                self.checkpoint(ctx, checkpoint, alignment);
+                for g in &self.gates {
+                    g.open();
+                }
+            }
+        }
+    }
+
+    fn on_end(&mut self, ctx: &mut Context<Self>, channel: usize) {
+        self.ended[channel] = true;
+        if self.ended.iter().all(|e| *e) {
+            if self
+                .guarded(ctx, "end of input", |l| l.end_of_input())
+                .is_none()
+            {
+                return;
+            }
+            self.send_end(ctx);
+        }
+    }
+
+    fn send_end(&mut self, ctx: &mut Context<Self>) {
+        if !self.end_sent {
+            self.end_sent = true;
+            self.broadcast(ctx, || Envelope::End);
+            self.master
+                .do_send(TaskEvent::Finished { task: self.number });
+        }
+    }
+}
+
+fn records_of(env: &Envelope) -> usize {
+    match env {
+        Envelope::Records(_, n) => *n,
+        _ => 0,
+    }
+}
+
+impl Actor for TaskActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.guarded(ctx, "open", |l| l.open()).is_some() {
+            tracing::debug!(task = %self.info.task, restored_from = ?self.info.restored_from, "task started");
+        }
+    }
+}
+
+impl StreamHandler<Input> for TaskActor {
+    fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
+        if self.failed {
+            return;
+        }
+        match input.envelope {
+            Envelope::Records(batch, n) => {
+                self.counters
+                    .records_in
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                if self
+                    .guarded(ctx, "process", |l| l.on_records(batch))
+                    .is_some()
+                {
+                    self.after_records(ctx);
+                }
+            }
+            Envelope::Barrier(id) => self.on_barrier(ctx, input.channel, id),
+            Envelope::End => self.on_end(ctx, input.channel),
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // A closed input channel: its producer is gone. The job master learns of that from
+        // the producer's own exit; this task keeps running until told otherwise.
+    }
+}
+
+impl StreamHandler<Tick> for TaskActor {
+    fn handle(&mut self, _tick: Tick, ctx: &mut Self::Context) {
+        if self.failed || self.end_sent {
+            self.pace.set(Pace::Halt);
+            return;
+        }
+        let batch = self.settings.batch_size;
+        match self.guarded(ctx, "source read", |l| l.poll_source(batch)) {
+            Some(SourcePoll::Produced(n)) => {
+                self.counters
+                    .records_in
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.flush(ctx, true);
+            }
+            Some(SourcePoll::Idle) => self.pace.set(Pace::Idle(self.settings.idle_poll)),
+            Some(SourcePoll::AtEnd) => {
+                self.pace.set(Pace::Halt);
+                if !self.at_end_reported {
+                    self.at_end_reported = true;
+                    self.master
+                        .do_send(TaskEvent::SourceAtEnd { task: self.number });
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<Trigger> for TaskActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Trigger, ctx: &mut Self::Context) {
+        if self.failed {
+            return;
+        }
+        if msg.is_final && !self.end_sent {
+            self.pace.set(Pace::Halt);
+            self.send_end(ctx);
+        }
+        self.checkpoint(ctx, msg.checkpoint, Duration::ZERO);
+    }
+}
+
+impl Handler<Complete> for TaskActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Complete, ctx: &mut Self::Context) -> bool {
+        if self.failed {
+            return false;
+        }
+        self.guarded(ctx, "checkpoint complete", |l| l.checkpoint_complete(msg.0))
+            .is_some()
+    }
+}
+
+impl Handler<Shutdown> for TaskActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
+        self.pace.set(Pace::Halt);
+        ctx.stop();
+    }
+}

@@ -1,0 +1,259 @@
+//! [`FileSink`]: exactly-once text files, one per task and epoch, made visible by rename.
+//!
+//! ```text
+//! <dir>/.pending/<vertex>-<task>-<epoch:020>.txt.part   being written / pre-committed
+//! <dir>/<vertex>-<task>-<epoch:020>.txt                  committed (visible)
+//! ```
+//! Pre-commit flushes and fsyncs the pending file (and its directory). Commit renames it into
+//! `<dir>` and fsyncs the directory; a commit of a file that is already in `<dir>` does
+//! nothing, so commits are idempotent. Recovery commits the transactions recorded in the
+//! restored checkpoint and deletes every other pending file of the task.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::TwoPhaseCommitSink;
+use crate::checkpoint::CheckpointId;
+use crate::error::{Error, Result};
+use crate::runtime::TaskInfo;
+use crate::storage;
+
+const PENDING_DIR: &str = ".pending";
+const PART: &str = ".part";
+
+/// A pre-committed epoch of one [`FileSink`] task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileTxn {
+    /// The epoch.
+    pub epoch: u64,
+    /// The committed file's name (inside the sink directory).
+    pub file: String,
+    /// Records in the file; an empty epoch has no file.
+    pub records: u64,
+}
+
+/// Appends a record's text to a line buffer.
+type Format<T> = Arc<dyn Fn(&T, &mut String) + Send + Sync>;
+
+struct OpenFile {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    records: u64,
+}
+
+/// Writes each record as one line of text (`format` appends it to the line buffer). See the
+/// module documentation for the file protocol.
+pub struct FileSink<T> {
+    dir: PathBuf,
+    format: Format<T>,
+    prefix: Option<String>,
+    epoch: u64,
+    open: Option<OpenFile>,
+    line: String,
+}
+
+impl<T> std::fmt::Debug for FileSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSink")
+            .field("dir", &self.dir)
+            .field("prefix", &self.prefix)
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+impl<T> Clone for FileSink<T> {
+    fn clone(&self) -> Self {
+        FileSink {
+            dir: self.dir.clone(),
+            format: Arc::clone(&self.format),
+            prefix: None,
+            epoch: 0,
+            open: None,
+            line: String::new(),
+        }
+    }
+}
+
+impl<T> FileSink<T> {
+    /// A sink writing into `dir`, formatting each record with `format` (which appends the
+    /// record's text, without a newline, to the `String` it is given).
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        format: impl Fn(&T, &mut String) + Send + Sync + 'static,
+    ) -> Self {
+        FileSink {
+            dir: dir.into(),
+            format: Arc::new(format),
+            prefix: None,
+            epoch: 0,
+            open: None,
+            line: String::new(),
+        }
+    }
+
+    /// The committed files of a sink directory, in name order (task, then epoch).
+    pub fn committed_files(dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        if !dir.exists() {
+            return Ok(files);
+        }
+        for e in fs::read_dir(dir).map_err(|e| Error::io("list sink directory", dir, e))? {
+            let e = e.map_err(|e| Error::io("list sink directory", dir, e))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".txt") && !name.starts_with('.') {
+                files.push(e.path());
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Every committed line of a sink directory, file by file in name order.
+    pub fn read_committed(dir: &Path) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for f in FileSink::<T>::committed_files(dir)? {
+            let text =
+                fs::read_to_string(&f).map_err(|e| Error::io("read committed file", &f, e))?;
+            lines.extend(text.lines().map(str::to_string));
+        }
+        Ok(lines)
+    }
+
+    fn pending_dir(&self) -> PathBuf {
+        self.dir.join(PENDING_DIR)
+    }
+
+    fn prefix(&self) -> Result<&str> {
+        self.prefix
+            .as_deref()
+            .ok_or_else(|| Error::Config("FileSink used before open".into()))
+    }
+
+    fn file_name(&self, epoch: u64) -> Result<String> {
+        Ok(format!("{}{epoch:020}.txt", self.prefix()?))
+    }
+}
+
+impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
+    type Txn = FileTxn;
+
+    fn open(&mut self, task: &TaskInfo) -> Result<()> {
+        self.prefix = Some(format!("{}-{}-", task.task.vertex, task.task.index));
+        storage::create_dir_durable(&self.dir)?;
+        storage::create_dir_durable(&self.pending_dir())
+    }
+
+    fn begin(&mut self, epoch: CheckpointId) -> Result<()> {
+        self.epoch = epoch.0;
+        self.open = None;
+        Ok(())
+    }
+
+    fn write(&mut self, record: T) -> Result<()> {
+        if self.open.is_none() {
+            let path = self
+                .pending_dir()
+                .join(format!("{}{PART}", self.file_name(self.epoch)?));
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| Error::io("create pending file", &path, e))?;
+            self.open = Some(OpenFile {
+                path,
+                writer: BufWriter::with_capacity(256 * 1024, file),
+                records: 0,
+            });
+        }
+        self.line.clear();
+        (self.format)(&record, &mut self.line);
+        self.line.push('\n');
+        let Some(open) = self.open.as_mut() else {
+            return Err(Error::Config("FileSink lost its open file".into()));
+        };
+        open.writer
+            .write_all(self.line.as_bytes())
+            .map_err(|e| Error::io("write pending file", &open.path, e))?;
+        open.records += 1;
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: CheckpointId) -> Result<FileTxn> {
+        let file = self.file_name(epoch.0)?;
+        let Some(mut open) = self.open.take() else {
+            return Ok(FileTxn {
+                epoch: epoch.0,
+                file,
+                records: 0,
+            });
+        };
+        open.writer
+            .flush()
+            .map_err(|e| Error::io("flush pending file", &open.path, e))?;
+        open.writer
+            .get_ref()
+            .sync_all()
+            .map_err(|e| Error::io("fsync pending file", &open.path, e))?;
+        storage::sync_dir(&self.pending_dir())?;
+        Ok(FileTxn {
+            epoch: epoch.0,
+            file,
+            records: open.records,
+        })
+    }
+
+    fn commit(&mut self, txn: &FileTxn) -> Result<()> {
+        if txn.records == 0 {
+            return Ok(());
+        }
+        storage::validate_name("sink file", &txn.file)?;
+        let src = self.pending_dir().join(format!("{}{PART}", txn.file));
+        let dst = self.dir.join(&txn.file);
+        if dst.exists() {
+            // Committed before (a commit repeated after a crash); drop a leftover copy.
+            if src.exists() {
+                fs::remove_file(&src)
+                    .map_err(|e| Error::io("remove committed pending file", &src, e))?;
+            }
+            return Ok(());
+        }
+        fs::rename(&src, &dst).map_err(|e| Error::io("commit (rename) pending file", &src, e))?;
+        storage::sync_dir(&self.dir)?;
+        storage::sync_dir(&self.pending_dir())
+    }
+
+    fn recover(&mut self, committed: &[FileTxn]) -> Result<()> {
+        for txn in committed {
+            self.commit(txn)?;
+        }
+        let keep: HashSet<String> = committed
+            .iter()
+            .map(|t| format!("{}{PART}", t.file))
+            .collect();
+        let prefix = self.prefix()?.to_string();
+        let pending = self.pending_dir();
+        let mut removed = 0;
+        for e in fs::read_dir(&pending).map_err(|e| Error::io("list pending files", &pending, e))? {
+            let e = e.map_err(|e| Error::io("list pending files", &pending, e))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(&prefix) && !keep.contains(&name) {
+                fs::remove_file(e.path())
+                    .map_err(|err| Error::io("abort pending file", e.path(), err))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            storage::sync_dir(&pending)?;
+            tracing::info!(sink = %self.dir.display(), task = %prefix, aborted = removed, "file sink aborted uncommitted epochs");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! End-to-end runs of small bounded jobs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use snapflow::checkpoint::CheckpointTiming;
+use snapflow::prelude::*;
+use snapflow::{CollectSink, FileSink, TypedLog};
+
+fn words_log(lines: &[&str], partitions: u32) -> Arc<dyn ReplayableLog> {
+    let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(partitions));
+    let typed = TypedLog::<String>::new(Arc::clone(&log));
+    for (i, l) in lines.iter().enumerate() {
+        typed
+            .append(PartitionId(i as u32 % partitions), &l.to_string())
+            .expect("append");
+    }
+    log
+}
+
+fn config(threads: Threads) -> JobConfig {
+    JobConfig {
+        parallelism: 2,
+        threads,
+        batch_size: 4,
+        checkpoints: CheckpointTiming {
+            interval: Some(Duration::from_millis(20)),
+            timeout: Duration::from_secs(10),
+            min_pause: Duration::ZERO,
+        },
+        ..JobConfig::default()
+    }
+}
+
+fn run_wordcount(threads: Threads) -> BTreeMap<String, u64> {
+    let lines: Vec<String> = (0..500)
+        .map(|i| format!("w{} w{} common", i % 7, i % 3))
+        .collect();
+    let refs: Vec<&str> = lines.iter().map(|s| s.as_str()).collect();
+    let log = words_log(&refs, 3);
+    let job = JobBuilder::with_config("wc", config(threads));
+    let sink = CollectSink::<(String, u64)>::new();
+    job.source("lines", LogSource::<String>::msgpack(log).bounded())
+        .flat_map("split", |line: String, out| {
+            for w in line.split_whitespace() {
+                out.emit((w.to_string(), 1u64));
+            }
+        })
+        .key_by(|(w, _): &(String, u64)| w.clone())
+        .reduce("count", |a, b| (a.0, a.1 + b.1))
+        .sink("out", sink.clone());
+    let report = job.build().expect("build").run().expect("run");
+    assert!(
+        report.checkpoints_completed >= 1,
+        "at least the final checkpoint"
+    );
+    let mut finals = BTreeMap::new();
+    for (w, c) in sink.records() {
+        let e = finals.entry(w).or_insert(0);
+        *e = (*e).max(c);
+    }
+    finals
+}
+
+#[test]
+fn a_bounded_wordcount_counts_every_word_on_one_thread_and_on_two() {
+    for threads in [Threads::Current, Threads::Arbiters(2)] {
+        let counts = run_wordcount(threads);
+        assert_eq!(counts.get("common"), Some(&500), "{threads:?}");
+        assert_eq!(counts.get("w0").copied(), Some(72 + 167), "{threads:?}");
+        assert_eq!(counts.values().sum::<u64>(), 500 + 500 + 500, "{threads:?}");
+    }
+}
+
+#[test]
+fn the_file_sink_commits_every_record_of_a_bounded_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = words_log(&["a b", "c d", "e f"], 2);
+    let job = JobBuilder::with_config("fs", config(Threads::Arbiters(2)));
+    let out = dir.path().join("out");
+    job.source("lines", LogSource::<String>::msgpack(log).bounded())
+        .flat_map("split", |line: String, out| {
+            for w in line.split_whitespace() {
+                out.emit(w.to_string());
+            }
+        })
+        .sink(
+            "files",
+            FileSink::new(&out, |w: &String, line: &mut String| line.push_str(w)),
+        );
+    job.build().expect("build").run().expect("run");
+    let mut lines = FileSink::<String>::read_committed(&out).expect("read");
+    lines.sort();
+    assert_eq!(lines, vec!["a", "b", "c", "d", "e", "f"]);
+}
