@@ -210,13 +210,175 @@ fn a_manifest_naming_a_file_of_the_wrong_size_is_not_committed() {
     let mut handle = s.write_task_state(cid, &task, b"abc").expect("write");
     handle.size = 4;
     let mut m = Manifest::new(JOB, cid, 128);
+    m.parallelism.insert("count".into(), 1);
     m.tasks.push(TaskStateEntry {
         task,
         state: handle,
         key_groups: None,
     });
-    assert!(s.commit(&m).is_err());
+    assert!(matches!(
+        s.commit(&m),
+        Err(Error::CheckpointCorrupt { .. })
+    ));
     assert_eq!(s.latest_complete().expect("latest"), None);
+}
+
+/// Writes the state files of checkpoint `id` for tasks 0, 1 and 2 of vertex "count" and
+/// returns a valid manifest naming tasks 0 and 1 (parallelism 2, key groups in two halves).
+fn manifest_with_spare_task(storage: &dyn CheckpointStorage, id: u64) -> Manifest {
+    let cid = CheckpointId(id);
+    let mut m = Manifest::new(JOB, cid, 128);
+    for i in 0..3u32 {
+        let task = TaskId::new("count", i).expect("task");
+        let state = storage
+            .write_task_state(cid, &task, &[i as u8; 10])
+            .expect("write state");
+        if i < 2 {
+            m.tasks.push(TaskStateEntry {
+                task,
+                state,
+                key_groups: Some(KeyGroupRange::for_task(i, 2, 128).expect("range")),
+            });
+        }
+    }
+    m.parallelism.insert("count".into(), 2);
+    m.sources.push(SourceOffset {
+        task: TaskId::new("source", 0).expect("task"),
+        partition: PartitionId(0),
+        offset: LogOffset(7),
+    });
+    m
+}
+
+/// The manifest `m` as the bytes of a stored `_manifest` file, bypassing the checks of
+/// `commit`: the same envelope storage writes (magic, u64 length, CRC32C over length and
+/// payload) around named MessagePack.
+fn manifest_file_bytes(m: &Manifest) -> Vec<u8> {
+    let payload = rmp_serde::to_vec_named(m).expect("encode manifest");
+    let len = (payload.len() as u64).to_le_bytes();
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&len), &payload);
+    let mut out = b"SNAPMANI".to_vec();
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Ways to break a valid manifest made by `manifest_with_spare_task`, each with its name.
+fn broken_manifests(valid: &Manifest) -> Vec<(&'static str, Manifest)> {
+    let range = |start: u16, end: u16| Some(KeyGroupRange { start, end });
+    let mut out = Vec::new();
+    let mut m = valid.clone();
+    m.tasks.remove(1);
+    out.push(("a task is missing", m));
+    let mut m = valid.clone();
+    m.parallelism.insert("count".into(), 3);
+    out.push(("the parallelism names a task with no entry", m));
+    let mut m = valid.clone();
+    let mut extra = m.tasks[1].clone();
+    extra.task.index = 2;
+    extra.state.file = "task-count-2.state".into();
+    m.tasks.push(extra);
+    out.push(("a task beyond the parallelism", m));
+    let mut m = valid.clone();
+    m.parallelism.clear();
+    out.push(("task entries of a vertex without parallelism", m));
+    let mut m = valid.clone();
+    m.parallelism.insert("idle".into(), 0);
+    out.push(("a vertex of parallelism 0", m));
+    let mut m = valid.clone();
+    m.tasks[1].key_groups = None;
+    out.push(("a keyed vertex with a task without a key-group range", m));
+    let mut m = valid.clone();
+    m.tasks[1].key_groups = range(32, 128);
+    out.push(("overlapping key-group ranges", m));
+    let mut m = valid.clone();
+    m.tasks[1].key_groups = range(65, 128);
+    out.push(("a key group no task owns", m));
+    let mut m = valid.clone();
+    m.tasks[1].key_groups = range(64, 127);
+    out.push(("ranges that stop short of the max parallelism", m));
+    let mut m = valid.clone();
+    m.tasks[1].key_groups = range(64, 129);
+    out.push(("a range beyond the max parallelism", m));
+    let mut m = valid.clone();
+    m.tasks[0].key_groups = range(0, 128);
+    m.tasks[1].key_groups = range(0, 128);
+    out.push(("two tasks owning every key group", m));
+    let mut m = valid.clone();
+    m.sources[0].task = TaskId {
+        vertex: "../source".into(),
+        index: 0,
+    };
+    out.push(("a source with an unsafe vertex name", m));
+    out
+}
+
+#[test]
+fn a_manifest_missing_a_task_or_key_group_range_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = local(&dir);
+    let memory = MemoryCheckpointStorage::new(JOB).expect("memory");
+    for storage in [&disk as &dyn CheckpointStorage, &memory] {
+        let valid = manifest_with_spare_task(storage, 1);
+        for (what, bad) in broken_manifests(&valid) {
+            assert!(
+                matches!(storage.commit(&bad), Err(Error::Config(_))),
+                "{what}: committed"
+            );
+            assert!(
+                storage.completed_ids().expect("ids").is_empty(),
+                "{what}: a checkpoint became complete"
+            );
+        }
+        // The valid manifest still commits and verifies.
+        storage.commit(&valid).expect("the valid manifest");
+        assert_eq!(
+            storage.verify(CheckpointId(1)).expect("verify").manifest,
+            valid
+        );
+        // A vertex whose entries carry no key-group range at all is not keyed: that is valid.
+        let mut unkeyed = manifest_with_spare_task(storage, 2);
+        for t in &mut unkeyed.tasks {
+            t.key_groups = None;
+        }
+        storage.commit(&unkeyed).expect("an unkeyed vertex");
+        assert_eq!(
+            storage.verify(CheckpointId(2)).expect("verify").manifest,
+            unkeyed
+        );
+    }
+
+    // A manifest of a refused shape that reaches the disk anyway (written by an older version
+    // or by hand) inside a valid envelope does not verify: the previous checkpoint is chosen.
+    let next = manifest_with_spare_task(&disk, 3);
+    let path = disk.checkpoint_dir(CheckpointId(3)).join("_manifest");
+    fs::write(&path, manifest_file_bytes(&next)).expect("write a valid manifest by hand");
+    assert_eq!(
+        disk.verify(CheckpointId(3))
+            .expect("the hand-written envelope is valid")
+            .manifest,
+        next
+    );
+    for (what, bad) in broken_manifests(&next) {
+        fs::write(&path, manifest_file_bytes(&bad)).expect("write manifest");
+        match disk.verify(CheckpointId(3)) {
+            Err(Error::CheckpointCorrupt {
+                checkpoint,
+                path: failed,
+                ..
+            }) => {
+                assert_eq!(checkpoint, CheckpointId(3), "{what}");
+                assert_eq!(failed, path, "{what}");
+            }
+            other => panic!("{what}: expected corruption, got {other:?}"),
+        }
+        assert_eq!(
+            disk.latest_complete().expect("latest").map(|c| c.id()),
+            Some(CheckpointId(2)),
+            "{what}"
+        );
+    }
 }
 
 #[test]

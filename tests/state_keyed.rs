@@ -238,3 +238,124 @@ fn a_corrupt_or_mismatched_snapshot_is_an_error_and_leaves_the_backend_empty() {
     // Garbage bytes never panic.
     assert!(TaskSnapshot::from_bytes(&[0xde, 0xad, 0xbe, 0xef]).is_err());
 }
+
+#[test]
+fn restore_refuses_snapshots_that_do_not_cover_the_owned_key_groups() {
+    let n = 600;
+    let (_, all) = filled(n);
+    // Split the state over 3 tasks: [0, 42), [42, 85), [85, 128).
+    let old: Vec<KeyedSnapshot> = (0..3)
+        .map(|i| {
+            let mut b =
+                KeyedStateBackend::<String>::new(KeyGroupRange::for_task(i, 3, G).expect("r"), G)
+                    .expect("b");
+            b.restore([&all]).expect("restore");
+            b.snapshot().expect("snapshot")
+        })
+        .collect();
+
+    // Task 0 of 2 owns [0, 64): old tasks 0 and 1 cover it, old task 0 alone does not.
+    let first_half = KeyGroupRange::for_task(0, 2, G).expect("range");
+    let mut b = KeyedStateBackend::<String>::new(first_half, G).expect("backend");
+    let v = b.value_state::<u64>("count").expect("value");
+    b.restore([&old[0], &old[1]]).expect("covered by two snapshots");
+    assert!(b.entries() > 0);
+    let err = b.restore([&old[0]]).expect_err("half of the groups are missing");
+    assert!(
+        matches!(
+            err,
+            Error::StateCorrupt {
+                key_group: Some(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(b.entries(), 0, "a failed restore leaves the backend empty");
+    assert!(
+        b.snapshot().expect("snapshot").groups.is_empty(),
+        "and holds no restored bytes either"
+    );
+    b.set_current_key(
+        (0..n)
+            .map(|i| format!("key-{i}"))
+            .find(|k| first_half.contains(key_group_for(k, G)))
+            .expect("a key of the first half"),
+    )
+    .expect("key");
+    assert_eq!(v.get(&b).expect("get"), None);
+
+    // Task 1 of 2 owns [64, 128): old tasks 0 and 1 leave [85, 128) uncovered.
+    let second_half = KeyGroupRange::for_task(1, 2, G).expect("range");
+    let mut c = KeyedStateBackend::<String>::new(second_half, G).expect("backend");
+    assert!(c.restore([&old[0], &old[1]]).is_err());
+    assert!(c.restore(std::iter::empty::<&KeyedSnapshot>()).is_err());
+    c.restore(old.iter()).expect("all three snapshots");
+
+    // A snapshot covers the empty groups of its range too: a single key leaves one blob, and
+    // that snapshot alone restores every group.
+    let full = KeyGroupRange::all(G).expect("range");
+    let mut one = KeyedStateBackend::<String>::new(full, G).expect("backend");
+    let v = one.value_state::<u64>("count").expect("value");
+    one.set_current_key("only".into()).expect("key");
+    v.set(&mut one, 1).expect("set");
+    let sparse = one.snapshot().expect("snapshot");
+    assert_eq!(sparse.groups.len(), 1);
+    let mut d = KeyedStateBackend::<String>::new(full, G).expect("backend");
+    let stats = d.restore([&sparse]).expect("sparse but covering");
+    assert_eq!(stats.key_groups, 1);
+
+    // A snapshot whose blobs lie outside the range it claims is corrupt.
+    let mut lying = all.clone();
+    lying.range = first_half;
+    let err = d.restore([&lying]).expect_err("blobs outside the range");
+    assert!(err.to_string().contains("outside"), "{err}");
+    // Two snapshots claiming the same group, even where only one has a blob, are refused.
+    let err = d.restore([&sparse, &old[0]]).expect_err("overlap");
+    assert!(err.to_string().contains("more than one"), "{err}");
+}
+
+#[test]
+fn value_and_list_entries_iterate_every_owned_key_without_a_current_key() {
+    let n = 500;
+    let (_, all) = filled(n);
+    let range = KeyGroupRange::for_task(1, 3, G).expect("range");
+    let mut b = KeyedStateBackend::<String>::new(range, G).expect("backend");
+    b.restore([&all]).expect("restore");
+    let v = b.value_state::<u64>("count").expect("value");
+    let l = b.list_state::<u64>("seen").expect("list");
+    assert!(b.current_key().is_none());
+
+    let expected: BTreeMap<String, u64> = (0..n)
+        .map(|i| (format!("key-{i}"), i * 10))
+        .filter(|(k, _)| range.contains(key_group_for(k, G)))
+        .collect();
+    assert!(!expected.is_empty());
+    let values: BTreeMap<String, u64> = v
+        .entries(&b)
+        .expect("entries")
+        .map(|(k, c)| (k.clone(), *c))
+        .collect();
+    assert_eq!(values, expected);
+    assert_eq!(v.entries(&b).expect("entries").count(), expected.len());
+    let mut keys: Vec<String> = v.keys(&b).expect("keys").cloned().collect();
+    keys.sort();
+    assert_eq!(keys, expected.keys().cloned().collect::<Vec<_>>());
+
+    let lists: BTreeMap<String, Vec<u64>> = l
+        .entries(&b)
+        .expect("entries")
+        .map(|(k, list)| (k.clone(), list.to_vec()))
+        .collect();
+    let expected_lists: BTreeMap<String, Vec<u64>> = expected
+        .iter()
+        .map(|(k, c)| (k.clone(), vec![c / 10, c / 10 + 1]))
+        .collect();
+    assert_eq!(lists, expected_lists);
+    assert!(b.current_key().is_none(), "iterating sets no current key");
+
+    // A handle of another backend is refused.
+    let mut other = KeyedStateBackend::<String>::new(range, G).expect("backend");
+    let _ = other.value_state::<u64>("count").expect("value");
+    assert!(v.entries(&other).is_err());
+}

@@ -129,3 +129,38 @@ fn operator_state_refuses_type_and_mode_changes() {
         "name taken by a list"
     );
 }
+
+#[test]
+fn a_failed_registration_keeps_the_restored_state_for_later_snapshots() {
+    let old = three_tasks();
+    let mut b = OperatorStateBackend::restored(old[0].clone());
+    assert!(
+        b.list_state::<u64>("offsets", Redistribution::Union)
+            .is_err(),
+        "mode changed"
+    );
+    assert!(
+        b.list_state::<String>("offsets", Redistribution::Split)
+            .is_err(),
+        "u64 read as String"
+    );
+    assert!(
+        b.broadcast_state::<u64, u32>("rules").is_err(),
+        "String keys read as u64"
+    );
+    assert_eq!(
+        b.snapshot().expect("snapshot"),
+        old[0],
+        "the restored lists and map are still carried, unchanged"
+    );
+    // Registering with the right mode and types still gets the restored elements.
+    let offsets = b
+        .list_state::<u64>("offsets", Redistribution::Split)
+        .expect("split");
+    assert_eq!(offsets.get(&b).expect("get"), &[0, 1, 2, 3]);
+    let rules = b
+        .broadcast_state::<String, u32>("rules")
+        .expect("broadcast");
+    assert_eq!(rules.get(&b, &"max".to_string()).expect("get"), Some(&10));
+    assert_eq!(b.snapshot().expect("snapshot"), old[0]);
+}

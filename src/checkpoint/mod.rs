@@ -21,7 +21,7 @@ mod coordinator;
 mod local;
 mod memory;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -157,11 +157,25 @@ impl Manifest {
         self.tasks.iter().map(|t| t.state.size).sum()
     }
 
-    /// Checks the manifest's internal consistency: safe names, one entry per task, file names
-    /// that match their tasks.
+    /// Checks the manifest's internal consistency:
+    /// - the job, every vertex (in `parallelism`, in `tasks` and in `sources`) and so every
+    ///   state file has a safe name;
+    /// - every task has one entry, whose state file name matches the task;
+    /// - every vertex in `parallelism` runs at least one task and has exactly the entries of
+    ///   tasks `0..parallelism`, and every entry's vertex is in `parallelism` (sources' tasks
+    ///   need not be: they may keep no state);
+    /// - a keyed vertex (one with a key-group range on any entry) has a range on every entry,
+    ///   and the ranges are disjoint and together cover `[0, max_parallelism)`.
     fn validate(&self) -> std::result::Result<(), String> {
         storage::validate_name("job", &self.job).map_err(|e| e.to_string())?;
-        let mut seen = std::collections::HashSet::new();
+        for (vertex, &p) in &self.parallelism {
+            storage::validate_name("vertex", vertex).map_err(|e| e.to_string())?;
+            if p == 0 {
+                return Err(format!("vertex {vertex:?} has parallelism 0"));
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut by_vertex: BTreeMap<&str, Vec<&TaskStateEntry>> = BTreeMap::new();
         for t in &self.tasks {
             storage::validate_name("vertex", &t.task.vertex).map_err(|e| e.to_string())?;
             if !seen.insert(&t.task) {
@@ -173,9 +187,104 @@ impl Manifest {
                     t.task, t.state.file
                 ));
             }
+            let Some(&p) = self.parallelism.get(&t.task.vertex) else {
+                return Err(format!(
+                    "task {} has state but its vertex has no parallelism in the manifest",
+                    t.task
+                ));
+            };
+            if t.task.index >= p {
+                return Err(format!(
+                    "task {} is beyond its vertex's parallelism {p}",
+                    t.task
+                ));
+            }
+            by_vertex.entry(t.task.vertex.as_str()).or_default().push(t);
+        }
+        for (vertex, &p) in &self.parallelism {
+            let entries: &[&TaskStateEntry] = by_vertex
+                .get(vertex.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            // No task appears twice and every index is below `p`, so `p` entries are exactly
+            // the tasks 0..p.
+            if entries.len() as u64 != u64::from(p) {
+                let present: HashSet<u32> = entries.iter().map(|t| t.task.index).collect();
+                return Err(match (0..p).find(|i| !present.contains(i)) {
+                    Some(missing) => format!(
+                        "vertex {vertex:?} has parallelism {p} but no state entry for task {missing}"
+                    ),
+                    None => format!(
+                        "vertex {vertex:?} has parallelism {p} but {} state entries",
+                        entries.len()
+                    ),
+                });
+            }
+            check_key_group_ranges(vertex, entries, self.max_parallelism)?;
+        }
+        for s in &self.sources {
+            storage::validate_name("source vertex", &s.task.vertex).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
+}
+
+/// Checks that the entries of one vertex either carry no key-group range at all, or each carry
+/// one and the ranges are disjoint and together cover `[0, max_parallelism)`.
+fn check_key_group_ranges(
+    vertex: &str,
+    entries: &[&TaskStateEntry],
+    max_parallelism: u32,
+) -> std::result::Result<(), String> {
+    let keyed = entries.iter().filter(|t| t.key_groups.is_some()).count();
+    if keyed == 0 {
+        return Ok(());
+    }
+    if keyed != entries.len() {
+        return Err(format!(
+            "vertex {vertex:?} is keyed but only {keyed} of its {} tasks have a key-group range",
+            entries.len()
+        ));
+    }
+    let all = KeyGroupRange::all(max_parallelism)
+        .map_err(|e| format!("vertex {vertex:?} is keyed but {e}"))?;
+    let mut ranges: Vec<(KeyGroupRange, &TaskId)> = entries
+        .iter()
+        .filter_map(|t| t.key_groups.map(|r| (r, &t.task)))
+        .collect();
+    ranges.sort_by_key(|(r, _)| (r.start, r.end));
+    // Sweep the ranges in order: each must start where the previous one ended.
+    let mut next: u16 = 0;
+    for (r, task) in &ranges {
+        if r.start > r.end || r.end > all.end {
+            return Err(format!(
+                "task {task} has the key-group range {r}, which is not within {all}"
+            ));
+        }
+        if r.start == r.end {
+            // An empty range owns nothing: it can neither overlap nor leave a gap.
+            continue;
+        }
+        if r.start < next {
+            return Err(format!(
+                "task {task}'s key groups {r} overlap another task's of vertex {vertex:?}"
+            ));
+        }
+        if r.start > next {
+            return Err(format!(
+                "no task of vertex {vertex:?} owns the key groups [{next}, {})",
+                r.start
+            ));
+        }
+        next = r.end;
+    }
+    if next != all.end {
+        return Err(format!(
+            "no task of vertex {vertex:?} owns the key groups [{next}, {})",
+            all.end
+        ));
+    }
+    Ok(())
 }
 
 /// A checkpoint whose manifest and state files have been verified.
@@ -207,8 +316,10 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     ) -> Result<StateHandle>;
 
     /// Makes checkpoint `manifest.checkpoint` complete by writing its manifest atomically, after
-    /// checking that every state file it names is there with the right size. Then applies
-    /// retention.
+    /// checking that the manifest is consistent (safe names; exactly the tasks `0..p` of every
+    /// vertex in `parallelism` and no others; for a keyed vertex, key-group ranges on every task
+    /// that are disjoint and cover `[0, max_parallelism)`: an [`Error::Config`] otherwise) and
+    /// that every state file it names is there with the right size. Then applies retention.
     fn commit(&self, manifest: &Manifest) -> Result<()>;
 
     /// Removes every file of an incomplete checkpoint. Refuses to remove a complete one.

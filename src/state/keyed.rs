@@ -11,9 +11,11 @@
 //! on processing at once; [`KeyedStateCapture::encode`] turns the clone into one checksummed
 //! MessagePack blob per non-empty key group and can run on a background thread.
 //! [`KeyedStateBackend::restore`] takes the blobs of the groups the task owns from any number
-//! of snapshots (so a task can be restored at another parallelism), verifies each blob's
-//! checksum and each key's group, and keeps the bytes of states that are not registered yet
-//! until they are (so lazily registered state is neither lost nor needed up front).
+//! of snapshots (so a task can be restored at another parallelism), refuses snapshots whose
+//! ranges do not together cover every owned group exactly once (state would silently vanish),
+//! verifies each blob's checksum and each key's group, and keeps the bytes of states that are
+//! not registered yet until they are (so lazily registered state is neither lost nor needed up
+//! front).
 
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
@@ -105,7 +107,8 @@ pub struct KeyGroupBlob {
 pub struct KeyedSnapshot {
     /// The number of key groups of the vertex (key groups mean nothing without it).
     pub max_parallelism: u32,
-    /// The range of the task that took the snapshot.
+    /// The range of the task that took the snapshot. A restore counts every group of it as
+    /// covered by this snapshot, including the empty ones that have no blob.
     pub range: KeyGroupRange,
     /// One blob per non-empty key group, in key group order.
     pub groups: Vec<KeyGroupBlob>,
@@ -526,12 +529,17 @@ impl<K: StateKey> KeyedStateBackend<K> {
         Ok(())
     }
 
-    fn slot<T: StateValue>(&self, backend: u64, id: usize) -> Result<(&HashMap<K, T>, &K)> {
+    /// The whole table of a handle, every owned key group of it.
+    fn table<T: StateValue>(&self, backend: u64, id: usize) -> Result<&Table<K, T>> {
         self.check_handle(backend, id)?;
-        let table = self.tables[id]
+        self.tables[id]
             .as_any()
             .downcast_ref::<Table<K, T>>()
-            .ok_or_else(|| Error::Config("state handle type does not match its state".into()))?;
+            .ok_or_else(|| Error::Config("state handle type does not match its state".into()))
+    }
+
+    fn slot<T: StateValue>(&self, backend: u64, id: usize) -> Result<(&HashMap<K, T>, &K)> {
+        let table = self.table::<T>(backend, id)?;
         let cur = self.current.as_ref().ok_or_else(|| Error::NoCurrentKey {
             name: table.name.clone(),
         })?;
@@ -572,8 +580,11 @@ impl<K: StateKey> KeyedStateBackend<K> {
     }
 
     /// Replaces all state with the key groups this backend owns found in `snapshots`. Blobs of
-    /// other groups are skipped; a group found twice, a checksum mismatch, a key in the wrong
-    /// group or a different max parallelism is an error, and leaves the backend empty.
+    /// other groups are skipped. The snapshots' ranges (not only their blobs: a snapshot covers
+    /// the empty groups of its range too) must together cover every owned key group exactly
+    /// once. A group not covered or covered twice, a blob outside its snapshot's range, a
+    /// checksum mismatch, a key in the wrong group or a different max parallelism is an error
+    /// ([`Error::StateCorrupt`]), and leaves the backend empty.
     pub fn restore<'a>(
         &mut self,
         snapshots: impl IntoIterator<Item = &'a KeyedSnapshot>,
@@ -601,6 +612,8 @@ impl<K: StateKey> KeyedStateBackend<K> {
         self.clear();
         let mut stats = RestoreStats::default();
         let mut seen = HashSet::new();
+        // Which owned key groups some snapshot's range covers (blob or not).
+        let mut covered = vec![false; self.range.len()];
         for snap in snapshots {
             if snap.max_parallelism != self.max_parallelism {
                 return Err(Error::StateCorrupt {
@@ -611,8 +624,34 @@ impl<K: StateKey> KeyedStateBackend<K> {
                     ),
                 });
             }
+            let r = snap.range;
+            if r.start > r.end || u32::from(r.end) > self.max_parallelism {
+                return Err(Error::StateCorrupt {
+                    key_group: None,
+                    reason: format!(
+                        "the snapshot's key-group range {r} is not within [0, {})",
+                        self.max_parallelism
+                    ),
+                });
+            }
+            // The owned groups this snapshot covers: its range within ours.
+            for g in r.start.max(self.range.start)..r.end.min(self.range.end) {
+                let gi = usize::from(g - self.range.start);
+                if std::mem::replace(&mut covered[gi], true) {
+                    return Err(Error::StateCorrupt {
+                        key_group: Some(KeyGroup(g)),
+                        reason: "key group covered by more than one snapshot".into(),
+                    });
+                }
+            }
             for blob in &snap.groups {
                 let kg = blob.key_group;
+                if !r.contains(kg) {
+                    return Err(Error::StateCorrupt {
+                        key_group: Some(kg),
+                        reason: format!("blob outside its snapshot's key-group range {r}"),
+                    });
+                }
                 if !self.range.contains(kg) {
                     stats.skipped_key_groups += 1;
                     continue;
@@ -620,7 +659,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
                 if !seen.insert(kg) {
                     return Err(Error::StateCorrupt {
                         key_group: Some(kg),
-                        reason: "key group found in more than one snapshot".into(),
+                        reason: "key group has more than one blob in the snapshot".into(),
                     });
                 }
                 if crc32c::crc32c(&blob.bytes) != blob.crc32c {
@@ -662,6 +701,17 @@ impl<K: StateKey> KeyedStateBackend<K> {
                 }
                 stats.key_groups += 1;
             }
+        }
+        if let Some(gi) = covered.iter().position(|c| !c) {
+            let missing = covered.iter().filter(|c| !**c).count();
+            return Err(Error::StateCorrupt {
+                key_group: Some(KeyGroup(self.range.start + gi as u16)),
+                reason: format!(
+                    "no snapshot covers this key group ({missing} of the {} key groups of {} are not covered): restoring would silently drop their state",
+                    self.range.len(),
+                    self.range
+                ),
+            });
         }
         Ok(stats)
     }
@@ -772,6 +822,27 @@ impl<V: StateValue> ValueState<V> {
         let (slot, key) = b.slot_mut::<V>(self.backend, self.id)?;
         Ok(slot.remove(key))
     }
+
+    /// Every key that has a value, with its value, over all the key groups the backend owns.
+    /// Needs no current key and does not change it. The order is unspecified (it is neither
+    /// key order nor stable across snapshots and restores).
+    pub fn entries<'a, K: StateKey>(
+        &self,
+        b: &'a KeyedStateBackend<K>,
+    ) -> Result<impl Iterator<Item = (&'a K, &'a V)> + 'a> {
+        let table = b.table::<V>(self.backend, self.id)?;
+        Ok(table.groups.iter().flat_map(|g| g.iter()))
+    }
+
+    /// Every key that has a value, over all the key groups the backend owns. Needs no current
+    /// key. The order is unspecified.
+    pub fn keys<'a, K: StateKey>(
+        &self,
+        b: &'a KeyedStateBackend<K>,
+    ) -> Result<impl Iterator<Item = &'a K> + 'a> {
+        let table = b.table::<V>(self.backend, self.id)?;
+        Ok(table.groups.iter().flat_map(|g| g.keys()))
+    }
 }
 
 impl<V: StateValue> ListState<V> {
@@ -808,6 +879,20 @@ impl<V: StateValue> ListState<V> {
     pub fn clear<K: StateKey>(&self, b: &mut KeyedStateBackend<K>) -> Result<Vec<V>> {
         let (slot, key) = b.slot_mut::<Vec<V>>(self.backend, self.id)?;
         Ok(slot.remove(key).unwrap_or_default())
+    }
+
+    /// Every key that has a list, with its list, over all the key groups the backend owns.
+    /// Needs no current key and does not change it. The order of the keys is unspecified (each
+    /// list keeps its own order).
+    pub fn entries<'a, K: StateKey>(
+        &self,
+        b: &'a KeyedStateBackend<K>,
+    ) -> Result<impl Iterator<Item = (&'a K, &'a [V])> + 'a> {
+        let table = b.table::<Vec<V>>(self.backend, self.id)?;
+        Ok(table
+            .groups
+            .iter()
+            .flat_map(|g| g.iter().map(|(k, list)| (k, list.as_slice()))))
     }
 }
 

@@ -311,11 +311,14 @@ impl OperatorStateBackend {
             return Err(mismatch(name, &what));
         }
         let mut items = Vec::new();
+        // The restored entry is checked and decoded in place and removed only once that has
+        // worked: a failed registration leaves it pending, so later snapshots still carry it.
         if let Some(i) = self.pending.lists.iter().position(|l| l.name == name) {
-            let snap = self.pending.lists.remove(i);
+            let snap = &self.pending.lists[i];
             if snap.mode != mode {
                 return Err(mismatch(name, &what));
             }
+            items.reserve(snap.items.len());
             for b in &snap.items {
                 items.push(codec::decode::<T>(b, "operator list state").map_err(|e| {
                     Error::StateCorrupt {
@@ -324,6 +327,7 @@ impl OperatorStateBackend {
                     }
                 })?);
             }
+            self.pending.lists.remove(i);
         }
         self.lists.push(Box::new(List {
             name: name.to_string(),
@@ -359,8 +363,9 @@ impl OperatorStateBackend {
             return Err(mismatch(name, &what));
         }
         let mut map = HashMap::new();
+        // As for lists: decode in place, remove the pending entry only once that has worked.
         if let Some(i) = self.pending.broadcast.iter().position(|m| m.name == name) {
-            let snap = self.pending.broadcast.remove(i);
+            let snap = &self.pending.broadcast[i];
             for (k, v) in &snap.entries {
                 let corrupt = |e: Error| Error::StateCorrupt {
                     key_group: None,
@@ -370,6 +375,7 @@ impl OperatorStateBackend {
                 let v: V = codec::decode(v, "broadcast state value").map_err(corrupt)?;
                 map.insert(k, v);
             }
+            self.pending.broadcast.remove(i);
         }
         self.maps.push(Box::new(BMap {
             name: name.to_string(),

@@ -109,15 +109,36 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// Creates `dir` and any missing parents, then makes the new entries durable by syncing the
-/// parent directory.
+/// Creates `dir` and any missing parents, making every new entry durable: walking down from
+/// the first missing ancestor, each directory is created and then its parent is fsynced (the
+/// existing ancestor for the first one, the directory just created for the next), so after a
+/// crash no created level can be missing while a deeper one was reported durable.
 pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
+    // The missing directories, deepest first. An empty path is the current directory.
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d);
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: still sync its parent below, it costs little.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(Error::io("create directory", d, e)),
+        }
+        match d.parent() {
+            Some(p) if p.as_os_str().is_empty() => sync_dir(Path::new("."))?,
+            Some(p) => sync_dir(p)?,
+            None => {}
+        }
     }
     Ok(())
 }
@@ -214,6 +235,24 @@ mod tests {
         for good in ["job", "word-count_2", "v1.0", "A9"] {
             validate_name("job", good).expect("valid name");
         }
+    }
+
+    #[test]
+    fn create_dir_durable_creates_every_missing_level() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("a").join("b").join("c");
+        create_dir_durable(&deep).expect("create three levels");
+        assert!(deep.is_dir());
+        create_dir_durable(&deep).expect("an existing directory is fine");
+        let sibling = dir.path().join("a").join("d");
+        create_dir_durable(&sibling).expect("create one level under an existing one");
+        assert!(sibling.is_dir());
+        let file = dir.path().join("f");
+        fs::write(&file, b"x").expect("write");
+        assert!(
+            create_dir_durable(&file.join("g")).is_err(),
+            "a file in the way is an error"
+        );
     }
 
     #[test]
