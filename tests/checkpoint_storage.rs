@@ -216,10 +216,7 @@ fn a_manifest_naming_a_file_of_the_wrong_size_is_not_committed() {
         state: handle,
         key_groups: None,
     });
-    assert!(matches!(
-        s.commit(&m),
-        Err(Error::CheckpointCorrupt { .. })
-    ));
+    assert!(matches!(s.commit(&m), Err(Error::CheckpointCorrupt { .. })));
     assert_eq!(s.latest_complete().expect("latest"), None);
 }
 

@@ -258,9 +258,12 @@ fn restore_refuses_snapshots_that_do_not_cover_the_owned_key_groups() {
     let first_half = KeyGroupRange::for_task(0, 2, G).expect("range");
     let mut b = KeyedStateBackend::<String>::new(first_half, G).expect("backend");
     let v = b.value_state::<u64>("count").expect("value");
-    b.restore([&old[0], &old[1]]).expect("covered by two snapshots");
+    b.restore([&old[0], &old[1]])
+        .expect("covered by two snapshots");
     assert!(b.entries() > 0);
-    let err = b.restore([&old[0]]).expect_err("half of the groups are missing");
+    let err = b
+        .restore([&old[0]])
+        .expect_err("half of the groups are missing");
     assert!(
         matches!(
             err,
