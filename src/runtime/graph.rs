@@ -916,6 +916,7 @@ impl SpawnTask {
             pace,
             settings: self.settings,
             flush_scheduled: false,
+            waiting: false,
             failed: false,
             end_sent: false,
             at_end_reported: false,

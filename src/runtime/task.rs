@@ -123,6 +123,8 @@ pub(crate) struct TaskActor {
     pub(crate) pace: Rc<Cell<Pace>>,
     pub(crate) settings: TaskSettings,
     pub(crate) flush_scheduled: bool,
+    /// True while a `ctx.wait` send of queued envelopes is in progress.
+    pub(crate) waiting: bool,
     pub(crate) failed: bool,
     pub(crate) end_sent: bool,
     pub(crate) at_end_reported: bool,
@@ -179,6 +181,10 @@ impl TaskActor {
     /// Sends queued envelopes: at once while the channels have room, then, if one is full,
     /// the rest in order while the task handles nothing else.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.waiting {
+            // A send of earlier envelopes is in progress; these go after it (see below).
+            return;
+        }
         while let Some((ch, env)) = self.sends.pop_front() {
             let n = records_of(&env);
             match self.senders[ch].try_send(env) {
@@ -220,7 +226,14 @@ impl TaskActor {
                 }
             }
         };
-        ctx.wait(send_all.into_actor(self));
+        // `ctx.wait` runs the most recently added wait future first, and a handler may queue
+        // more envelopes after this point (a final trigger queues `End`, then a barrier): they
+        // stay in `sends` until this send completes, then go out in order.
+        self.waiting = true;
+        ctx.wait(send_all.into_actor(self).map(|(), act, ctx| {
+            act.waiting = false;
+            act.pump(ctx);
+        }));
     }
 
     fn sent(&self, n: usize) {
