@@ -110,6 +110,9 @@ fn torn_write_at_every_cut_point_of_the_last_record_keeps_earlier_records() {
     let src = tempfile::tempdir().expect("tempdir");
     let records: Vec<Vec<u8>> = (0..20u64).map(|i| payload(0, i + 3)).collect();
     let before_last;
+    // The active segment's index file as it was before the last append: a crash while the last
+    // record is being written comes before the sync that would add its mark.
+    let index_before_last;
     // Several segments, with the last record alone at the start of the active one.
     let o = FileLogOptions {
         segment_bytes: 512,
@@ -121,16 +124,19 @@ fn torn_write_at_every_cut_point_of_the_last_record_keeps_earlier_records() {
             log.append(P0, r).expect("append");
         }
         let segs = segment_files(src.path(), 0);
-        let len_before = fs::metadata(segs.last().expect("segment"))
-            .expect("stat")
-            .len();
+        let active = segs.last().expect("segment");
+        let len_before = fs::metadata(active).expect("stat").len();
+        let index_before = fs::read(active.with_extension("idx")).expect("read index");
         log.append(P0, &records[19]).expect("append last");
-        // The last record either extended the active segment or started a new one.
-        before_last = if segment_files(src.path(), 0).len() == segs.len() {
-            len_before
+        // The last record either extended the active segment or started a new one (whose
+        // index the roll created empty).
+        let (len, index) = if segment_files(src.path(), 0).len() == segs.len() {
+            (len_before, index_before)
         } else {
-            16
+            (16, Vec::new())
         };
+        before_last = len;
+        index_before_last = index;
     }
     assert!(
         segment_files(src.path(), 0).len() > 2,
@@ -157,6 +163,7 @@ fn torn_write_at_every_cut_point_of_the_last_record_keeps_earlier_records() {
             .expect("open copy");
         f.set_len(cut).expect("truncate");
         drop(f);
+        fs::write(seg_copy.with_extension("idx"), &index_before_last).expect("write index");
         let log =
             FileLog::open(work.path(), o.clone()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
         assert_eq!(log.end_offset(P0).expect("end").0, 19, "cut {cut}");
@@ -171,55 +178,247 @@ fn torn_write_at_every_cut_point_of_the_last_record_keeps_earlier_records() {
 }
 
 /// Writes 12 records of 40 bytes into one segment and returns the byte position of each frame.
-fn write_twelve(dir: &Path, index_interval_bytes: u32) -> (PathBuf, Vec<u64>) {
+/// With `SyncPolicy::Os` the log is left without a sync, as by a crash: no sync mark covers any
+/// record.
+fn write_twelve(dir: &Path, index_interval_bytes: u32, sync: SyncPolicy) -> (PathBuf, Vec<u64>) {
     let o = FileLogOptions {
         index_interval_bytes,
         segment_bytes: 1 << 20,
+        sync,
         ..opts(1)
     };
     let log = FileLog::open(dir, o).expect("open");
     for i in 0..12u8 {
         log.append(P0, &[i; 40]).expect("append");
     }
-    drop(log);
+    if sync == SyncPolicy::Os {
+        // Skip the final sync of drop.
+        std::mem::forget(log);
+    } else {
+        drop(log);
+    }
     let seg = segment_files(dir, 0)[0].clone();
     let positions = (0..12u64).map(|i| 16 + i * 56).collect();
     (seg, positions)
 }
 
+/// Options matching `write_twelve`'s log.
+fn twelve_opts(index_interval_bytes: u32, sync: SyncPolicy) -> FileLogOptions {
+    FileLogOptions {
+        index_interval_bytes,
+        segment_bytes: 1 << 20,
+        sync,
+        ..opts(1)
+    }
+}
+
+/// Copies `src` into a new directory with `f` applied to the bytes of the file at `file` (a path
+/// under `src`).
+fn copy_with(src: &Path, file: &Path, f: impl FnOnce(&mut Vec<u8>)) -> tempfile::TempDir {
+    let work = tempfile::tempdir().expect("tempdir");
+    copy_dir(src, work.path());
+    let target = work.path().join(file.strip_prefix(src).expect("relative"));
+    let mut bytes = fs::read(&target).expect("read");
+    f(&mut bytes);
+    fs::write(&target, &bytes).expect("write");
+    work
+}
+
 #[test]
-fn a_flipped_byte_in_a_middle_record_of_the_tail_fails_open_with_its_offset() {
-    // Index interval larger than the data: open scans every record.
+fn a_flipped_byte_in_a_synced_middle_record_is_reported_on_read_with_its_offset() {
+    // A sync per append: a sync mark covers every record, so open does not scan them. The index
+    // interval is larger than the data: only the marks are entries.
     let src = tempfile::tempdir().expect("tempdir");
-    let (seg, pos) = write_twelve(src.path(), 1 << 20);
+    let o = twelve_opts(1 << 20, SyncPolicy::EveryAppend);
+    let (seg, pos) = write_twelve(src.path(), 1 << 20, SyncPolicy::EveryAppend);
     for byte in 0..56u64 {
-        let work = tempfile::tempdir().expect("tempdir");
-        copy_dir(src.path(), work.path());
-        let target = work.path().join(seg.strip_prefix(src.path()).expect("rel"));
-        let mut bytes = fs::read(&target).expect("read");
-        bytes[(pos[5] + byte) as usize] ^= 0x40;
-        fs::write(&target, &bytes).expect("write");
-        let o = FileLogOptions {
-            index_interval_bytes: 1 << 20,
-            segment_bytes: 1 << 20,
-            ..opts(1)
-        };
-        match FileLog::open(work.path(), o) {
+        let work = copy_with(src.path(), &seg, |b| b[(pos[5] + byte) as usize] ^= 0x40);
+        let log = FileLog::open(work.path(), o.clone())
+            .unwrap_or_else(|e| panic!("flip at byte {byte} of record 5 failed open: {e}"));
+        assert_eq!(log.end_offset(P0).expect("end"), LogOffset(12), "byte {byte}");
+        for from in [0u64, 3, 5] {
+            match log.read(P0, LogOffset(from), 100) {
+                Err(Error::LogCorrupt {
+                    partition, offset, ..
+                }) => {
+                    assert_eq!(
+                        (partition, offset),
+                        (P0, LogOffset(5)),
+                        "byte {byte}, read from {from}"
+                    );
+                }
+                other => panic!("flip at byte {byte}, read from {from} gave {other:?}"),
+            }
+        }
+        let before = log.read(P0, LogOffset(0), 5).expect("records before it");
+        assert_eq!(before.len(), 5, "byte {byte}");
+        let after = log.read(P0, LogOffset(6), 100).expect("records after it");
+        assert_eq!(after.len(), 6, "byte {byte}");
+    }
+}
+
+#[test]
+fn a_bad_record_in_the_unsynced_tail_is_truncated_with_the_records_after_it() {
+    // No sync: no mark covers any record, so open scans them all, and the first bad frame
+    // starts a torn tail.
+    let src = tempfile::tempdir().expect("tempdir");
+    let o = twelve_opts(1 << 20, SyncPolicy::Os);
+    let (seg, pos) = write_twelve(src.path(), 1 << 20, SyncPolicy::Os);
+    let first_five: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 40]).collect();
+    for byte in 0..56u64 {
+        let work = copy_with(src.path(), &seg, |b| b[(pos[5] + byte) as usize] ^= 0x40);
+        let log = FileLog::open(work.path(), o.clone())
+            .unwrap_or_else(|e| panic!("flip at byte {byte} of record 5 failed open: {e}"));
+        assert_eq!(log.end_offset(P0).expect("end"), LogOffset(5), "byte {byte}");
+        assert_eq!(read_all(&log, P0), first_five, "byte {byte}");
+        let seg_copy = work.path().join(seg.strip_prefix(src.path()).expect("rel"));
+        assert_eq!(fs::metadata(&seg_copy).expect("stat").len(), pos[5], "byte {byte}");
+        assert_eq!(log.append(P0, b"next").expect("append"), LogOffset(5), "byte {byte}");
+    }
+}
+
+#[test]
+fn a_segment_shorter_than_its_synced_data_fails_open_with_the_first_lost_offset() {
+    // The index names data up to the end of record 11 as fsynced; cut inside record 8, or at
+    // its start, the segment lost synced records: corruption, not a torn tail.
+    let src = tempfile::tempdir().expect("tempdir");
+    let (seg, pos) = write_twelve(src.path(), 1 << 20, SyncPolicy::EveryAppend);
+    for cut in [pos[8], pos[8] + 10] {
+        let work = copy_with(src.path(), &seg, |b| b.truncate(cut as usize));
+        match FileLog::open(work.path(), twelve_opts(1 << 20, SyncPolicy::EveryAppend)) {
             Err(Error::LogCorrupt {
                 partition, offset, ..
-            }) => {
-                assert_eq!((partition, offset), (P0, LogOffset(5)), "byte {byte}");
-            }
-            other => panic!("flip at byte {byte} of record 5 gave {other:?}"),
+            }) => assert_eq!((partition, offset), (P0, LogOffset(8)), "cut {cut}"),
+            other => panic!("cut {cut} gave {other:?}"),
         }
     }
 }
 
 #[test]
-fn a_flipped_byte_in_an_indexed_record_is_reported_on_read_with_its_offset() {
-    // A small index interval: open starts its scan after record 5, so the read finds it.
+fn a_corrupt_index_entry_falls_back_to_scanning_the_segment() {
+    // Sync marks after records 2, 5, 8 and 11: index entries for offsets 3, 6, 9 and 12.
     let src = tempfile::tempdir().expect("tempdir");
-    let (seg, pos) = write_twelve(src.path(), 100);
+    let o = twelve_opts(1 << 20, SyncPolicy::Os);
+    {
+        let log = FileLog::open(src.path(), o.clone()).expect("open");
+        for i in 0..12u8 {
+            log.append(P0, &[i; 40]).expect("append");
+            if i % 3 == 2 {
+                log.sync().expect("sync");
+            }
+        }
+    }
+    let seg = segment_files(src.path(), 0)[0].clone();
+    let idx = seg.with_extension("idx");
+    let entries = fs::read(&idx).expect("read index");
+    assert_eq!(entries.len(), 4 * 8, "one entry per sync");
+    assert_eq!(&entries[8..12], &6u32.to_le_bytes(), "entry 1 is for offset 6");
+    let pos = |i: u64| 16 + i * 56;
+    // Entry 1 (offset 6) moved onto the frame of offset 7, or into the middle of its frame:
+    // both still between their neighbours, so the index loads them.
+    for wrong in [pos(7), pos(6) + 1] {
+        let work = copy_with(src.path(), &idx, |b| {
+            b[12..16].copy_from_slice(&(wrong as u32).to_le_bytes())
+        });
+        let log = FileLog::open(work.path(), o.clone()).expect("open");
+        for from in 0..12u64 {
+            let batch = log
+                .read(P0, LogOffset(from), 100)
+                .unwrap_or_else(|e| panic!("entry at {wrong}, read from {from}: {e}"));
+            let got: Vec<Vec<u8>> = batch.iter().map(|(_, b)| b.to_vec()).collect();
+            let want: Vec<Vec<u8>> = (from..12).map(|i| vec![i as u8; 40]).collect();
+            assert_eq!(got, want, "entry at {wrong}, read from {from}");
+        }
+    }
+}
+
+#[test]
+fn lowering_max_record_bytes_never_truncates_existing_records() {
+    fn with_max(max_record_bytes: u32) -> FileLogOptions {
+        FileLogOptions {
+            max_record_bytes,
+            segment_bytes: 1 << 20,
+            sync: SyncPolicy::Os,
+            ..opts(1)
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = vec![7u8; 500];
+    // Created with a low limit, then opened with a higher one: records under the higher limit,
+    // one synced and one in the unsynced tail (no final sync, as after a crash).
+    drop(FileLog::open(dir.path(), with_max(100)).expect("create"));
+    let log = FileLog::open(dir.path(), with_max(1000)).expect("open with a higher limit");
+    log.append(P0, &big).expect("append");
+    log.sync().expect("sync");
+    log.append(P0, &big).expect("append into the tail");
+    std::mem::forget(log);
+    // Reopened with the low limit: recovery and reads still accept them.
+    let log = FileLog::open(dir.path(), with_max(100)).expect("reopen with a lower limit");
+    assert_eq!(log.end_offset(P0).expect("end"), LogOffset(2));
+    assert_eq!(read_all(&log, P0), vec![big.clone(), big.clone()]);
+    // Appends follow the limit asked for.
+    assert!(matches!(
+        log.append(P0, &big),
+        Err(Error::RecordTooLarge {
+            len: 500,
+            max: 100,
+            ..
+        })
+    ));
+    assert_eq!(log.append(P0, &[1u8; 100]).expect("append"), LogOffset(2));
+    drop(log);
+    let log = FileLog::open(dir.path(), with_max(50)).expect("reopen with a lower limit still");
+    assert_eq!(log.end_offset(P0).expect("end"), LogOffset(3));
+    assert_eq!(
+        read_all(&log, P0),
+        vec![big.clone(), big.clone(), vec![1u8; 100]]
+    );
+}
+
+#[test]
+fn a_zeroed_segment_header_from_a_torn_creation_is_recreated() {
+    let src = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FileLog::open(src.path(), opts(1)).expect("open");
+        for i in 0..5u64 {
+            log.append(P0, &payload(0, i)).expect("append");
+        }
+    }
+    let records: Vec<Vec<u8>> = (0..5u64).map(|i| payload(0, i)).collect();
+    // A roll cut by a power failure: the next segment's file exists, perhaps with a length,
+    // but none of its bytes reached the disk, and it has no index yet.
+    for len in [16usize, 100, 5000] {
+        let work = tempfile::tempdir().expect("tempdir");
+        copy_dir(src.path(), work.path());
+        let next = work.path().join("p-00000").join(format!("{:020}.log", 5));
+        fs::write(&next, vec![0u8; len]).expect("write zeroed segment");
+        let log = FileLog::open(work.path(), opts(1))
+            .unwrap_or_else(|e| panic!("{len} zero bytes: {e}"));
+        assert_eq!(log.end_offset(P0).expect("end"), LogOffset(5), "{len} zero bytes");
+        assert_eq!(read_all(&log, P0), records, "{len} zero bytes");
+        assert_eq!(&fs::read(&next).expect("read")[..8], b"SNAPSEG1");
+        assert_eq!(log.append(P0, b"next").expect("append"), LogOffset(5));
+        drop(log);
+        let log = FileLog::open(work.path(), opts(1)).expect("reopen");
+        let mut expected = records.clone();
+        expected.push(b"next".to_vec());
+        assert_eq!(read_all(&log, P0), expected, "{len} zero bytes, after reopen");
+    }
+    // A zeroed segment whose index names synced data lost that data: corruption.
+    let seg = segment_files(src.path(), 0)[0].clone();
+    let work = copy_with(src.path(), &seg, |b| b.iter_mut().for_each(|x| *x = 0));
+    assert!(matches!(
+        FileLog::open(work.path(), opts(1)),
+        Err(Error::LogCorrupt { .. })
+    ));
+}
+
+#[test]
+fn a_flipped_byte_in_an_indexed_record_is_reported_on_read_with_its_offset() {
+    // A small index interval besides the sync marks: open does not scan synced records, so the
+    // read finds it.
+    let src = tempfile::tempdir().expect("tempdir");
+    let (seg, pos) = write_twelve(src.path(), 100, SyncPolicy::EveryAppend);
     let mut bytes = fs::read(&seg).expect("read");
     bytes[(pos[5] + 20) as usize] ^= 0x01;
     fs::write(&seg, &bytes).expect("write");

@@ -2,29 +2,48 @@
 //!
 //! Layout under the log's directory:
 //! ```text
-//! log.meta                      envelope(msgpack {version, partitions}), written atomically
+//! log.meta                      envelope(msgpack {version, partitions, max_record_bytes}),
+//!                               written atomically
 //! p-00000/
 //!   00000000000000000000.log    segment: "SNAPSEG1" + base offset (u64le), then frames
-//!   00000000000000000000.idx    sparse index: (offset - base: u32le, position: u32le) entries
+//!   00000000000000000000.idx    index: (offset - base: u32le, position: u32le) entries
 //!   00000000000000052311.log    next segment, named by its base offset
 //! ```
 //! Only the newest segment of a partition (the *active* one) is appended to. It is rolled when
 //! the next frame would make it larger than [`FileLogOptions::segment_bytes`]: the old segment
-//! is fsynced before the new one is created, so every sealed segment is durable and whole.
+//! is synced (its frames, then its remaining index entries and a final sync mark) before the
+//! new one is created, so every sealed segment is durable and whole.
 //!
-//! The index holds one entry per [`FileLogOptions::index_interval_bytes`] of frames. It is a
-//! cache: entries are checked against the offsets stored in the frames they point at, and a
-//! missing or stale index is rebuilt from its segment. Seeking reads at most one index interval
-//! of frames before the first record asked for; opening reads only the tail of the active
-//! segment after its last index entry.
+//! The index of a segment holds one entry per [`FileLogOptions::index_interval_bytes`] of frames
+//! and one *sync mark* per sync: an entry naming the offset and position where the data that
+//! sync made durable ends. Entries are strictly increasing in both offset and position; a mark
+//! at the position a later record is written to serves as that record's entry. Entries are kept
+//! in memory as records are appended and written to the index file only by a sync, after the
+//! segment's fsync succeeded, and the index file is then fsynced: every durable index entry
+//! points into durable data, in whatever order the operating system writes pages out.
 //!
-//! Recovery on open: the tail of the active segment is scanned. At the first frame that is
-//! incomplete or fails its checksum, the rest of the segment is searched for any valid frame.
-//! If there is none, the bad bytes are a torn write: the segment is truncated back to the last
-//! valid record (logged with the number of bytes dropped). If there is one, the log holds
-//! valid records after a corrupt one, and open fails with [`Error::LogCorrupt`] naming the
-//! partition and offset: nothing is skipped silently. Reads check every frame's checksum and
-//! offset, so corruption in older data is reported when it is read, never returned as data.
+//! The index is a cache for seeking: entries are checked against the offsets stored in the
+//! frames they point at. A read whose seek entry does not match scans its segment from the
+//! start instead (logged), and a missing or stale index of a sealed segment is rebuilt on open.
+//! Seeking reads at most one index interval of frames before the first record asked for;
+//! opening reads only the tail of the active segment after its last index entry.
+//!
+//! Recovery on open, for the active segment: the scan starts at the last index entry that is
+//! at the end of the file or at a frame storing the offset the entry claims (entries that are
+//! neither are dropped), and reads forward. The first frame that is incomplete or fails its
+//! checksum starts a torn tail, data written after the last sync: the segment is truncated
+//! there (logged with the number of bytes dropped), and the recovered tail is fsynced and
+//! marked in the index. If an index entry lies past that point (in particular past the end of
+//! the file), data that was fsynced is missing or damaged, and open fails with
+//! [`Error::LogCorrupt`] naming the partition and offset instead. Data before the last sync
+//! mark is not scanned on open: reads check every frame's checksum and offset, so corruption
+//! there is reported when it is read, as [`Error::LogCorrupt`] with its offset, and never
+//! returned as data.
+//!
+//! `log.meta` keeps the largest [`FileLogOptions::max_record_bytes`] the log was opened with.
+//! Reads and recovery accept frames up to that size even when the log is reopened with a lower
+//! limit (which then applies to appends only), so lowering the limit never turns stored records
+//! into a torn tail.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -71,9 +90,10 @@ pub enum SyncPolicy {
         max_records: u64,
     },
     /// Never fsync on append; leave write-back to the operating system (and to explicit
-    /// `sync` calls). A power failure can lose any amount of recent data, and, since the
-    /// operating system may write pages out of order, can leave a record that was lost in front
-    /// of one that survived, which the next open reports as corruption.
+    /// `sync` calls). A power failure can lose any amount of data written since the last sync.
+    /// Since the operating system may write pages out of order, a lost record can lie in front
+    /// of one that survived: the next open truncates the tail at the first lost record, so the
+    /// records after it are lost with it.
     Os,
 }
 
@@ -84,7 +104,9 @@ pub struct FileLogOptions {
     pub partitions: u32,
     /// Roll the active segment when it would grow past this many bytes (at most 1 GiB).
     pub segment_bytes: u64,
-    /// Largest record payload accepted on append, and the largest length field trusted on read.
+    /// Largest record payload accepted on append. Reads trust length fields up to the largest
+    /// value the log was ever opened with (kept in `log.meta`), so lowering this never makes
+    /// stored records unreadable or truncates them.
     pub max_record_bytes: u32,
     /// One index entry per this many bytes of frames.
     pub index_interval_bytes: u32,
@@ -133,10 +155,7 @@ impl FileLogOptions {
                 self.segment_bytes
             )));
         }
-        if self.max_record_bytes == 0
-            || u64::from(self.max_record_bytes) + SEGMENT_HEADER + FRAME_HEADER as u64
-                > MAX_SEGMENT_BYTES
-        {
+        if !valid_max_record(self.max_record_bytes) {
             return Err(Error::Config(format!(
                 "max_record_bytes must be between 1 and about 1 GiB, not {}",
                 self.max_record_bytes
@@ -158,6 +177,51 @@ impl FileLogOptions {
 struct LogMeta {
     version: u32,
     partitions: u32,
+    /// The largest record payload appends may have written: the highest `max_record_bytes` the
+    /// log was opened with. Absent in logs created before it was stored.
+    #[serde(default)]
+    max_record_bytes: Option<u32>,
+}
+
+/// True when `max` is a record size limit a log can have: above 0, and a frame of that size
+/// fits in the largest segment.
+fn valid_max_record(max: u32) -> bool {
+    max > 0 && u64::from(max) + SEGMENT_HEADER + FRAME_HEADER as u64 <= MAX_SEGMENT_BYTES
+}
+
+fn read_meta(path: &Path) -> Result<LogMeta> {
+    let bytes = match storage::read_bounded(path, 4096)? {
+        Ok(b) => b,
+        Err(reason) => return Err(Error::Config(format!("{}: {reason}", path.display()))),
+    };
+    let payload = storage::decode_envelope(META_MAGIC, &bytes, 4096).map_err(|reason| {
+        Error::Config(format!(
+            "{} is not a valid log meta file: {reason}",
+            path.display()
+        ))
+    })?;
+    let meta: LogMeta = super::codec::decode(payload, "log meta file")?;
+    if meta.version != 1 {
+        return Err(Error::Config(format!(
+            "{}: unsupported log format version {}",
+            path.display(),
+            meta.version
+        )));
+    }
+    if let Some(max) = meta.max_record_bytes {
+        if !valid_max_record(max) {
+            return Err(Error::Config(format!(
+                "{}: invalid stored max_record_bytes {max}",
+                path.display()
+            )));
+        }
+    }
+    Ok(meta)
+}
+
+fn write_meta(path: &Path, meta: &LogMeta) -> Result<()> {
+    let payload = super::codec::encode_named(meta, "log meta file")?;
+    storage::write_atomic(path, &storage::encode_envelope(META_MAGIC, &payload))
 }
 
 /// The file-backed [`ReplayableLog`]. See the module documentation for the format and the
@@ -186,15 +250,16 @@ struct Segment {
 }
 
 impl Segment {
-    /// The index entry to start a scan for `offset` from: (position, offset at it).
-    fn seek_point(&self, offset: u64) -> (u64, u64) {
+    /// Where to start a scan for `offset`: (position, offset at it, whether an index entry
+    /// gave it rather than the segment header).
+    fn seek_point(&self, offset: u64) -> (u64, u64, bool) {
         let rel = offset - self.base;
         let i = self.index.partition_point(|e| u64::from(e.rel) <= rel);
         if i == 0 {
-            (SEGMENT_HEADER, self.base)
+            (SEGMENT_HEADER, self.base, false)
         } else {
             let e = self.index[i - 1];
-            (u64::from(e.pos), self.base + u64::from(e.rel))
+            (u64::from(e.pos), self.base + u64::from(e.rel), true)
         }
     }
 }
@@ -206,14 +271,19 @@ struct Partition {
     segments: BTreeMap<u64, Segment>,
     /// The offset the next record gets.
     end: u64,
+    /// The largest length field trusted on read (see the module documentation).
+    max_read: u32,
+    /// The active segment's index file.
     index_file: File,
     index_file_len: u64,
+    /// How many entries of the active segment's in-memory index are in its index file. The
+    /// others point into data not yet fsynced; the next sync writes them.
+    index_written: usize,
     bytes_since_index: u64,
     poisoned: Option<String>,
     unsynced: u64,
     last_sync: Instant,
     buf: Vec<u8>,
-    index_buf: Vec<u8>,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -222,6 +292,19 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
 
 fn index_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.idx"))
+}
+
+/// Appends `entry` to `index` if it lies strictly after the last entry in both offset and
+/// position; otherwise (a sync mark already at that point serves as the entry) leaves `index`
+/// as it is. Returns whether it appended.
+fn push_entry(index: &mut Vec<IndexEntry>, entry: IndexEntry) -> bool {
+    let after_last = index
+        .last()
+        .is_none_or(|last| entry.rel > last.rel && entry.pos > last.pos);
+    if after_last {
+        index.push(entry);
+    }
+    after_last
 }
 
 fn corrupt(partition: PartitionId, offset: u64, path: &Path, reason: impl Into<String>) -> Error {
@@ -350,27 +433,8 @@ impl FileLog {
         let dir = dir.as_ref().to_path_buf();
         storage::create_dir_durable(&dir)?;
         let meta_path = dir.join(META_FILE);
-        let partitions = if meta_path.exists() {
-            let bytes = match storage::read_bounded(&meta_path, 4096)? {
-                Ok(b) => b,
-                Err(reason) => {
-                    return Err(Error::Config(format!("{}: {reason}", meta_path.display())))
-                }
-            };
-            let payload = storage::decode_envelope(META_MAGIC, &bytes, 4096).map_err(|reason| {
-                Error::Config(format!(
-                    "{} is not a valid log meta file: {reason}",
-                    meta_path.display()
-                ))
-            })?;
-            let meta: LogMeta = super::codec::decode(payload, "log meta file")?;
-            if meta.version != 1 {
-                return Err(Error::Config(format!(
-                    "{}: unsupported log format version {}",
-                    meta_path.display(),
-                    meta.version
-                )));
-            }
+        let stored_max = if meta_path.exists() {
+            let meta = read_meta(&meta_path)?;
             if meta.partitions != opts.partitions {
                 return Err(Error::Config(format!(
                     "the log in {} has {} partitions, not the {} asked for",
@@ -379,20 +443,28 @@ impl FileLog {
                     opts.partitions
                 )));
             }
-            meta.partitions
+            meta.max_record_bytes
         } else {
+            None
+        };
+        let partitions = opts.partitions;
+        // Frames up to the largest limit the log was ever opened with are valid data.
+        let max_read = stored_max.map_or(opts.max_record_bytes, |m| m.max(opts.max_record_bytes));
+        if stored_max != Some(max_read) {
+            // A new log, a log from before the limit was stored, or a limit above every earlier
+            // one: store it before any record of that size can be appended, so that a later open
+            // with a lower limit still reads such records instead of truncating them as torn.
             let meta = LogMeta {
                 version: 1,
-                partitions: opts.partitions,
+                partitions,
+                max_record_bytes: Some(max_read),
             };
-            let payload = super::codec::encode_named(&meta, "log meta file")?;
-            storage::write_atomic(&meta_path, &storage::encode_envelope(META_MAGIC, &payload))?;
-            opts.partitions
-        };
+            write_meta(&meta_path, &meta)?;
+        }
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let pdir = dir.join(format!("p-{p:05}"));
-            parts.push(Mutex::new(Partition::open(PartitionId(p), pdir, &opts)?));
+            parts.push(Mutex::new(Partition::open(PartitionId(p), pdir, &opts, max_read)?));
         }
         Ok(FileLog { dir, opts, parts })
     }
@@ -416,7 +488,12 @@ impl FileLog {
 }
 
 impl Partition {
-    fn open(id: PartitionId, dir: PathBuf, opts: &FileLogOptions) -> Result<Partition> {
+    fn open(
+        id: PartitionId,
+        dir: PathBuf,
+        opts: &FileLogOptions,
+        max_read: u32,
+    ) -> Result<Partition> {
         storage::create_dir_durable(&dir)?;
         let mut bases = Vec::new();
         for entry in
@@ -445,14 +522,24 @@ impl Partition {
             let seg = if i == last {
                 None
             } else {
-                Some(open_sealed(id, &dir, base, next_base, opts)?)
+                Some(open_sealed(
+                    id,
+                    &dir,
+                    base,
+                    next_base,
+                    max_read,
+                    opts.index_interval_bytes,
+                )?)
             };
             if let Some(seg) = seg {
                 segments.insert(base, seg);
             }
         }
         let active_base = bases[last];
-        let (active, end, bytes_since_index) = recover_active(id, &dir, active_base, opts)?;
+        let (active, end, bytes_since_index) =
+            recover_active(id, &dir, active_base, max_read, opts.index_interval_bytes)?;
+        // Recovery leaves the index file holding exactly the in-memory index.
+        let index_written = active.index.len();
         segments.insert(active_base, active);
         let ipath = index_path(&dir, active_base);
         let index_file = OpenOptions::new()
@@ -471,14 +558,15 @@ impl Partition {
             dir,
             segments,
             end,
+            max_read,
             index_file,
             index_file_len,
+            index_written,
             bytes_since_index,
             poisoned: None,
             unsynced: 0,
             last_sync: Instant::now(),
             buf: Vec::new(),
-            index_buf: Vec::new(),
         })
     }
 
@@ -539,31 +627,28 @@ impl Partition {
 
     fn write_records(&mut self, records: &[&[u8]], opts: &FileLogOptions) -> Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
-        let mut index_buf = std::mem::take(&mut self.index_buf);
         buf.clear();
-        index_buf.clear();
         let mut end = self.end;
         let mut seg_len = self.active().len;
         let result = (|| {
             for r in records {
                 let frame_len = (FRAME_HEADER + r.len()) as u64;
                 if seg_len > SEGMENT_HEADER && seg_len + frame_len > opts.segment_bytes {
-                    self.flush_buffers(&buf, &index_buf, seg_len)?;
+                    self.flush_frames(&buf, seg_len)?;
                     buf.clear();
-                    index_buf.clear();
                     self.end = end;
                     self.roll()?;
                     seg_len = SEGMENT_HEADER;
                 }
                 if self.bytes_since_index >= u64::from(opts.index_interval_bytes) {
-                    let base = self.active().base;
+                    // Kept in memory only: the next sync writes it, after the frame is durable.
+                    // A sync mark already at this position serves as the entry.
+                    let seg = self.active();
                     let entry = IndexEntry {
-                        rel: (end - base) as u32,
+                        rel: (end - seg.base) as u32,
                         pos: seg_len as u32,
                     };
-                    self.active().index.push(entry);
-                    index_buf.extend_from_slice(&entry.rel.to_le_bytes());
-                    index_buf.extend_from_slice(&entry.pos.to_le_bytes());
+                    push_entry(&mut seg.index, entry);
                     self.bytes_since_index = 0;
                 }
                 encode_frame(&mut buf, end, r);
@@ -571,39 +656,29 @@ impl Partition {
                 seg_len += frame_len;
                 self.bytes_since_index += frame_len;
             }
-            self.flush_buffers(&buf, &index_buf, seg_len)?;
+            self.flush_frames(&buf, seg_len)?;
             self.end = end;
             Ok(())
         })();
         self.buf = buf;
-        self.index_buf = index_buf;
         result
     }
 
-    /// Writes buffered frames at the end of the active segment and index entries at the end of
-    /// the index file, then records the segment's new length.
-    fn flush_buffers(&mut self, buf: &[u8], index_buf: &[u8], new_len: u64) -> Result<()> {
-        let index_at = self.index_file_len;
+    /// Writes buffered frames at the end of the active segment, then records its new length.
+    fn flush_frames(&mut self, buf: &[u8], new_len: u64) -> Result<()> {
         let seg = self.active();
-        let at = seg.len;
         if !buf.is_empty() {
             seg.file
-                .write_all_at(buf, at)
+                .write_all_at(buf, seg.len)
                 .map_err(|e| Error::io("write segment", &seg.path, e))?;
         }
         seg.len = new_len;
-        if !index_buf.is_empty() {
-            let base = self.active().base;
-            let ipath = index_path(&self.dir, base);
-            self.index_file
-                .write_all_at(index_buf, index_at)
-                .map_err(|e| Error::io("write index", &ipath, e))?;
-            self.index_file_len += index_buf.len() as u64;
-        }
         Ok(())
     }
 
-    /// Seals the active segment (fsync) and starts a new one at the current end offset.
+    /// Seals the active segment and starts a new one at the current end offset. The sync makes
+    /// the old segment's frames durable and then writes and fsyncs its remaining index entries
+    /// and its final mark, all before the new segment exists.
     fn roll(&mut self) -> Result<()> {
         self.sync()?;
         let base = self.end;
@@ -617,6 +692,7 @@ impl Partition {
             .open(&ipath)
             .map_err(|e| Error::io("create index", &ipath, e))?;
         self.index_file_len = 0;
+        self.index_written = 0;
         self.bytes_since_index = 0;
         storage::sync_dir(&self.dir)?;
         self.segments.insert(base, seg);
@@ -626,18 +702,7 @@ impl Partition {
 
     fn sync(&mut self) -> Result<()> {
         self.check_poisoned()?;
-        let result = (|| {
-            let seg = self.active();
-            seg.file
-                .sync_data()
-                .map_err(|e| Error::io("fsync segment", &seg.path, e))?;
-            let base = self.active().base;
-            let ipath = index_path(&self.dir, base);
-            self.index_file
-                .sync_data()
-                .map_err(|e| Error::io("fsync index", &ipath, e))
-        })();
-        match result {
+        match self.sync_active() {
             Ok(()) => {
                 self.unsynced = 0;
                 self.last_sync = Instant::now();
@@ -651,6 +716,48 @@ impl Partition {
                 Err(e)
             }
         }
+    }
+
+    /// fsyncs the active segment; then appends to its index file the entries kept in memory
+    /// since the last sync and a mark for the synced end, and fsyncs the index file. An index
+    /// entry reaches the disk only after the data it points into.
+    fn sync_active(&mut self) -> Result<()> {
+        let end = self.end;
+        let written = self.index_written;
+        let (base, bytes, entries, marked) = {
+            let seg = self.active();
+            seg.file
+                .sync_data()
+                .map_err(|e| Error::io("fsync segment", &seg.path, e))?;
+            let mark = IndexEntry {
+                rel: (end - seg.base) as u32,
+                pos: seg.len as u32,
+            };
+            let marked = seg.len > SEGMENT_HEADER && push_entry(&mut seg.index, mark);
+            let mut bytes = Vec::new();
+            for e in seg.index.get(written..).unwrap_or_default() {
+                bytes.extend_from_slice(&e.rel.to_le_bytes());
+                bytes.extend_from_slice(&e.pos.to_le_bytes());
+            }
+            (seg.base, bytes, seg.index.len(), marked)
+        };
+        if marked {
+            // The mark serves as the next record's entry.
+            self.bytes_since_index = 0;
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let ipath = index_path(&self.dir, base);
+        self.index_file
+            .write_all_at(&bytes, self.index_file_len)
+            .map_err(|e| Error::io("write index", &ipath, e))?;
+        self.index_file
+            .sync_data()
+            .map_err(|e| Error::io("fsync index", &ipath, e))?;
+        self.index_file_len += bytes.len() as u64;
+        self.index_written = entries;
+        Ok(())
     }
 
     fn read(&self, from: u64, max_records: usize, opts: &FileLogOptions) -> Result<RecordBatch> {
@@ -677,51 +784,63 @@ impl Partition {
         let mut target = from;
         while let Some((_, seg)) = segs.next() {
             let seg_end = segs.peek().map(|(b, _)| **b).unwrap_or(self.end);
-            let (pos, mut expect) = seg.seek_point(target);
-            let mut reader = FrameReader::new(&seg.file, pos, seg.len, opts.max_record_bytes);
+            let (mut pos, mut expect, mut from_index) = seg.seek_point(target);
             loop {
-                match reader
-                    .next()
-                    .map_err(|e| Error::io("read segment", &seg.path, e))?
-                {
-                    Next::End => break,
-                    Next::Bad { reason, .. } => {
-                        return Err(corrupt(self.id, expect, &seg.path, reason));
-                    }
-                    Next::Frame {
-                        offset, start, len, ..
-                    } => {
-                        if offset != expect {
-                            return Err(corrupt(
-                                self.id,
-                                expect,
-                                &seg.path,
-                                format!(
+                let mut reader = FrameReader::new(&seg.file, pos, seg.len, self.max_read);
+                // Whether a frame has confirmed the seek point.
+                let mut confirmed = false;
+                let failure = loop {
+                    match reader
+                        .next()
+                        .map_err(|e| Error::io("read segment", &seg.path, e))?
+                    {
+                        Next::End if expect == seg_end => break None,
+                        Next::End => {
+                            break Some(format!(
+                                "segment ends at offset {expect} but the next data starts at \
+                                 {seg_end}"
+                            ))
+                        }
+                        Next::Bad { reason, .. } => break Some(reason),
+                        Next::Frame {
+                            offset, start, len, ..
+                        } => {
+                            if offset != expect {
+                                break Some(format!(
                                     "found the record of offset {offset} where {expect} belongs"
-                                ),
-                            ));
-                        }
-                        if offset >= target {
-                            batch.push(reader.payload(start, len));
-                            if batch.len() >= max_records
-                                || batch.data_len() >= opts.read_batch_bytes
-                            {
-                                return Ok(batch);
+                                ));
                             }
+                            confirmed = true;
+                            if offset >= target {
+                                batch.push(reader.payload(start, len));
+                                if batch.len() >= max_records
+                                    || batch.data_len() >= opts.read_batch_bytes
+                                {
+                                    return Ok(batch);
+                                }
+                            }
+                            expect += 1;
                         }
-                        expect += 1;
                     }
+                };
+                match failure {
+                    None => break,
+                    Some(reason) if from_index && !confirmed => {
+                        // The index entry, not the data, may be wrong (a flipped bit): scan the
+                        // segment from its header. Nothing was added to the batch yet.
+                        tracing::warn!(
+                            partition = %self.id,
+                            base = seg.base,
+                            offset = expect,
+                            reason = %reason,
+                            "index entry does not match the segment; scanning it from the start"
+                        );
+                        pos = SEGMENT_HEADER;
+                        expect = seg.base;
+                        from_index = false;
+                    }
+                    Some(reason) => return Err(corrupt(self.id, expect, &seg.path, reason)),
                 }
-            }
-            if expect != seg_end {
-                return Err(corrupt(
-                    self.id,
-                    expect,
-                    &seg.path,
-                    format!(
-                        "segment ends at offset {expect} but the next data starts at {seg_end}"
-                    ),
-                ));
             }
             target = expect;
             if target >= self.end {
@@ -811,32 +930,80 @@ fn check_header(id: PartitionId, seg: &Segment) -> Result<()> {
     Ok(())
 }
 
-/// Loads the index file of a segment, keeping the longest prefix of plausible entries
-/// (strictly increasing, inside the segment). Entries are verified again on use.
-fn load_index(dir: &Path, base: u64, seg_len: u64, max_rel: Option<u64>) -> Vec<IndexEntry> {
+/// True when the file's first `len` bytes (`len` at least a segment header) are all zero: the
+/// file was created, and perhaps extended, but none of what was written to it reached the disk.
+fn zero_filled(file: &File, path: &Path, len: u64) -> Result<bool> {
+    // The header alone first: for any segment that was created whole, the check ends here.
+    let mut header = [0u8; SEGMENT_HEADER as usize];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| Error::io("read segment header", path, e))?;
+    if header.iter().any(|&b| b != 0) {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; (len - SEGMENT_HEADER).min(READ_CHUNK as u64) as usize];
+    let mut at = SEGMENT_HEADER;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        let chunk = &mut buf[..n];
+        file.read_exact_at(chunk, at)
+            .map_err(|e| Error::io("read segment", path, e))?;
+        if chunk.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+/// The index file of a segment as loaded.
+struct LoadedIndex {
+    /// The longest prefix of plausible entries: strictly increasing in offset and position, at
+    /// or after the segment header, at or before the end of the segment (an entry at the very
+    /// end is a sync mark) and, for a sealed segment, at or below the next segment's base.
+    entries: Vec<IndexEntry>,
+    /// The entry that ended that prefix by lying past the end of the segment, if one did.
+    beyond: Option<IndexEntry>,
+    /// True when the file exists and every byte of it was read as one of `entries`.
+    clean: bool,
+}
+
+/// Loads the index file of a segment. Entries are verified again on use.
+fn load_index(dir: &Path, base: u64, seg_len: u64, max_rel: Option<u64>) -> LoadedIndex {
     let ipath = index_path(dir, base);
-    let bytes = fs::read(&ipath).unwrap_or_default();
-    let mut out: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY);
+    let (bytes, read) = match fs::read(&ipath) {
+        Ok(bytes) => (bytes, true),
+        Err(_) => (Vec::new(), false),
+    };
+    let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY);
+    let mut beyond = None;
     for chunk in bytes.chunks_exact(INDEX_ENTRY) {
         let rel = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         let pos = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
         let plausible = u64::from(pos) >= SEGMENT_HEADER
-            && u64::from(pos) < seg_len
-            && max_rel.is_none_or(|m| u64::from(rel) < m)
-            && out
+            && max_rel.is_none_or(|m| u64::from(rel) <= m)
+            && entries
                 .last()
                 .is_none_or(|last| rel > last.rel && pos > last.pos);
         if !plausible {
             break;
         }
-        out.push(IndexEntry { rel, pos });
+        if u64::from(pos) > seg_len {
+            beyond = Some(IndexEntry { rel, pos });
+            break;
+        }
+        entries.push(IndexEntry { rel, pos });
     }
-    out
+    let clean = read && bytes.len() == entries.len() * INDEX_ENTRY;
+    LoadedIndex {
+        entries,
+        beyond,
+        clean,
+    }
 }
 
 /// True when the frame at `entry` stores the offset the entry claims.
-fn entry_matches(seg: &Segment, entry: IndexEntry, max_record: u32) -> bool {
-    let mut r = FrameReader::new(&seg.file, u64::from(entry.pos), seg.len, max_record);
+fn entry_matches(seg: &Segment, entry: IndexEntry, max_read: u32) -> bool {
+    let mut r = FrameReader::new(&seg.file, u64::from(entry.pos), seg.len, max_read);
     matches!(r.next(), Ok(Next::Frame { offset, .. }) if offset == seg.base + u64::from(entry.rel))
 }
 
@@ -855,9 +1022,10 @@ fn scan_frames(
     pos: u64,
     offset: u64,
     limit: u64,
-    opts: &FileLogOptions,
+    max_read: u32,
+    index_interval_bytes: u32,
 ) -> std::io::Result<ScanEnd> {
-    let mut reader = FrameReader::new(&seg.file, pos, limit, opts.max_record_bytes);
+    let mut reader = FrameReader::new(&seg.file, pos, limit, max_read);
     let mut expect = offset;
     let mut end_pos = pos;
     let mut since = 0u64;
@@ -874,7 +1042,7 @@ fn scan_frames(
                         "found the record of offset {offset} where {expect} belongs"
                     ));
                 }
-                if since >= u64::from(opts.index_interval_bytes) {
+                if since >= u64::from(index_interval_bytes) {
                     new_entries.push(IndexEntry {
                         rel: (expect - seg.base) as u32,
                         pos: pos as u32,
@@ -888,7 +1056,9 @@ fn scan_frames(
             }
         }
     };
-    seg.index.extend(new_entries);
+    for e in new_entries {
+        push_entry(&mut seg.index, e);
+    }
     Ok(ScanEnd {
         pos: end_pos,
         next_offset: expect,
@@ -911,7 +1081,8 @@ fn open_sealed(
     dir: &Path,
     base: u64,
     next_base: Option<u64>,
-    opts: &FileLogOptions,
+    max_read: u32,
+    index_interval_bytes: u32,
 ) -> Result<Segment> {
     let path = segment_path(dir, base);
     let file = File::open(&path).map_err(|e| Error::io("open segment", &path, e))?;
@@ -936,20 +1107,37 @@ fn open_sealed(
         ));
     }
     check_header(id, &seg)?;
-    seg.index = load_index(dir, base, len, max_rel);
-    let trusted = seg
-        .index
-        .last()
-        .is_none_or(|&e| entry_matches(&seg, e, opts.max_record_bytes));
+    seg.index = load_index(dir, base, len, max_rel).entries;
+    let trusted = match seg.index.last() {
+        None => true,
+        // The final sync mark: the end of the segment, where the next segment's offsets start.
+        Some(&e) if u64::from(e.pos) == len => max_rel == Some(u64::from(e.rel)),
+        Some(&e) => entry_matches(&seg, e, max_read),
+    };
     let expected_index =
-        len.saturating_sub(SEGMENT_HEADER) >= 2 * u64::from(opts.index_interval_bytes);
+        len.saturating_sub(SEGMENT_HEADER) >= 2 * u64::from(index_interval_bytes);
     if !trusted || (seg.index.is_empty() && expected_index) {
         // A missing or stale index: rebuild it from the segment.
         seg.index.clear();
-        let end = scan_frames(&mut seg, SEGMENT_HEADER, base, len, opts)
-            .map_err(|e| Error::io("read segment", &seg.path, e))?;
+        let end = scan_frames(
+            &mut seg,
+            SEGMENT_HEADER,
+            base,
+            len,
+            max_read,
+            index_interval_bytes,
+        )
+        .map_err(|e| Error::io("read segment", &seg.path, e))?;
         if let Some(reason) = end.bad {
             return Err(corrupt(id, end.next_offset, &seg.path, reason));
+        }
+        let end_rel = end.next_offset - base;
+        if max_rel == Some(end_rel) {
+            let mark = IndexEntry {
+                rel: end_rel as u32,
+                pos: end.pos as u32,
+            };
+            push_entry(&mut seg.index, mark);
         }
         write_index(dir, base, &seg.index)?;
         tracing::warn!(partition = %id, base, "rebuilt a missing or stale segment index");
@@ -957,35 +1145,15 @@ fn open_sealed(
     Ok(seg)
 }
 
-/// True when any position in `[from, to)` of the file starts a valid frame.
-fn valid_frame_after(
-    file: &File,
-    path: &Path,
-    from: u64,
-    to: u64,
-    max_record: u32,
-) -> Result<bool> {
-    if from >= to {
-        return Ok(false);
-    }
-    let mut data = vec![0u8; (to - from) as usize];
-    file.read_exact_at(&mut data, from)
-        .map_err(|e| Error::io("read segment tail", path, e))?;
-    Ok((0..data.len()).any(|i| {
-        matches!(
-            check_frame(&data[i..], max_record),
-            FrameCheck::Valid { .. }
-        )
-    }))
-}
-
-/// Opens the active segment and recovers its tail. Returns it with the partition's end offset
-/// and the index byte counter.
+/// Opens the active segment and recovers its tail (see the module documentation). Returns it
+/// with the partition's end offset and the index byte counter. On return the index file holds
+/// exactly the segment's in-memory index.
 fn recover_active(
     id: PartitionId,
     dir: &Path,
     base: u64,
-    opts: &FileLogOptions,
+    max_read: u32,
+    index_interval_bytes: u32,
 ) -> Result<(Segment, u64, u64)> {
     let path = segment_path(dir, base);
     let file = OpenOptions::new()
@@ -997,13 +1165,36 @@ fn recover_active(
         .metadata()
         .map_err(|e| Error::io("stat segment", &path, e))?
         .len();
-    if file_len < SEGMENT_HEADER {
-        // The crash came while the segment was being created, before any record.
+    let LoadedIndex {
+        entries,
+        beyond,
+        clean,
+    } = load_index(dir, base, file_len, None);
+    let no_synced_data = entries.is_empty() && beyond.is_none();
+    if no_synced_data && (file_len < SEGMENT_HEADER || zero_filled(&file, &path, file_len)?) {
+        // The crash came while the segment was being created, before any record: its header
+        // never reached the disk (the file is short, or all zeros).
         drop(file);
-        tracing::warn!(partition = %id, base, "recreating a segment whose header was torn");
+        tracing::warn!(
+            partition = %id,
+            base,
+            file_len,
+            "recreating a segment whose header was torn"
+        );
         let seg = create_segment(dir, base)?;
         write_index(dir, base, &[])?;
         return Ok((seg, base, 0));
+    }
+    if file_len < SEGMENT_HEADER {
+        return Err(corrupt(
+            id,
+            base,
+            &path,
+            format!(
+                "the segment is {file_len} bytes, shorter than its header, but its index \
+                 names synced data"
+            ),
+        ));
     }
     let mut seg = Segment {
         base,
@@ -1013,58 +1204,81 @@ fn recover_active(
         index: Vec::new(),
     };
     check_header(id, &seg)?;
-    seg.index = load_index(dir, base, file_len, None);
+    // Every index entry was written after the data before its position was fsynced.
+    let durable_end = beyond
+        .or_else(|| entries.last().copied())
+        .map_or(SEGMENT_HEADER, |e| u64::from(e.pos));
+    let loaded = entries.len();
+    seg.index = entries;
+    // Start at the last entry that is a mark at the end of the file or points at its frame.
+    let mut dropped_entries = false;
     while let Some(&last) = seg.index.last() {
-        if entry_matches(&seg, last, opts.max_record_bytes) {
+        if u64::from(last.pos) == file_len || entry_matches(&seg, last, max_read) {
             break;
         }
         seg.index.pop();
+        dropped_entries = true;
     }
-    let (pos, offset) = match seg.index.last() {
+    let (start_pos, start_offset) = match seg.index.last() {
         Some(e) => (u64::from(e.pos), base + u64::from(e.rel)),
         None => (SEGMENT_HEADER, base),
     };
-    let mut end = scan_frames(&mut seg, pos, offset, file_len, opts)
-        .map_err(|e| Error::io("read segment", &seg.path, e))?;
-    if let Some(reason) = end.bad.take() {
-        if valid_frame_after(
-            &seg.file,
+    let end = scan_frames(
+        &mut seg,
+        start_pos,
+        start_offset,
+        file_len,
+        max_read,
+        index_interval_bytes,
+    )
+    .map_err(|e| Error::io("read segment", &seg.path, e))?;
+    if end.pos < durable_end {
+        // Not a torn write: the data here was fsynced before an index entry named it.
+        let what = end
+            .bad
+            .unwrap_or_else(|| format!("the segment ends at byte {}", end.pos));
+        return Err(corrupt(
+            id,
+            end.next_offset,
             &seg.path,
-            end.pos + 1,
-            file_len,
-            opts.max_record_bytes,
-        )? {
-            return Err(corrupt(
-                id,
-                end.next_offset,
-                &seg.path,
-                format!("{reason}, and valid records follow it"),
-            ));
-        }
-        let dropped = file_len - end.pos;
+            format!("{what}, before byte {durable_end}, up to which the index shows synced data"),
+        ));
+    }
+    let truncated = end.bad.is_some();
+    if let Some(reason) = &end.bad {
         tracing::warn!(
             partition = %id,
             offset = end.next_offset,
-            dropped_bytes = dropped,
+            dropped_bytes = file_len - end.pos,
             reason = %reason,
             "truncating a torn tail of the log"
         );
         seg.file
             .set_len(end.pos)
             .map_err(|e| Error::io("truncate torn tail of", &seg.path, e))?;
+    }
+    seg.len = end.pos;
+    if truncated || end.pos > start_pos {
+        // The recovered tail is served from now on: make it durable before the index names it,
+        // as a sync would.
         seg.file
             .sync_all()
             .map_err(|e| Error::io("fsync segment", &seg.path, e))?;
     }
-    seg.len = end.pos;
-    let keep = seg
-        .index
-        .iter()
-        .take_while(|e| u64::from(e.pos) < end.pos)
-        .count();
-    seg.index.truncate(keep);
-    write_index(dir, base, &seg.index)?;
-    Ok((seg, end.next_offset, end.bytes_since_index))
+    let mut bytes_since_index = end.bytes_since_index;
+    if end.pos > SEGMENT_HEADER {
+        let mark = IndexEntry {
+            rel: (end.next_offset - base) as u32,
+            pos: end.pos as u32,
+        };
+        if push_entry(&mut seg.index, mark) {
+            bytes_since_index = 0;
+        }
+    }
+    if !clean || dropped_entries || seg.index.len() != loaded {
+        write_index(dir, base, &seg.index)?;
+    }
+    Ok((seg, end.next_offset, bytes_since_index))
 }
 
 impl ReplayableLog for FileLog {
@@ -1094,13 +1308,26 @@ impl ReplayableLog for FileLog {
     }
 
     fn sync(&self) -> Result<()> {
+        // Every partition with unsynced data gets its sync, even after another one failed.
+        let mut first_error = None;
         for p in 0..self.parts.len() {
-            let mut part = self.part(PartitionId(p as u32))?;
-            if part.unsynced > 0 {
-                part.sync()?;
+            let result = self.part(PartitionId(p as u32)).and_then(|mut part| {
+                if part.unsynced > 0 {
+                    part.sync()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = result {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
             }
         }
-        Ok(())
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn truncate_before(&self, partition: PartitionId, offset: LogOffset) -> Result<LogOffset> {
