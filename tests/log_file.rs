@@ -235,7 +235,11 @@ fn a_flipped_byte_in_a_synced_middle_record_is_reported_on_read_with_its_offset(
         let work = copy_with(src.path(), &seg, |b| b[(pos[5] + byte) as usize] ^= 0x40);
         let log = FileLog::open(work.path(), o.clone())
             .unwrap_or_else(|e| panic!("flip at byte {byte} of record 5 failed open: {e}"));
-        assert_eq!(log.end_offset(P0).expect("end"), LogOffset(12), "byte {byte}");
+        assert_eq!(
+            log.end_offset(P0).expect("end"),
+            LogOffset(12),
+            "byte {byte}"
+        );
         for from in [0u64, 3, 5] {
             match log.read(P0, LogOffset(from), 100) {
                 Err(Error::LogCorrupt {
@@ -269,11 +273,23 @@ fn a_bad_record_in_the_unsynced_tail_is_truncated_with_the_records_after_it() {
         let work = copy_with(src.path(), &seg, |b| b[(pos[5] + byte) as usize] ^= 0x40);
         let log = FileLog::open(work.path(), o.clone())
             .unwrap_or_else(|e| panic!("flip at byte {byte} of record 5 failed open: {e}"));
-        assert_eq!(log.end_offset(P0).expect("end"), LogOffset(5), "byte {byte}");
+        assert_eq!(
+            log.end_offset(P0).expect("end"),
+            LogOffset(5),
+            "byte {byte}"
+        );
         assert_eq!(read_all(&log, P0), first_five, "byte {byte}");
         let seg_copy = work.path().join(seg.strip_prefix(src.path()).expect("rel"));
-        assert_eq!(fs::metadata(&seg_copy).expect("stat").len(), pos[5], "byte {byte}");
-        assert_eq!(log.append(P0, b"next").expect("append"), LogOffset(5), "byte {byte}");
+        assert_eq!(
+            fs::metadata(&seg_copy).expect("stat").len(),
+            pos[5],
+            "byte {byte}"
+        );
+        assert_eq!(
+            log.append(P0, b"next").expect("append"),
+            LogOffset(5),
+            "byte {byte}"
+        );
     }
 }
 
@@ -312,7 +328,11 @@ fn a_corrupt_index_entry_falls_back_to_scanning_the_segment() {
     let idx = seg.with_extension("idx");
     let entries = fs::read(&idx).expect("read index");
     assert_eq!(entries.len(), 4 * 8, "one entry per sync");
-    assert_eq!(&entries[8..12], &6u32.to_le_bytes(), "entry 1 is for offset 6");
+    assert_eq!(
+        &entries[8..12],
+        &6u32.to_le_bytes(),
+        "entry 1 is for offset 6"
+    );
     let pos = |i: u64| 16 + i * 56;
     // Entry 1 (offset 6) moved onto the frame of offset 7, or into the middle of its frame:
     // both still between their neighbours, so the index loads them.
@@ -392,9 +412,13 @@ fn a_zeroed_segment_header_from_a_torn_creation_is_recreated() {
         copy_dir(src.path(), work.path());
         let next = work.path().join("p-00000").join(format!("{:020}.log", 5));
         fs::write(&next, vec![0u8; len]).expect("write zeroed segment");
-        let log = FileLog::open(work.path(), opts(1))
-            .unwrap_or_else(|e| panic!("{len} zero bytes: {e}"));
-        assert_eq!(log.end_offset(P0).expect("end"), LogOffset(5), "{len} zero bytes");
+        let log =
+            FileLog::open(work.path(), opts(1)).unwrap_or_else(|e| panic!("{len} zero bytes: {e}"));
+        assert_eq!(
+            log.end_offset(P0).expect("end"),
+            LogOffset(5),
+            "{len} zero bytes"
+        );
         assert_eq!(read_all(&log, P0), records, "{len} zero bytes");
         assert_eq!(&fs::read(&next).expect("read")[..8], b"SNAPSEG1");
         assert_eq!(log.append(P0, b"next").expect("append"), LogOffset(5));
@@ -402,7 +426,11 @@ fn a_zeroed_segment_header_from_a_torn_creation_is_recreated() {
         let log = FileLog::open(work.path(), opts(1)).expect("reopen");
         let mut expected = records.clone();
         expected.push(b"next".to_vec());
-        assert_eq!(read_all(&log, P0), expected, "{len} zero bytes, after reopen");
+        assert_eq!(
+            read_all(&log, P0),
+            expected,
+            "{len} zero bytes, after reopen"
+        );
     }
     // A zeroed segment whose index names synced data lost that data: corruption.
     let seg = segment_files(src.path(), 0)[0].clone();

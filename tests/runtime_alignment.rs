@@ -48,12 +48,11 @@ impl KeyedOperator<u64, (u64, u64), (u64, u64)> for Sum {
     }
 }
 
+/// Every record of each partition, in offset order.
+type Records = Vec<Vec<(u64, u64)>>;
+
 /// A log of `(key, value)` records with `partitions` partitions.
-fn make_log(
-    rng: &mut u64,
-    partitions: u32,
-    n: u64,
-) -> (Arc<dyn ReplayableLog>, Vec<Vec<(u64, u64)>>) {
+fn make_log(rng: &mut u64, partitions: u32, n: u64) -> (Arc<dyn ReplayableLog>, Records) {
     let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(partitions));
     let typed = TypedLog::<(u64, u64)>::new(Arc::clone(&log));
     let mut records = vec![Vec::new(); partitions as usize];

@@ -464,7 +464,12 @@ impl FileLog {
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let pdir = dir.join(format!("p-{p:05}"));
-            parts.push(Mutex::new(Partition::open(PartitionId(p), pdir, &opts, max_read)?));
+            parts.push(Mutex::new(Partition::open(
+                PartitionId(p),
+                pdir,
+                &opts,
+                max_read,
+            )?));
         }
         Ok(FileLog { dir, opts, parts })
     }
@@ -1114,8 +1119,7 @@ fn open_sealed(
         Some(&e) if u64::from(e.pos) == len => max_rel == Some(u64::from(e.rel)),
         Some(&e) => entry_matches(&seg, e, max_read),
     };
-    let expected_index =
-        len.saturating_sub(SEGMENT_HEADER) >= 2 * u64::from(index_interval_bytes);
+    let expected_index = len.saturating_sub(SEGMENT_HEADER) >= 2 * u64::from(index_interval_bytes);
     if !trusted || (seg.index.is_empty() && expected_index) {
         // A missing or stale index: rebuild it from the segment.
         seg.index.clear();
