@@ -94,3 +94,71 @@ fn the_file_sink_commits_every_record_of_a_bounded_job() {
     lines.sort();
     assert_eq!(lines, vec!["a", "b", "c", "d", "e", "f"]);
 }
+
+#[test]
+fn a_broadcast_edge_gives_every_task_every_record_and_linger_batches_still_arrive() {
+    let log = words_log(&["x", "y", "z"], 1);
+    let seen = CollectSink::<(u32, String)>::new();
+    let mut cfg = config(Threads::Arbiters(2));
+    cfg.linger = Duration::from_millis(3);
+    let job = JobBuilder::with_config("bc", cfg);
+    job.source("lines", LogSource::<String>::msgpack(log).bounded())
+        .parallelism(1)
+        .broadcast()
+        .process("tag", Tag)
+        .parallelism(3)
+        .sink("out", seen.clone());
+    job.build().expect("build").run().expect("run");
+    let mut got = seen.records();
+    got.sort();
+    let mut want = Vec::new();
+    for t in 0..3 {
+        for w in ["x", "y", "z"] {
+            want.push((t, w.to_string()));
+        }
+    }
+    assert_eq!(got, want);
+}
+
+/// Tags each record with the index of the task that saw it.
+#[derive(Clone)]
+struct Tag;
+
+impl Operator<String, (u32, String)> for Tag {
+    fn process(
+        &mut self,
+        r: String,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<(u32, String)>,
+    ) -> Result<()> {
+        out.emit((ctx.task().task.index, r));
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn an_on_demand_checkpoint_completes_when_periodic_checkpoints_are_off() {
+    let log = words_log(&["a"], 1);
+    let mut cfg = config(Threads::Current);
+    cfg.checkpoints.interval = None;
+    let job = JobBuilder::with_config("ondemand", cfg);
+    job.source("lines", LogSource::<String>::msgpack(log))
+        .sink("out", CollectSink::new());
+    let handle = job.build().expect("build").start().await.expect("start");
+    handle.trigger_checkpoint();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while handle.metrics().checkpoints.is_empty() && std::time::Instant::now() < deadline {
+        actix::clock::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        handle.metrics().checkpoints.len(),
+        1,
+        "exactly the requested checkpoint"
+    );
+    handle.stop();
+    let report = handle.wait().await.expect("stop");
+    assert_eq!(
+        report.checkpoints_completed, 2,
+        "the requested one and the final one"
+    );
+}

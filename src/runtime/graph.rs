@@ -6,6 +6,32 @@
 //! (made by `key_by`), so a keyed operator without a key is a compile error. What the types
 //! cannot rule out is checked by [`JobBuilder::build`]: names, parallelism, forward edges between
 //! different parallelisms, streams nobody consumes, jobs without a source or a sink.
+//!
+//! A keyed operator on a stream that was not keyed does not compile:
+//!
+//! ```compile_fail
+//! use std::sync::Arc;
+//! use snapflow::prelude::*;
+//! let job = JobBuilder::new("no-key");
+//! let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
+//! job.source("src", LogSource::<u64>::msgpack(log))
+//!     .reduce("sum", |a, b| a + b) // no `reduce` on a Stream: key it first
+//!     .sink("out", snapflow::CollectSink::new());
+//! ```
+//!
+//! while the same job keyed first does:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use snapflow::prelude::*;
+//! let job = JobBuilder::new("keyed");
+//! let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
+//! job.source("src", LogSource::<u64>::msgpack(log))
+//!     .key_by(|x: &u64| *x % 10)
+//!     .reduce("sum", |a, b| a + b)
+//!     .sink("out", snapflow::CollectSink::new());
+//! job.build().expect("valid");
+//! ```
 
 use std::any::Any;
 use std::cell::RefCell;

@@ -1,0 +1,183 @@
+//! The file sink's two-phase commit, directly and through a job that is cancelled and resumed.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{poll_until, FaultyStorage};
+use snapflow::checkpoint::{
+    CheckpointId, CheckpointStorage, CheckpointTiming, LocalCheckpointStorage, TaskId,
+};
+use snapflow::prelude::*;
+use snapflow::runtime::TaskInfo;
+use snapflow::{FileSink, TwoPhaseCommitSink};
+
+fn info() -> TaskInfo {
+    TaskInfo {
+        task: TaskId::new("out", 0).expect("task"),
+        parallelism: 1,
+        max_parallelism: 128,
+        restored_from: None,
+    }
+}
+
+#[allow(clippy::ptr_arg)] // a FileSink<String> formats a &String
+fn line(s: &String, out: &mut String) {
+    out.push_str(s);
+}
+
+#[test]
+fn a_precommitted_epoch_recorded_in_a_checkpoint_is_committed_exactly_once_on_restore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sink = FileSink::new(dir.path(), line);
+    sink.open(&info()).expect("open");
+    sink.begin(CheckpointId(1)).expect("begin");
+    sink.write("a".to_string()).expect("write");
+    sink.write("b".to_string()).expect("write");
+    let txn = sink.pre_commit(CheckpointId(1)).expect("pre-commit");
+    assert!(
+        FileSink::<String>::read_committed(dir.path())
+            .expect("read")
+            .is_empty(),
+        "pre-committed is not visible"
+    );
+    sink.begin(CheckpointId(2)).expect("begin");
+    sink.write("c".to_string()).expect("write");
+    drop(sink); // crash: epoch 1 pre-committed (in checkpoint 1), epoch 2 pending
+
+    for attempt in 0..3 {
+        let mut restored = FileSink::new(dir.path(), line);
+        restored.open(&info()).expect("open");
+        restored
+            .recover(std::slice::from_ref(&txn))
+            .expect("recover");
+        let lines = FileSink::<String>::read_committed(dir.path()).expect("read");
+        assert_eq!(
+            lines,
+            vec!["a", "b"],
+            "restore {attempt}: epoch 1 exactly once, epoch 2 aborted"
+        );
+    }
+    // A commit repeated after the rename is a no-op too.
+    let mut again = FileSink::new(dir.path(), line);
+    again.open(&info()).expect("open");
+    again.commit(&txn).expect("idempotent commit");
+    assert_eq!(
+        FileSink::<String>::read_committed(dir.path()).expect("read"),
+        vec!["a", "b"]
+    );
+}
+
+fn seq_log(n: u64) -> Arc<dyn ReplayableLog> {
+    let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
+    let typed = TypedLog::<u64>::new(Arc::clone(&log));
+    let values: Vec<u64> = (0..n).collect();
+    for chunk in values.chunks(1000) {
+        typed.append_batch(PartitionId(0), chunk).expect("append");
+    }
+    log
+}
+
+fn build(
+    storage: Arc<dyn CheckpointStorage>,
+    log: Arc<dyn ReplayableLog>,
+    out: &std::path::Path,
+    bounded: bool,
+) -> Job {
+    let config = JobConfig {
+        parallelism: 1,
+        batch_size: 100,
+        checkpoints: CheckpointTiming {
+            interval: Some(Duration::from_millis(5)),
+            timeout: Duration::from_secs(30),
+            min_pause: Duration::ZERO,
+        },
+        ..JobConfig::default()
+    };
+    let job = JobBuilder::with_config("files", config);
+    job.checkpoint_storage(storage);
+    let source = LogSource::<u64>::msgpack(log);
+    let source = if bounded { source.bounded() } else { source };
+    job.source("src", source)
+        .map("slow", |x: u64| {
+            if x % 1000 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            x
+        })
+        .sink(
+            "out",
+            FileSink::new(out, |x: &u64, l: &mut String| l.push_str(&x.to_string())),
+        );
+    job.build().expect("build")
+}
+
+fn committed(out: &std::path::Path) -> Vec<u64> {
+    let mut v: Vec<u64> = FileSink::<u64>::read_committed(out)
+        .expect("read")
+        .iter()
+        .map(|l| l.parse().expect("number"))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[actix_rt::test]
+async fn the_file_sink_commits_only_completed_epochs_and_a_resumed_job_completes_them_exactly_once()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let n = 60_000;
+    let log = seq_log(n);
+    let local: Arc<dyn CheckpointStorage> = Arc::new(
+        LocalCheckpointStorage::new(dir.path().join("chk"), "files")
+            .expect("storage")
+            .with_retain(1000),
+    );
+    let mut faulty = FaultyStorage::new(Arc::clone(&local));
+    faulty.fail_commit = Some(Box::new(|id| id.0 % 2 == 0));
+    let handle = build(Arc::new(faulty), Arc::clone(&log), &out, false)
+        .start()
+        .await
+        .expect("start");
+    assert!(
+        poll_until(Duration::from_secs(20), || handle
+            .metrics()
+            .checkpoints
+            .len()
+            >= 3)
+        .await
+    );
+    handle.cancel();
+    assert!(matches!(handle.wait().await, Err(Error::Cancelled)));
+
+    // What is visible is exactly the records before the barrier of some completed checkpoint.
+    let visible = committed(&out);
+    let mut prefixes = vec![0u64];
+    for id in local.completed_ids().expect("ids") {
+        let m = local.verify(id).expect("verify").manifest;
+        prefixes.push(m.sources[0].offset.0);
+    }
+    assert!(
+        prefixes.iter().any(|p| visible == (0..*p).collect::<Vec<_>>()),
+        "visible output ({} records, last {:?}) is not the output of a completed checkpoint {prefixes:?}",
+        visible.len(),
+        visible.last()
+    );
+    assert!(
+        (visible.len() as u64) < n,
+        "the job was cancelled before the end"
+    );
+
+    // Resume from the latest checkpoint and run to the end: every record exactly once.
+    let report = build(Arc::clone(&local), log, &out, true)
+        .start()
+        .await
+        .expect("restart")
+        .wait()
+        .await
+        .expect("run");
+    assert!(report.restored_from.is_some());
+    assert_eq!(committed(&out), (0..n).collect::<Vec<_>>());
+}
