@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+pub mod chaos;
 pub mod checkpoint;
 mod error;
 pub mod log;
@@ -46,6 +47,7 @@ pub mod runtime;
 pub mod sink;
 pub mod state;
 mod storage;
+pub mod supervision;
 
 pub use checkpoint::{
     CheckpointId, CheckpointStorage, CompletedCheckpoint, LocalCheckpointStorage, Manifest,
@@ -57,9 +59,10 @@ pub use log::{
     RecordBatch, ReplayableLog, SyncPolicy, TypedLog,
 };
 pub use runtime::{
-    Collector, Job, JobBuilder, JobConfig, JobHandle, JobReport, KeyedOperator, KeyedStream,
-    LogSource, Operator, Stream, Threads,
+    Collector, Job, JobBuilder, JobConfig, JobEvent, JobHandle, JobReport, KeyedOperator,
+    KeyedStream, LogSource, Operator, Stream, Threads,
 };
+pub use supervision::RestartStrategy;
 pub use sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
 pub use storage::validate_name;
 

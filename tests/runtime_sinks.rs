@@ -19,6 +19,7 @@ fn info() -> TaskInfo {
         parallelism: 1,
         max_parallelism: 128,
         restored_from: None,
+        attempt: 0,
     }
 }
 

@@ -87,6 +87,7 @@ pub struct CheckpointCoordinator<A> {
     last_end: Option<Instant>,
     on_demand: bool,
     final_requested: bool,
+    finished: bool,
 }
 
 impl<A> CheckpointCoordinator<A> {
@@ -101,6 +102,7 @@ impl<A> CheckpointCoordinator<A> {
             last_end: None,
             on_demand: false,
             final_requested: false,
+            finished: false,
         }
     }
 
@@ -120,10 +122,23 @@ impl<A> CheckpointCoordinator<A> {
         self.final_requested = true;
     }
 
+    /// Withdraws a final-checkpoint request (the input did not end after all: a restarted
+    /// source must read again).
+    pub fn cancel_final(&mut self) {
+        self.final_requested = false;
+        self.finished = false;
+    }
+
+    /// Allows triggers again after a final checkpoint completed (a task failed before every
+    /// task had committed it, and its region is being restored).
+    pub fn rearm(&mut self) {
+        self.finished = false;
+    }
+
     /// Whether a checkpoint should be triggered at `now`, and if so which. Call it on every
     /// timer tick; it starts the checkpoint it returns.
     pub fn poll_trigger(&mut self, now: Instant) -> Option<Trigger> {
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || self.finished {
             return None;
         }
         if self
@@ -190,7 +205,9 @@ impl<A> CheckpointCoordinator<A> {
 
     /// The manifest of `checkpoint` is written: it is complete.
     pub fn complete(&mut self, checkpoint: CheckpointId, now: Instant) {
-        if self.in_flight.as_ref().is_some_and(|f| f.id == checkpoint) {
+        if let Some(f) = self.in_flight.as_ref().filter(|f| f.id == checkpoint) {
+            // After the final checkpoint nothing more is triggered.
+            self.finished = f.is_final;
             self.in_flight = None;
             self.last_end = Some(now);
         }

@@ -211,6 +211,10 @@ impl CheckpointStorage for LocalCheckpointStorage {
             .collect())
     }
 
+    fn max_id(&self) -> Result<Option<CheckpointId>> {
+        Ok(self.all_ids()?.last().copied())
+    }
+
     fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
         let path = self.checkpoint_dir(id).join(MANIFEST_FILE);
         let bytes = match storage::read_bounded(

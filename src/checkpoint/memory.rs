@@ -159,6 +159,10 @@ impl CheckpointStorage for MemoryCheckpointStorage {
             .collect())
     }
 
+    fn max_id(&self) -> Result<Option<CheckpointId>> {
+        Ok(self.lock().keys().next_back().copied())
+    }
+
     fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
         let manifest_bytes = {
             let cps = self.lock();

@@ -328,6 +328,12 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// The ids of the checkpoints that have a manifest, oldest first (not verified).
     fn completed_ids(&self) -> Result<Vec<CheckpointId>>;
 
+    /// The largest checkpoint id that has any files, complete or not. A job's next checkpoint
+    /// must be above it, so ids (and the sink epochs named after them) are never reused.
+    fn max_id(&self) -> Result<Option<CheckpointId>> {
+        Ok(self.completed_ids()?.last().copied())
+    }
+
     /// Reads and verifies the manifest of checkpoint `id` and every state file it names.
     fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint>;
 

@@ -228,6 +228,12 @@ impl<T: Clone + Send + 'static> Collector<T> {
             return;
         }
         for edge in &mut self.edges {
+            if all {
+                // Partial batches too: move the round robin on, so small batches spread.
+                if let Route::Rebalance { next } = &mut edge.route {
+                    *next = (*next + 1) % edge.buffers.len().max(1);
+                }
+            }
             for (c, buf) in edge.buffers.iter_mut().enumerate() {
                 if buf.is_empty() || (!all && buf.len() < self.batch_size) {
                     continue;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::checkpoint::{CheckpointMode, CheckpointTiming};
 use crate::error::{Error, Result};
 use crate::state::{DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM};
+use crate::supervision::RestartStrategy;
 
 /// Where a job's task actors run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,14 @@ pub struct JobConfig {
     /// Resume from the latest complete checkpoint in the checkpoint storage when the job
     /// starts (the default), or start from the beginning of the log with empty state.
     pub restore_on_start: bool,
+    /// What to do when a task fails.
+    pub restart: RestartStrategy,
+    /// Reproducible scheduling: requires [`Threads::Current`]; snapshot and manifest writes run
+    /// on the actors' thread instead of background threads, and sources advance tokio's clock by
+    /// a fixed amount per batch. Run the job with tokio's clock paused (`tokio::time::pause`)
+    /// and the same input gives the same sequence of events every time. Slower; for tests and
+    /// chaos reproduction.
+    pub deterministic: bool,
 }
 
 impl Default for JobConfig {
@@ -62,6 +71,8 @@ impl Default for JobConfig {
             threads: Threads::Arbiters(cores),
             source_idle_poll: Duration::from_millis(10),
             restore_on_start: true,
+            restart: RestartStrategy::default(),
+            deterministic: false,
         }
     }
 }
@@ -82,6 +93,11 @@ impl JobConfig {
         if let Threads::Arbiters(0) = self.threads {
             return Err(Error::Config(
                 "Threads::Arbiters needs at least one arbiter (or use Threads::Current)".into(),
+            ));
+        }
+        if self.deterministic && self.threads != Threads::Current {
+            return Err(Error::Config(
+                "deterministic mode needs threads: Threads::Current".into(),
             ));
         }
         if self.checkpoints.timeout.is_zero() {

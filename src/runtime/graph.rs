@@ -39,38 +39,31 @@ use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use actix::prelude::*;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use super::channel::{Collector, Gate, GatedInput, Receiver, Sender};
+use super::channel::Collector;
 use super::config::{JobConfig, Threads};
+use super::events::JobEvent;
 use super::handle::JobHandle;
 use super::logic::{
-    Decoder, EdgeKind, KeyGroupFn, KeyedLogic, LogicParams, OperatorLogic, OutputSpec,
-    RestoreState, SinkLogic, SourceLogic, TaskLogic,
+    Decoder, EdgeKind, KeyGroupFn, KeyedLogic, OperatorLogic, RestoreState, SinkLogic,
+    SourceLogic, TaskLogic,
 };
-use super::master::{JobMaster, Register, TaskSlot};
+use super::master::{JobMaster, Launch, TaskSlot};
 use super::metrics::JobMetrics;
-use super::operator::{
-    Data, FilterOp, FlatMapOp, KeyedOperator, MapOp, Operator, ReduceOp, TaskInfo,
-};
-use super::task::{pace_stream, Pace, TaskActor, TaskSettings};
-use crate::checkpoint::{
-    Aligner, CheckpointCoordinator, CheckpointId, CheckpointStorage, MemoryCheckpointStorage,
-    TaskId,
-};
+use super::operator::{Data, FilterOp, FlatMapOp, KeyedOperator, MapOp, Operator, ReduceOp};
+use super::topology::{LogicFactory, Role, Topology, VertexSpec};
+use crate::chaos::{ChaosMonkey, MonkeyState};
+use crate::checkpoint::{CheckpointStorage, MemoryCheckpointStorage};
 use crate::error::{Error, Result};
-use crate::log::{codec, LogOffset, PartitionId, ReplayableLog};
+use crate::log::{codec, ReplayableLog};
 use crate::sink::TwoPhaseCommitSink;
-use crate::state::{
-    key_group_for, KeyedSnapshot, OperatorSnapshot, StateKey, StateValue, TaskSnapshot,
-};
+use crate::state::{key_group_for, StateKey, StateValue};
 use crate::storage::validate_name;
-
-pub(crate) type LogicFactory = Arc<dyn Fn(LogicParams) -> Result<Box<dyn TaskLogic>> + Send + Sync>;
+use crate::supervision::RestartTracker;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ship {
@@ -89,14 +82,6 @@ struct EdgeDef {
     key_group: Option<Arc<dyn Any + Send + Sync>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Source { bounded: bool },
-    Operator,
-    Keyed,
-    Sink,
-}
-
 struct VertexDef {
     name: String,
     parallelism: Option<u32>,
@@ -113,6 +98,8 @@ struct GraphDef {
     storage: Option<Arc<dyn CheckpointStorage>>,
     vertices: Vec<VertexDef>,
     errors: Vec<String>,
+    events: Option<Recipient<JobEvent>>,
+    chaos: Option<ChaosMonkey>,
 }
 
 /// A source reading a [`ReplayableLog`]: its partitions are spread over the source's tasks
@@ -237,6 +224,8 @@ impl JobBuilder {
                 storage: None,
                 vertices: Vec::new(),
                 errors: Vec::new(),
+                events: None,
+                chaos: None,
             })),
         }
     }
@@ -244,6 +233,18 @@ impl JobBuilder {
     /// Where checkpoints go (default: in memory, lost with the process).
     pub fn checkpoint_storage(&self, storage: Arc<dyn CheckpointStorage>) -> &Self {
         self.graph.borrow_mut().storage = Some(storage);
+        self
+    }
+
+    /// Sends every lifecycle event of the job to `recipient`.
+    pub fn events(&self, recipient: Recipient<JobEvent>) -> &Self {
+        self.graph.borrow_mut().events = Some(recipient);
+        self
+    }
+
+    /// Attaches a chaos monkey that kills the job's actors on its seeded schedule.
+    pub fn chaos(&self, monkey: ChaosMonkey) -> &Self {
+        self.graph.borrow_mut().chaos = Some(monkey);
         self
     }
 
@@ -353,6 +354,8 @@ impl JobBuilder {
             config,
             storage,
             vertices: std::mem::take(&mut g.vertices),
+            events: g.events.take(),
+            chaos: g.chaos.take(),
         })
     }
 }
@@ -585,6 +588,8 @@ pub struct Job {
     config: JobConfig,
     storage: Arc<dyn CheckpointStorage>,
     vertices: Vec<VertexDef>,
+    events: Option<Recipient<JobEvent>>,
+    chaos: Option<ChaosMonkey>,
 }
 
 impl std::fmt::Debug for Job {
@@ -603,69 +608,6 @@ impl std::fmt::Debug for Job {
     }
 }
 
-struct TaskPlan {
-    vertex: usize,
-    index: u32,
-    senders: Vec<Sender>,
-    receivers: Vec<Receiver>,
-    outputs: Vec<OutputSpec>,
-}
-
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
-}
-
-/// Reads the state of every task of `checkpoint` and prepares each vertex's restore states.
-async fn plan_restore(
-    storage: &Arc<dyn CheckpointStorage>,
-    vertices: &[VertexDef],
-    parallelism: &[u32],
-) -> Result<(Option<CheckpointId>, Vec<Vec<RestoreState>>)> {
-    let fresh = || -> Result<Vec<Vec<RestoreState>>> {
-        Ok(parallelism
-            .iter()
-            .map(|p| vec![RestoreState::default(); *p as usize])
-            .collect())
-    };
-    let s = Arc::clone(storage);
-    let Some(latest) = blocking(move || s.latest_complete()).await? else {
-        return Ok((None, fresh()?));
-    };
-    let id = latest.id();
-    let mut per_vertex = Vec::with_capacity(vertices.len());
-    for (v, p) in vertices.iter().zip(parallelism) {
-        let mut entries: Vec<_> = latest
-            .manifest
-            .tasks
-            .iter()
-            .filter(|t| t.task.vertex == v.name)
-            .cloned()
-            .collect();
-        entries.sort_by_key(|t| t.task.index);
-        let s = Arc::clone(storage);
-        let snapshots = blocking(move || {
-            entries
-                .iter()
-                .map(|t| TaskSnapshot::from_bytes(&s.read_task_state(id, &t.state)?))
-                .collect::<Result<Vec<_>>>()
-        })
-        .await?;
-        if snapshots.is_empty() {
-            tracing::warn!(vertex = %v.name, checkpoint = %id, "vertex not in the checkpoint; it starts empty");
-        }
-        let mut keyed: Vec<KeyedSnapshot> = Vec::new();
-        let mut operator: Vec<OperatorSnapshot> = Vec::new();
-        for s in snapshots {
-            keyed.extend(s.keyed);
-            operator.push(s.operator);
-        }
-        per_vertex.push(RestoreState::for_vertex(keyed, &operator, *p)?);
-    }
-    Ok((Some(id), per_vertex))
-}
-
 impl Job {
     /// The job's name.
     pub fn name(&self) -> &str {
@@ -681,91 +623,37 @@ impl Job {
             config,
             storage,
             vertices,
+            events,
+            chaos,
         } = self;
         let par: Vec<u32> = vertices
             .iter()
             .map(|v| v.parallelism.unwrap_or(config.parallelism))
             .collect();
-        let (restored_from, mut restores) = if config.restore_on_start {
-            plan_restore(&storage, &vertices, &par).await?
-        } else {
-            (
-                None,
-                par.iter()
-                    .map(|p| vec![RestoreState::default(); *p as usize])
+        let specs: Vec<VertexSpec> = vertices
+            .into_iter()
+            .enumerate()
+            .map(|(v, def)| VertexSpec {
+                inputs: def
+                    .inputs
+                    .iter()
+                    .map(|e| {
+                        let kind = match e.ship {
+                            Ship::Default if par[e.from] == par[v] => EdgeKind::Forward,
+                            Ship::Default | Ship::Rebalance => EdgeKind::Rebalance,
+                            Ship::Forward => EdgeKind::Forward,
+                            Ship::Broadcast => EdgeKind::Broadcast,
+                            Ship::Hash => EdgeKind::Hash,
+                        };
+                        (e.from, kind, e.key_group.clone())
+                    })
                     .collect(),
-            )
-        };
-        if let Some(id) = restored_from {
-            tracing::info!(job = %name, checkpoint = %id, "restoring from checkpoint");
-        }
-        let first_epoch = CheckpointId(restored_from.map(|c| c.0 + 1).unwrap_or(1));
-
-        // Stop offsets of bounded sources: the log's end when the job starts.
-        let mut stops: Vec<Option<Arc<HashMap<PartitionId, LogOffset>>>> = Vec::new();
-        for v in &vertices {
-            match (&v.role, &v.log) {
-                (Role::Source { bounded: true }, Some(log)) => {
-                    let mut m = HashMap::new();
-                    for p in 0..log.partitions() {
-                        m.insert(PartitionId(p), log.end_offset(PartitionId(p))?);
-                    }
-                    stops.push(Some(Arc::new(m)));
-                }
-                _ => stops.push(None),
-            }
-        }
-
-        // One plan per task, numbered in vertex order.
-        let mut first_number = Vec::with_capacity(vertices.len());
-        let mut plans: Vec<TaskPlan> = Vec::new();
-        for (v, p) in par.iter().enumerate() {
-            first_number.push(plans.len());
-            for index in 0..*p {
-                plans.push(TaskPlan {
-                    vertex: v,
-                    index,
-                    senders: Vec::new(),
-                    receivers: Vec::new(),
-                    outputs: Vec::new(),
-                });
-            }
-        }
-        for (v, vertex) in vertices.iter().enumerate() {
-            for e in &vertex.inputs {
-                let (pu, pv) = (par[e.from], par[v]);
-                let kind = match e.ship {
-                    Ship::Default if pu == pv => EdgeKind::Forward,
-                    Ship::Default | Ship::Rebalance => EdgeKind::Rebalance,
-                    Ship::Forward => EdgeKind::Forward,
-                    Ship::Broadcast => EdgeKind::Broadcast,
-                    Ship::Hash => EdgeKind::Hash,
-                };
-                for i in 0..pu {
-                    let targets: Vec<u32> = if kind == EdgeKind::Forward {
-                        vec![i]
-                    } else {
-                        (0..pv).collect()
-                    };
-                    let mut channels = Vec::with_capacity(targets.len());
-                    for j in targets {
-                        let (tx, rx) = mpsc::channel(config.channel_capacity);
-                        let producer = &mut plans[first_number[e.from] + i as usize];
-                        producer.senders.push(tx);
-                        channels.push(producer.senders.len() - 1);
-                        plans[first_number[v] + j as usize].receivers.push(rx);
-                    }
-                    plans[first_number[e.from] + i as usize]
-                        .outputs
-                        .push(OutputSpec {
-                            kind,
-                            channels,
-                            key_group: e.key_group.clone(),
-                        });
-                }
-            }
-        }
-
+                name: def.name,
+                role: def.role,
+                factory: def.factory,
+                log: def.log,
+            })
+            .collect();
         let mut arbiters = Vec::new();
         let handles: Vec<ArbiterHandle> = match config.threads {
             Threads::Current => vec![Arbiter::current()],
@@ -776,107 +664,107 @@ impl Job {
                 arbiters.iter().map(|a| a.handle()).collect()
             }
         };
-
         let metrics = Arc::new(JobMetrics::default());
+        let topo = Topology::new(name.clone(), config.clone(), Arc::clone(&storage), specs, par, handles, Arc::clone(&metrics));
+        let topo = match topo {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                for a in arbiters {
+                    a.stop();
+                }
+                return Err(e);
+            }
+        };
+        let all: Vec<(usize, usize, u32)> = topo.tasks.iter().enumerate().map(|(n, t)| (n, t.vertex, t.index)).collect();
+        let planned = if config.restore_on_start {
+            let names = topo
+                .vertices
+                .iter()
+                .zip(&topo.parallelism)
+                .map(|(v, p)| (v.name.clone(), *p))
+                .collect();
+            Topology::plan_restore(Arc::clone(&storage), Arc::clone(&topo.manifest_gate), names, all, config.deterministic).await
+        } else {
+            Ok((None, all.iter().map(|(n, _, _)| (*n, RestoreState::default())).collect::<HashMap<_, _>>()))
+        };
+        let (restored_from, restore) = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                for a in arbiters {
+                    a.stop();
+                }
+                return Err(e);
+            }
+        };
+        if let Some(id) = restored_from {
+            tracing::info!(job = %name, checkpoint = %id, "restoring from checkpoint");
+        }
+        let s = Arc::clone(&storage);
+        let max_id = if config.deterministic {
+            s.max_id()
+        } else {
+            tokio::task::spawn_blocking(move || s.max_id())
+                .await
+                .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+        };
+        let max_id = match max_id {
+            Ok(m) => m,
+            Err(e) => {
+                for a in arbiters {
+                    a.stop();
+                }
+                return Err(e);
+            }
+        };
+        let first = crate::checkpoint::CheckpointId(max_id.max(restored_from).map(|c| c.0 + 1).unwrap_or(1));
         let (done_tx, done_rx) = oneshot::channel();
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let slots: Vec<TaskSlot> = plans
-            .iter()
-            .map(|p| TaskSlot {
-                id: TaskId {
-                    vertex: vertices[p.vertex].name.clone(),
-                    index: p.index,
-                },
-                is_source: matches!(vertices[p.vertex].role, Role::Source { .. }),
-                addr: None,
-            })
-            .collect();
-        let task_count = slots.len();
-        let tick = Duration::from_millis(5);
+        let seed = chaos.as_ref().map(|c| c.seed).unwrap_or(0);
         let master = JobMaster {
-            job: name.clone(),
-            storage: Arc::clone(&storage),
-            tasks: slots,
-            parallelism: vertices
+            tasks: topo
+                .tasks
                 .iter()
-                .zip(&par)
-                .map(|(v, p)| (v.name.clone(), *p))
+                .map(|_| TaskSlot {
+                    addr: None,
+                    abort: None,
+                    incarnation: 0,
+                })
                 .collect(),
-            max_parallelism: config.max_parallelism,
-            coord: CheckpointCoordinator::new(config.checkpoints, task_count, first_epoch),
+            coordinator: None,
+            coordinator_abort: None,
+            coordinator_incarnation: 0,
             registered: false,
             sources_at_end: HashSet::new(),
+            down: HashSet::new(),
+            tracker: RestartTracker::new(config.restart.clone(), seed),
+            last_triggered: None,
+            last_completed: None,
+            completed: 0,
+            final_requested: false,
+            stop_requested: false,
+            events: Vec::new(),
+            event_sink: events,
+            monkey: chaos.map(MonkeyState::new),
+            monkey_due: None,
+            failure_at: HashMap::new(),
+            failed_while_down: HashMap::new(),
             metrics: Arc::clone(&metrics),
             done: Some(done_tx),
             arbiters,
             cancel: cancel_tx,
+            cancel_rx,
             started: std::time::Instant::now(),
             restored_from,
-            completed: 0,
-            last_completed: None,
             ending: false,
-            tick,
+            topo,
         }
         .start();
-
-        let settings = TaskSettings {
-            batch_size: config.batch_size,
-            linger: config.linger,
-            idle_poll: config.source_idle_poll,
-            mode: config.mode,
-        };
-        let mut pending = Vec::with_capacity(plans.len());
-        for (number, plan) in plans.into_iter().enumerate() {
-            let vertex = &vertices[plan.vertex];
-            let info = TaskInfo {
-                task: TaskId {
-                    vertex: vertex.name.clone(),
-                    index: plan.index,
-                },
-                parallelism: par[plan.vertex],
-                max_parallelism: config.max_parallelism,
-                restored_from,
-            };
-            let restore = std::mem::take(&mut restores[plan.vertex][plan.index as usize]);
-            let logic = (vertex.factory)(LogicParams {
-                info: info.clone(),
-                outputs: plan.outputs,
-                restore,
-                batch_size: config.batch_size,
-                first_epoch,
-                stop_offsets: stops[plan.vertex].clone(),
-            })?;
-            let is_source = matches!(vertex.role, Role::Source { .. });
-            let counters = metrics.task(&info.task);
-            let (reply, rx) = oneshot::channel();
-            let spawn = SpawnTask {
-                info,
-                number,
-                logic,
-                is_source,
-                senders: plan.senders,
-                receivers: plan.receivers,
-                master: master.clone(),
-                storage: Arc::clone(&storage),
-                metrics: Arc::clone(&metrics),
-                counters,
-                cancel: cancel_rx.clone(),
-                settings: settings.clone(),
-            };
-            handles[plan.index as usize % handles.len()].spawn_fn(move || {
-                let _ = reply.send(spawn.spawn());
-            });
-            pending.push((number, rx));
-        }
-        let mut tasks = Vec::with_capacity(pending.len());
-        for (number, rx) in pending {
-            let (addr, join) = rx.await.map_err(|_| {
-                Error::Internal("an arbiter dropped a task before starting it".into())
-            })?;
-            tasks.push((number, addr, join));
-        }
-        master.do_send(Register { tasks });
-        tracing::info!(job = %name, tasks = task_count, restored_from = ?restored_from, "job started");
+        master.do_send(Launch {
+            restore,
+            restored_from,
+            first,
+        });
+        tracing::info!(job = %name, restored_from = ?restored_from, "job started");
         Ok(JobHandle {
             master,
             result: done_rx,
@@ -892,62 +780,3 @@ impl Job {
     }
 }
 
-/// Everything needed to create one task actor on its arbiter.
-struct SpawnTask {
-    info: TaskInfo,
-    number: usize,
-    logic: Box<dyn TaskLogic>,
-    is_source: bool,
-    senders: Vec<Sender>,
-    receivers: Vec<Receiver>,
-    master: Addr<JobMaster>,
-    storage: Arc<dyn CheckpointStorage>,
-    metrics: Arc<JobMetrics>,
-    counters: Arc<super::metrics::TaskCounters>,
-    cancel: watch::Receiver<bool>,
-    settings: TaskSettings,
-}
-
-impl SpawnTask {
-    /// Runs on the target arbiter: builds the actor's context with its input streams, spawns
-    /// the actor's future, and returns its address and join handle.
-    fn spawn(self) -> (Addr<TaskActor>, tokio::task::JoinHandle<()>) {
-        let mut ctx: Context<TaskActor> = Context::new();
-        let addr = ctx.address();
-        let mut gates = Vec::with_capacity(self.receivers.len());
-        let channels = self.receivers.len();
-        for (i, rx) in self.receivers.into_iter().enumerate() {
-            let gate = Rc::new(Gate::default());
-            gates.push(Rc::clone(&gate));
-            ctx.add_stream(GatedInput::new(i, rx, gate, Arc::clone(&self.metrics)));
-        }
-        let pace = Rc::new(std::cell::Cell::new(Pace::Run));
-        if self.is_source {
-            ctx.add_stream(pace_stream(Rc::clone(&pace)));
-        }
-        let actor = TaskActor {
-            aligner: Aligner::new(channels, self.settings.mode),
-            info: self.info,
-            number: self.number,
-            logic: self.logic,
-            gates,
-            ended: vec![false; channels],
-            senders: self.senders,
-            sends: Default::default(),
-            master: self.master,
-            storage: self.storage,
-            metrics: self.metrics,
-            counters: self.counters,
-            cancel: self.cancel,
-            pace,
-            settings: self.settings,
-            flush_scheduled: false,
-            waiting: false,
-            failed: false,
-            end_sent: false,
-            at_end_reported: false,
-        };
-        let join = actix::spawn(ctx.into_future(actor));
-        (addr, join)
-    }
-}

@@ -7,6 +7,7 @@ use actix::Addr;
 use tokio::sync::oneshot;
 
 use super::master::{Command, JobMaster};
+use super::events::JobEvent;
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
@@ -22,10 +23,16 @@ pub struct JobReport {
     pub last_checkpoint: Option<CheckpointId>,
     /// The checkpoint the job resumed from when it started, if any.
     pub restored_from: Option<CheckpointId>,
+    /// Restarts of failover regions.
+    pub restarts: u32,
+    /// Kills by the chaos monkey.
+    pub kills: u32,
     /// How long the job ran.
     pub elapsed: Duration,
     /// The metrics at the end.
     pub metrics: MetricsSnapshot,
+    /// Every lifecycle event, in order.
+    pub events: Vec<JobEvent>,
 }
 
 /// A running job. Dropping the handle does not stop the job.

@@ -73,6 +73,11 @@ impl RestoreState {
         let keyed = Arc::new(keyed);
         let ops = if operator.is_empty() {
             vec![OperatorSnapshot::default(); parallelism as usize]
+        } else if operator.len() == parallelism as usize {
+            // Same parallelism: each task gets its own state back. (Redistributing a split
+            // list evenly could move source partitions between tasks of different failover
+            // regions, and a region restart would then read a partition twice.)
+            operator.to_vec()
         } else {
             redistribute(operator, parallelism)?
         };
@@ -93,6 +98,15 @@ pub(crate) struct OutputSpec {
     pub(crate) channels: Vec<usize>,
     /// For hash edges: an `Arc<dyn Fn(&T) -> KeyGroup + Send + Sync>` for the producer's `T`.
     pub(crate) key_group: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for OutputSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputSpec")
+            .field("kind", &self.kind)
+            .field("channels", &self.channels)
+            .finish()
+    }
 }
 
 /// The shipping strategy of an edge, once resolved.
@@ -372,7 +386,7 @@ pub(crate) struct SinkLogic<T, S: TwoPhaseCommitSink<T>> {
     sink: S,
     info: TaskInfo,
     state: OperatorStateBackend,
-    txns: Option<OperatorListState<(u64, S::Txn)>>,
+    txns: Option<OperatorListState<(u32, u64, S::Txn)>>,
     /// Pre-committed transactions not yet committed, oldest first.
     pending: Vec<(u64, S::Txn)>,
     epoch: CheckpointId,
@@ -393,6 +407,17 @@ impl<T: Data, S: TwoPhaseCommitSink<T>> SinkLogic<T, S> {
     }
 }
 
+impl<T: Data, S: TwoPhaseCommitSink<T>> SinkLogic<T, S> {
+    fn save_pending(&mut self) -> Result<()> {
+        if let Some(list) = &self.txns {
+            let me = self.info.task.index;
+            let v = self.pending.iter().map(|(e, t)| (me, *e, t.clone())).collect();
+            list.update(&mut self.state, v)?;
+        }
+        Ok(())
+    }
+}
+
 impl<T: Data, S: TwoPhaseCommitSink<T>> TaskLogic for SinkLogic<T, S> {
     fn open(&mut self) -> Result<()> {
         self.sink.open(&self.info)?;
@@ -401,9 +426,16 @@ impl<T: Data, S: TwoPhaseCommitSink<T>> TaskLogic for SinkLogic<T, S> {
         // idempotent.
         let txns = self
             .state
-            .list_state::<(u64, S::Txn)>(SINK_TXNS, Redistribution::Union)?;
+            .list_state::<(u32, u64, S::Txn)>(SINK_TXNS, Redistribution::Union)?;
         let restored = txns.clear(&mut self.state)?;
-        let committed: Vec<S::Txn> = restored.into_iter().map(|(_, t)| t).collect();
+        // Every task sees every transaction; each is recovered by exactly one task: the one
+        // whose index its origin task maps to (the same task when the parallelism is unchanged).
+        let (p, me) = (self.info.parallelism, self.info.task.index);
+        let committed: Vec<S::Txn> = restored
+            .into_iter()
+            .filter(|(origin, _, _)| origin % p == me)
+            .map(|(_, _, t)| t)
+            .collect();
         self.sink.recover(&committed)?;
         self.txns = Some(txns);
         self.sink.begin(self.epoch)
@@ -421,16 +453,15 @@ impl<T: Data, S: TwoPhaseCommitSink<T>> TaskLogic for SinkLogic<T, S> {
     }
 
     fn capture(&mut self, checkpoint: CheckpointId) -> Result<Capture> {
-        assert_eq!(
-            checkpoint, self.epoch,
-            "invariant: barrier {checkpoint} closes the sink's open epoch {}",
-            self.epoch
-        );
+        // Barrier n closes the open epoch, whose records are those since the previous barrier.
+        // Ids can skip (a checkpoint aborted by a region restart never reaches this task), so
+        // the epoch takes the barrier's id.
+        if checkpoint != self.epoch {
+            tracing::debug!(task = %self.info.task, barrier = %checkpoint, open = %self.epoch, "sink epoch takes the barrier's id");
+        }
         let txn = self.sink.pre_commit(checkpoint)?;
         self.pending.push((checkpoint.0, txn));
-        if let Some(list) = &self.txns {
-            list.update(&mut self.state, self.pending.clone())?;
-        }
+        self.save_pending()?;
         let capture = operator_capture(&self.state)?;
         self.epoch = CheckpointId(checkpoint.0 + 1);
         self.sink.begin(self.epoch)?;
@@ -448,9 +479,7 @@ impl<T: Data, S: TwoPhaseCommitSink<T>> TaskLogic for SinkLogic<T, S> {
         }
         if done > 0 {
             self.pending.drain(..done);
-            if let Some(list) = &self.txns {
-                list.update(&mut self.state, self.pending.clone())?;
-            }
+            self.save_pending()?;
         }
         Ok(())
     }

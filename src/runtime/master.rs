@@ -1,29 +1,36 @@
-//! The job master: one actor per job on the arbiter that started it. It drives the checkpoint
-//! coordinator (trigger, acks, timeouts, manifest, completion notices), watches every task
-//! actor, and ends the job.
+//! The job master: the root of a job's supervisor tree, one actor on the arbiter that started
+//! the job. It starts and supervises the task actors and the checkpoint coordinator actor,
+//! relays between them, runs the chaos monkey, restarts failed failover regions from the
+//! latest complete checkpoint as the restart strategy decides, and ends the job.
 //!
-//! Who changes what: only the master changes the coordinator's state and the job's lifecycle;
-//! tasks report through [`TaskEvent`]s (their mailbox never carries data, so control is never
-//! stuck behind records); the storage is written by tasks (state files, on blocking threads)
-//! and by the master (manifests, on a blocking thread).
+//! States of a failover region: *running* → (a task fails) → *down* (its actors aborted, its
+//! channels dropped, the checkpoint in flight aborted) → after the strategy's delay,
+//! *restoring* (latest complete checkpoint read) → *running* again with fresh actors (a new
+//! incarnation of each task). Events from an older incarnation are ignored. Who changes what:
+//! only the master changes task slots, regions and the job's lifecycle; only the coordinator
+//! actor changes the coordinator core.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
+use tokio::task::AbortHandle;
 
+use super::coordinator::{now, CoordinatorActor, FromCoordinator, ToCoordinator};
+use super::events::JobEvent;
 use super::handle::JobReport;
-use super::metrics::{CheckpointStats, JobMetrics};
-use super::task::{Complete, Shutdown, TaskActor, Trigger};
-use crate::checkpoint::{
-    AckOutcome, CheckpointCoordinator, CheckpointId, CheckpointStorage, Manifest, SourceOffset,
-    StateHandle, TaskId, TaskStateEntry,
-};
+use super::logic::RestoreState;
+use super::metrics::JobMetrics;
+use super::task::{Complete, InjectPanic, Shutdown, TaskActor, Trigger};
+use super::topology::{Spawned, Topology};
+use crate::chaos::{Kill, MonkeyState};
+use crate::checkpoint::{CheckpointId, StateHandle};
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId};
 use crate::state::KeyGroupRange;
+use crate::supervision::{RestartDecision, RestartTracker};
 
 /// A task's acknowledgement of a checkpoint: its state is durable.
 #[derive(Debug)]
@@ -38,41 +45,48 @@ pub(crate) struct AckInfo {
     pub(crate) acked_at: Instant,
 }
 
-/// What tasks tell the master.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) enum TaskEvent {
+/// What a task reports.
+#[derive(Debug)]
+pub(crate) enum EventKind {
     Ack(AckInfo),
-    Decline {
-        checkpoint: CheckpointId,
-        task: usize,
-        reason: String,
-    },
-    Failed {
-        task: usize,
-        error: Error,
-    },
-    SourceAtEnd {
-        task: usize,
-    },
-    Finished {
-        task: usize,
-    },
+    Decline { checkpoint: CheckpointId, reason: String },
+    Failed { error: Error },
+    SourceAtEnd,
+    Finished,
+    FirstRecord,
 }
 
-/// The spawned task actors, handed to the master once they all exist.
+/// A report from one incarnation of a task.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub(crate) struct Register {
-    pub(crate) tasks: Vec<(usize, Addr<TaskActor>, tokio::task::JoinHandle<()>)>,
+pub(crate) struct TaskEvent {
+    pub(crate) task: usize,
+    pub(crate) incarnation: u32,
+    pub(crate) kind: EventKind,
 }
 
-/// A task actor's future ended (stopped, panicked outside the boundary, or killed).
+/// Starts the job's tasks (sent once by `Job::start`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Launch {
+    pub(crate) restore: HashMap<usize, RestoreState>,
+    pub(crate) restored_from: Option<CheckpointId>,
+    /// The first checkpoint id of this run: above every id the storage already holds.
+    pub(crate) first: CheckpointId,
+}
+
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct TaskExited {
     task: usize,
+    incarnation: u32,
     outcome: std::result::Result<(), String>,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct CoordinatorExited {
+    incarnation: u32,
 }
 
 /// Requests from a [`JobHandle`](super::JobHandle).
@@ -86,42 +100,71 @@ pub(crate) enum Command {
 
 #[derive(Debug)]
 pub(crate) struct TaskSlot {
-    pub(crate) id: TaskId,
-    pub(crate) is_source: bool,
     pub(crate) addr: Option<Addr<TaskActor>>,
+    pub(crate) abort: Option<AbortHandle>,
+    pub(crate) incarnation: u32,
 }
 
 pub(crate) struct JobMaster {
-    pub(crate) job: String,
-    pub(crate) storage: Arc<dyn CheckpointStorage>,
+    pub(crate) topo: Arc<Topology>,
     pub(crate) tasks: Vec<TaskSlot>,
-    pub(crate) parallelism: BTreeMap<String, u32>,
-    pub(crate) max_parallelism: u32,
-    pub(crate) coord: CheckpointCoordinator<AckInfo>,
+    pub(crate) coordinator: Option<Addr<CoordinatorActor>>,
+    pub(crate) coordinator_abort: Option<AbortHandle>,
+    pub(crate) coordinator_incarnation: u32,
     pub(crate) registered: bool,
     pub(crate) sources_at_end: HashSet<usize>,
+    pub(crate) down: HashSet<usize>,
+    pub(crate) tracker: RestartTracker,
+    pub(crate) last_triggered: Option<CheckpointId>,
+    pub(crate) last_completed: Option<CheckpointId>,
+    pub(crate) completed: u64,
+    pub(crate) final_requested: bool,
+    pub(crate) stop_requested: bool,
+    pub(crate) events: Vec<JobEvent>,
+    pub(crate) event_sink: Option<Recipient<JobEvent>>,
+    pub(crate) monkey: Option<MonkeyState>,
+    pub(crate) monkey_due: Option<Instant>,
+    pub(crate) failure_at: HashMap<usize, Instant>,
+    pub(crate) failed_while_down: HashMap<usize, (usize, Error)>,
     pub(crate) metrics: Arc<JobMetrics>,
     pub(crate) done: Option<oneshot::Sender<Result<JobReport>>>,
     pub(crate) arbiters: Vec<Arbiter>,
     pub(crate) cancel: watch::Sender<bool>,
+    pub(crate) cancel_rx: watch::Receiver<bool>,
     pub(crate) started: Instant,
     pub(crate) restored_from: Option<CheckpointId>,
-    pub(crate) completed: u64,
-    pub(crate) last_completed: Option<CheckpointId>,
     pub(crate) ending: bool,
-    pub(crate) tick: Duration,
 }
 
 impl JobMaster {
+    fn job(&self) -> &str {
+        &self.topo.name
+    }
+
+    fn emit(&mut self, event: JobEvent) {
+        tracing::debug!(job = %self.topo.name, event = ?event, "job event");
+        if let Some(r) = &self.event_sink {
+            r.do_send(event.clone());
+        }
+        self.events.push(event);
+    }
+
     fn report(&self) -> JobReport {
         JobReport {
-            job: self.job.clone(),
+            job: self.topo.name.clone(),
             checkpoints_completed: self.completed,
             last_checkpoint: self.last_completed,
             restored_from: self.restored_from,
+            restarts: self.tracker.restarts(),
+            kills: self.monkey_kills(),
             elapsed: self.started.elapsed(),
             metrics: self.metrics.snapshot(),
+            events: self.events.clone(),
         }
+    }
+
+    fn monkey_kills(&self) -> u32 {
+        self.monkey.as_ref().map(|m| m.kills).unwrap_or(0)
     }
 
     fn finish(&mut self, ctx: &mut Context<Self>, result: Result<JobReport>) {
@@ -135,195 +178,139 @@ impl JobMaster {
                 a.do_send(Shutdown);
             }
         }
+        if let Some(a) = &self.coordinator_abort {
+            a.abort();
+        }
         for arbiter in self.arbiters.drain(..) {
             arbiter.stop();
         }
-        match &result {
-            Ok(r) => {
-                tracing::info!(job = %self.job, checkpoints = r.checkpoints_completed, elapsed = ?r.elapsed, "job finished")
+        let result = match result {
+            Ok(_) => {
+                self.emit(JobEvent::JobFinished);
+                tracing::info!(job = %self.job(), checkpoints = self.completed, restarts = self.tracker.restarts(), "job finished");
+                Ok(self.report())
             }
-            Err(e) => tracing::error!(job = %self.job, error = %e, "job failed"),
-        }
+            Err(e) => {
+                self.emit(JobEvent::JobFailed { error: e.to_string() });
+                tracing::error!(job = %self.job(), error = %e, "job failed");
+                Err(e)
+            }
+        };
         if let Some(tx) = self.done.take() {
             let _ = tx.send(result);
         }
         ctx.stop();
     }
 
-    fn on_tick(&mut self, ctx: &mut Context<Self>) {
-        if !self.registered || self.ending {
-            return;
+    fn live(&self, task: usize) -> bool {
+        !self.down.contains(&self.topo.regions[task]) && self.tasks[task].addr.is_some()
+    }
+
+    fn current(&self, task: usize, incarnation: u32) -> bool {
+        task < self.tasks.len() && self.tasks[task].incarnation == incarnation
+    }
+
+    fn to_coordinator(&self, msg: ToCoordinator) {
+        if let Some(c) = &self.coordinator {
+            c.do_send(msg);
         }
-        let now = Instant::now();
-        if let Some(id) = self.coord.timed_out(now) {
-            self.abort(ctx, id, "timed out".to_string());
+    }
+
+    fn start_coordinator(&mut self, ctx: &mut Context<Self>, first: CheckpointId) {
+        let topo = &self.topo;
+        let coordinator = CoordinatorActor::new(
+            topo.name.clone(),
+            topo.config.checkpoints,
+            first,
+            Arc::clone(&topo.storage),
+            ctx.address(),
+            topo.tasks.iter().map(|t| t.id.clone()).collect(),
+            topo.vertices
+                .iter()
+                .zip(&topo.parallelism)
+                .map(|(v, p)| (v.name.clone(), *p))
+                .collect(),
+            topo.config.max_parallelism,
+            topo.config.deterministic,
+            Arc::clone(&topo.chaos),
+            Arc::clone(&topo.manifest_gate),
+        );
+        let cctx: Context<CoordinatorActor> = Context::new();
+        let addr = cctx.address();
+        let join = actix::spawn(cctx.into_future(coordinator));
+        self.coordinator_incarnation += 1;
+        let incarnation = self.coordinator_incarnation;
+        self.coordinator_abort = Some(join.abort_handle());
+        let me = ctx.address();
+        actix::spawn(async move {
+            let _ = join.await;
+            me.do_send(CoordinatorExited { incarnation });
+        });
+        if self.final_requested {
+            addr.do_send(ToCoordinator::RequestFinal);
         }
-        if let Some(trigger) = self.coord.poll_trigger(now) {
-            tracing::debug!(job = %self.job, checkpoint = %trigger.checkpoint, is_final = trigger.is_final, "triggering checkpoint");
-            for t in self.tasks.iter().filter(|t| t.is_source) {
-                if let Some(a) = &t.addr {
-                    a.do_send(Trigger {
-                        checkpoint: trigger.checkpoint,
-                        is_final: trigger.is_final,
-                    });
+        if !self.down.is_empty() {
+            addr.do_send(ToCoordinator::Hold(true));
+        }
+        self.coordinator = Some(addr);
+    }
+
+    /// Creates the actors of `tasks` with `restore` and registers them when they exist.
+    fn spawn_tasks(
+        &mut self,
+        ctx: &mut Context<Self>,
+        tasks: Vec<usize>,
+        restore: HashMap<usize, RestoreState>,
+        restored_from: Option<CheckpointId>,
+        region: Option<usize>,
+    ) {
+        let next = self
+            .last_triggered
+            .or(restored_from)
+            .map(|c| c.0 + 1)
+            .unwrap_or(1);
+        let incarnations: HashMap<usize, u32> = tasks.iter().map(|t| (*t, self.tasks[*t].incarnation)).collect();
+        let pending = match self.topo.spawn(
+            &tasks,
+            restore,
+            restored_from,
+            CheckpointId(next),
+            &incarnations,
+            &ctx.address(),
+            &self.cancel_rx,
+        ) {
+            Ok(p) => p,
+            Err(e) => return self.finish(ctx, Err(e)),
+        };
+        let collect = async move {
+            let mut out: Vec<(usize, Spawned)> = Vec::with_capacity(pending.len());
+            for (t, rx) in pending {
+                match rx.await {
+                    Ok(s) => out.push((t, s)),
+                    Err(_) => return Err(Error::Internal("an arbiter dropped a task before starting it".into())),
                 }
             }
-        }
-    }
-
-    fn abort(&mut self, _ctx: &mut Context<Self>, id: CheckpointId, reason: String) {
-        if !self.coord.abort(id, Instant::now()) {
-            return;
-        }
-        self.metrics
-            .aborted
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(job = %self.job, checkpoint = %id, reason = %reason, "checkpoint aborted");
-        let storage = Arc::clone(&self.storage);
-        let job = self.job.clone();
-        actix::spawn(async move {
-            let removed = tokio::task::spawn_blocking(move || storage.abort(id)).await;
-            if let Ok(Err(e)) = removed {
-                tracing::warn!(job = %job, checkpoint = %id, error = %e, "could not remove an aborted checkpoint's files");
-            }
-        });
-    }
-
-    fn on_all_acked(
-        &mut self,
-        ctx: &mut Context<Self>,
-        checkpoint: CheckpointId,
-        is_final: bool,
-        acks: BTreeMap<usize, AckInfo>,
-        triggered_at: Instant,
-    ) {
-        let mut manifest = Manifest::new(&self.job, checkpoint, self.max_parallelism);
-        manifest.parallelism = self.parallelism.clone();
-        let mut stats = CheckpointStats {
-            id: checkpoint,
-            triggered_at: SystemTime::now() - triggered_at.elapsed(),
-            duration: Duration::ZERO,
-            bytes: 0,
-            max_alignment: Duration::ZERO,
-            max_capture: Duration::ZERO,
-            ack_latency: Vec::with_capacity(acks.len()),
-            is_final,
+            Ok(out)
         };
-        for (task, ack) in acks {
-            let id = self.tasks[task].id.clone();
-            stats.bytes += ack.state.size;
-            stats.max_alignment = stats.max_alignment.max(ack.alignment);
-            stats.max_capture = stats.max_capture.max(ack.capture);
-            stats.ack_latency.push((
-                id.clone(),
-                ack.acked_at.saturating_duration_since(triggered_at),
-            ));
-            for (partition, offset) in ack.sources {
-                manifest.sources.push(SourceOffset {
-                    task: id.clone(),
-                    partition,
-                    offset,
-                });
-            }
-            manifest.tasks.push(TaskStateEntry {
-                task: id,
-                state: ack.state,
-                key_groups: ack.key_groups,
-            });
-        }
-        let storage = Arc::clone(&self.storage);
-        let write =
-            async move { tokio::task::spawn_blocking(move || storage.commit(&manifest)).await };
-        ctx.spawn(write.into_actor(self).map(move |written, act, ctx| {
-            let result = match written {
-                Ok(r) => r,
-                Err(join) => Err(Error::Internal(format!("manifest writer failed: {join}"))),
-            };
-            stats.duration = triggered_at.elapsed();
-            act.on_committed(ctx, checkpoint, is_final, result, stats);
+        ctx.spawn(collect.into_actor(self).map(move |spawned, act, ctx| match spawned {
+            Ok(spawned) => act.register(ctx, spawned, region, restored_from),
+            Err(e) => act.finish(ctx, Err(e)),
         }));
     }
 
-    fn on_committed(
-        &mut self,
-        ctx: &mut Context<Self>,
-        checkpoint: CheckpointId,
-        is_final: bool,
-        result: Result<()>,
-        stats: CheckpointStats,
-    ) {
-        if self.ending {
-            return;
-        }
-        if let Err(e) = result {
-            self.abort(ctx, checkpoint, format!("manifest write failed: {e}"));
-            return;
-        }
-        self.coord.complete(checkpoint, Instant::now());
-        self.completed += 1;
-        self.last_completed = Some(checkpoint);
-        tracing::info!(
-            job = %self.job,
-            checkpoint = %checkpoint,
-            duration_ms = stats.duration.as_millis() as u64,
-            bytes = stats.bytes,
-            max_alignment_us = stats.max_alignment.as_micros() as u64,
-            max_capture_us = stats.max_capture.as_micros() as u64,
-            is_final,
-            "checkpoint completed"
-        );
-        match self.metrics.checkpoints.lock() {
-            Ok(mut c) => c.push(stats),
-            Err(p) => p.into_inner().push(stats),
-        }
-        let addrs: Vec<Addr<TaskActor>> =
-            self.tasks.iter().filter_map(|t| t.addr.clone()).collect();
-        if !is_final {
-            for a in addrs {
-                a.do_send(Complete(checkpoint));
-            }
-            return;
-        }
-        // The final checkpoint: wait until every task (every sink) has committed, then end.
-        let replies =
-            futures::future::join_all(addrs.into_iter().map(move |a| a.send(Complete(checkpoint))));
-        ctx.spawn(replies.into_actor(self).map(|replies, act, ctx| {
-            if replies.iter().all(|r| matches!(r, Ok(true))) {
-                let report = act.report();
-                act.finish(ctx, Ok(report));
-            } else if !act.ending {
-                act.finish(
-                    ctx,
-                    Err(Error::Internal(
-                        "a task failed to commit the final checkpoint".into(),
-                    )),
-                );
-            }
-        }));
-    }
-}
-
-impl Actor for JobMaster {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.tick, |act, ctx| act.on_tick(ctx));
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        // Never panics. If the master stops without having finished (its System stopped),
-        // the handle learns it from the dropped sender.
-        let _ = self.cancel.send(true);
-    }
-}
-
-impl Handler<Register> for JobMaster {
-    type Result = ();
-
-    fn handle(&mut self, msg: Register, ctx: &mut Self::Context) {
+    fn register(&mut self, ctx: &mut Context<Self>, spawned: Vec<(usize, Spawned)>, region: Option<usize>, restored_from: Option<CheckpointId>) {
         let me = ctx.address();
-        for (task, addr, join) in msg.tasks {
+        let mut ids = Vec::with_capacity(spawned.len());
+        for (task, (addr, join)) in spawned {
+            if self.ending {
+                addr.do_send(Shutdown);
+                join.abort();
+                continue;
+            }
+            let incarnation = self.tasks[task].incarnation;
             self.tasks[task].addr = Some(addr);
+            self.tasks[task].abort = Some(join.abort_handle());
+            ids.push(self.topo.tasks[task].id.clone());
             let me = me.clone();
             actix::spawn(async move {
                 let outcome = match join.await {
@@ -337,12 +324,209 @@ impl Handler<Register> for JobMaster {
                             .unwrap_or_else(|| "a panic with a non-string payload".into());
                         Err(format!("panicked: {message}"))
                     }
-                    Err(e) => Err(format!("was cancelled: {e}")),
+                    Err(_) => Err("was stopped from outside (its future was aborted)".to_string()),
                 };
-                me.do_send(TaskExited { task, outcome });
+                me.do_send(TaskExited {
+                    task,
+                    incarnation,
+                    outcome,
+                });
             });
         }
-        self.registered = true;
+        match region {
+            Some(r) => {
+                self.down.remove(&r);
+                self.emit(JobEvent::Restored {
+                    tasks: ids,
+                    checkpoint: restored_from,
+                });
+                if self.down.is_empty() {
+                    self.to_coordinator(ToCoordinator::Hold(false));
+                }
+                if let Some((task, error)) = self.failed_while_down.remove(&r) {
+                    self.on_failure(ctx, task, error);
+                }
+            }
+            None => {
+                self.registered = true;
+                self.emit(JobEvent::Started { restored_from });
+            }
+        }
+    }
+
+    fn on_failure(&mut self, ctx: &mut Context<Self>, task: usize, error: Error) {
+        if self.ending {
+            return;
+        }
+        let region = self.topo.regions[task];
+        if self.down.contains(&region) {
+            // A task of the incarnation being started failed before the region was up again
+            // (in open, say): handle it once the region is registered.
+            self.failed_while_down.entry(region).or_insert((task, error));
+            return;
+        }
+        let id = self.topo.tasks[task].id.clone();
+        self.emit(JobEvent::TaskFailed {
+            task: id.clone(),
+            error: error.to_string(),
+        });
+        match self.tracker.on_failure(now()) {
+            RestartDecision::GiveUp { reason } => {
+                tracing::error!(job = %self.job(), task = %id, reason = %reason, "restart strategy gave up");
+                self.finish(ctx, Err(error.in_task(&id)));
+            }
+            RestartDecision::Restart { delay, attempt } => {
+                let tasks = self.topo.region_of(task);
+                self.down.insert(region);
+                for &t in &tasks {
+                    if let Some(a) = self.tasks[t].abort.take() {
+                        a.abort();
+                    }
+                    self.tasks[t].addr = None;
+                    self.tasks[t].incarnation += 1;
+                    self.sources_at_end.remove(&t);
+                }
+                self.to_coordinator(ToCoordinator::AbortInFlight {
+                    reason: format!("task {id} failed"),
+                });
+                self.to_coordinator(ToCoordinator::Hold(true));
+                if self.final_requested && !self.stop_requested {
+                    // Restarted sources must read again before the input can end.
+                    self.final_requested = false;
+                    self.to_coordinator(ToCoordinator::CancelFinal);
+                } else {
+                    // A final checkpoint may have completed without every commit: allow the
+                    // next final checkpoint.
+                    self.to_coordinator(ToCoordinator::Rearm);
+                }
+                let ids: Vec<_> = tasks.iter().map(|t| self.topo.tasks[*t].id.clone()).collect();
+                tracing::warn!(job = %self.job(), task = %id, error = %error, attempt, delay = ?delay, region_tasks = ids.len(), "restarting failover region");
+                self.emit(JobEvent::Restarting {
+                    tasks: ids,
+                    attempt,
+                    delay,
+                });
+                self.failure_at.insert(region, now());
+                ctx.run_later(delay, move |act, ctx| act.restore_region(ctx, region, tasks));
+            }
+        }
+    }
+
+    fn restore_region(&mut self, ctx: &mut Context<Self>, region: usize, tasks: Vec<usize>) {
+        if self.ending {
+            return;
+        }
+        let topo = &self.topo;
+        let names = topo
+            .vertices
+            .iter()
+            .zip(&topo.parallelism)
+            .map(|(v, p)| (v.name.clone(), *p))
+            .collect();
+        let triples = tasks
+            .iter()
+            .map(|t| (*t, topo.tasks[*t].vertex, topo.tasks[*t].index))
+            .collect();
+        let plan = Topology::plan_restore(
+            Arc::clone(&topo.storage),
+            Arc::clone(&topo.manifest_gate),
+            names,
+            triples,
+            topo.config.deterministic,
+        );
+        ctx.spawn(plan.into_actor(self).map(move |planned, act, ctx| match planned {
+            Ok((restored_from, restore)) => act.spawn_tasks(ctx, tasks, restore, restored_from, Some(region)),
+            Err(e) => act.finish(ctx, Err(e)),
+        }));
+    }
+
+    fn on_tick(&mut self, ctx: &mut Context<Self>) {
+        if !self.registered || self.ending {
+            return;
+        }
+        let Some(monkey) = self.monkey.as_mut() else { return };
+        let t = now();
+        let due = *self.monkey_due.get_or_insert(t + monkey.next_after);
+        if t < due {
+            return;
+        }
+        let Some(kill) = monkey.next_kill() else {
+            self.monkey_due = Some(t + Duration::from_secs(3600));
+            return;
+        };
+        let number = monkey.kills;
+        let seed = monkey.config.seed;
+        let pick = monkey.next_u64();
+        self.monkey_due = Some(t + monkey.draw_interval());
+        let vertices = monkey.config.vertices.clone();
+        let candidates: Vec<usize> = (0..self.tasks.len())
+            .filter(|t| self.live(*t))
+            .filter(|t| vertices.is_empty() || vertices.contains(&self.topo.tasks[*t].id.vertex))
+            .collect();
+        let target = (!candidates.is_empty()).then(|| candidates[(pick % candidates.len() as u64) as usize]);
+        let (task, how) = match kill {
+            Kill::PanicInUserCode => {
+                let Some(t) = target else { return };
+                if let Some(a) = &self.tasks[t].addr {
+                    a.do_send(InjectPanic { kill: number });
+                }
+                (Some(t), "panic in user code".to_string())
+            }
+            Kill::StopFromOutside => {
+                let Some(t) = target else { return };
+                if let Some(a) = &self.tasks[t].abort {
+                    a.abort();
+                }
+                (Some(t), "stop from outside".to_string())
+            }
+            Kill::Coordinator => {
+                if let Some(a) = &self.coordinator_abort {
+                    a.abort();
+                }
+                (None, "coordinator stopped from outside".to_string())
+            }
+            Kill::At(moment) => {
+                self.topo.chaos.arm(moment, number);
+                (None, format!("armed at {moment:?}"))
+            }
+        };
+        let task_id = task.map(|t| self.topo.tasks[t].id.clone());
+        tracing::warn!(job = %self.job(), seed, kill = number, target = ?task_id, how = %how, "chaos kill");
+        self.emit(JobEvent::ChaosKill {
+            kill: number,
+            task: task_id,
+            how,
+        });
+        let _ = ctx;
+    }
+}
+
+impl Actor for JobMaster {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(Duration::from_millis(5), |act, ctx| act.on_tick(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Never panics. If the master stops without having finished (its System stopped),
+        // the handle learns it from the dropped sender.
+        let _ = self.cancel.send(true);
+    }
+}
+
+impl Handler<Launch> for JobMaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: Launch, ctx: &mut Self::Context) {
+        self.restored_from = msg.restored_from;
+        let first = msg.first;
+        if first.0 > 1 {
+            self.last_triggered = Some(CheckpointId(first.0 - 1));
+        }
+        self.start_coordinator(ctx, first);
+        let all: Vec<usize> = (0..self.topo.tasks.len()).collect();
+        self.spawn_tasks(ctx, all, msg.restore, msg.restored_from, None);
     }
 }
 
@@ -350,15 +534,46 @@ impl Handler<TaskExited> for JobMaster {
     type Result = ();
 
     fn handle(&mut self, msg: TaskExited, ctx: &mut Self::Context) {
-        if self.ending {
+        if self.ending || !self.current(msg.task, msg.incarnation) {
             return;
         }
-        let id = self.tasks[msg.task].id.clone();
         let reason = match msg.outcome {
             Ok(()) => "stopped without being asked to".to_string(),
             Err(r) => r,
         };
-        self.finish(ctx, Err(Error::TaskStopped { reason }.in_task(&id)));
+        self.on_failure(ctx, msg.task, Error::TaskStopped { reason });
+    }
+}
+
+impl Handler<CoordinatorExited> for JobMaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: CoordinatorExited, ctx: &mut Self::Context) {
+        if self.ending || msg.incarnation != self.coordinator_incarnation {
+            return;
+        }
+        tracing::warn!(job = %self.job(), "checkpoint coordinator failed; restarting it");
+        self.coordinator = None;
+        let storage = Arc::clone(&self.topo.storage);
+        let inline = self.topo.config.deterministic;
+        let read = async move {
+            if inline {
+                storage.latest_complete()
+            } else {
+                tokio::task::spawn_blocking(move || storage.latest_complete())
+                    .await
+                    .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+            }
+        };
+        ctx.spawn(read.into_actor(self).map(|latest, act, ctx| {
+            let latest = match latest {
+                Ok(l) => l.map(|c| c.id()),
+                Err(e) => return act.finish(ctx, Err(e)),
+            };
+            let after = latest.max(act.last_triggered).map(|c| c.0).unwrap_or(0);
+            act.start_coordinator(ctx, CheckpointId(after + 1));
+            act.emit(JobEvent::CoordinatorRestarted { resumed_after: latest });
+        }));
     }
 }
 
@@ -366,48 +581,109 @@ impl Handler<TaskEvent> for JobMaster {
     type Result = ();
 
     fn handle(&mut self, msg: TaskEvent, ctx: &mut Self::Context) {
+        if self.ending || !self.current(msg.task, msg.incarnation) {
+            return;
+        }
+        let task = msg.task;
+        match msg.kind {
+            EventKind::Ack(ack) => self.to_coordinator(ToCoordinator::Ack(ack)),
+            EventKind::Decline { checkpoint, reason } => {
+                let reason = format!("task {} declined: {reason}", self.topo.tasks[task].id);
+                self.to_coordinator(ToCoordinator::Decline { checkpoint, reason });
+            }
+            EventKind::Failed { error } => self.on_failure(ctx, task, error),
+            EventKind::SourceAtEnd => {
+                self.sources_at_end.insert(task);
+                let sources = self.topo.tasks.iter().filter(|t| t.is_source).count();
+                if self.sources_at_end.len() == sources && !self.final_requested {
+                    tracing::info!(job = %self.job(), "every source reached the end of its input; taking the final checkpoint");
+                    self.final_requested = true;
+                    self.to_coordinator(ToCoordinator::RequestFinal);
+                }
+            }
+            EventKind::Finished => {
+                tracing::debug!(job = %self.job(), task = %self.topo.tasks[task].id, "task reached the end of its input");
+            }
+            EventKind::FirstRecord => {
+                if let Some(at) = self.failure_at.remove(&self.topo.regions[task]) {
+                    let took = now().saturating_duration_since(at);
+                    match self.metrics.recoveries.lock() {
+                        Ok(mut r) => r.push(took),
+                        Err(p) => p.into_inner().push(took),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<FromCoordinator> for JobMaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromCoordinator, ctx: &mut Self::Context) {
         if self.ending {
             return;
         }
         match msg {
-            TaskEvent::Ack(ack) => {
-                let (id, task) = (ack.checkpoint, ack.task);
-                match self.coord.on_ack(id, task, ack) {
-                    AckOutcome::Stale => {
-                        tracing::debug!(job = %self.job, checkpoint = %id, task, "late ack ignored");
+            FromCoordinator::Triggered { checkpoint, is_final } => {
+                self.last_triggered = Some(checkpoint);
+                for (t, spec) in self.topo.tasks.iter().enumerate() {
+                    if spec.is_source && self.live(t) {
+                        if let Some(a) = &self.tasks[t].addr {
+                            a.do_send(Trigger { checkpoint, is_final });
+                        }
                     }
-                    AckOutcome::Pending => {}
-                    AckOutcome::AllAcked {
-                        checkpoint,
-                        is_final,
-                        acks,
-                        triggered_at,
-                    } => self.on_all_acked(ctx, checkpoint, is_final, acks, triggered_at),
                 }
             }
-            TaskEvent::Decline {
+            FromCoordinator::Aborted { checkpoint, reason } => {
+                self.metrics
+                    .aborted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(job = %self.job(), checkpoint = %checkpoint, reason = %reason, "checkpoint aborted");
+                self.emit(JobEvent::CheckpointAborted { checkpoint, reason });
+            }
+            FromCoordinator::Completed {
                 checkpoint,
-                task,
-                reason,
+                is_final,
+                stats,
             } => {
-                let id = &self.tasks[task].id;
-                let reason = format!("task {id} declined: {reason}");
-                self.abort(ctx, checkpoint, reason);
-            }
-            TaskEvent::Failed { task, error } => {
-                let id = self.tasks[task].id.clone();
-                self.finish(ctx, Err(error.in_task(&id)));
-            }
-            TaskEvent::SourceAtEnd { task } => {
-                self.sources_at_end.insert(task);
-                let sources = self.tasks.iter().filter(|t| t.is_source).count();
-                if self.sources_at_end.len() == sources {
-                    tracing::info!(job = %self.job, "every source reached the end of its input; taking the final checkpoint");
-                    self.coord.request_final();
+                self.completed += 1;
+                self.last_completed = Some(checkpoint);
+                tracing::info!(
+                    job = %self.job(),
+                    checkpoint = %checkpoint,
+                    duration_ms = stats.duration.as_millis() as u64,
+                    bytes = stats.bytes,
+                    max_alignment_us = stats.max_alignment.as_micros() as u64,
+                    max_capture_us = stats.max_capture.as_micros() as u64,
+                    is_final,
+                    "checkpoint completed"
+                );
+                match self.metrics.checkpoints.lock() {
+                    Ok(mut c) => c.push(stats),
+                    Err(p) => p.into_inner().push(stats),
                 }
-            }
-            TaskEvent::Finished { task } => {
-                tracing::debug!(job = %self.job, task = %self.tasks[task].id, "task reached the end of its input");
+                self.emit(JobEvent::CheckpointCompleted { checkpoint });
+                let addrs: Vec<Addr<TaskActor>> = self.tasks.iter().filter_map(|t| t.addr.clone()).collect();
+                if !is_final {
+                    for a in addrs {
+                        a.do_send(Complete(checkpoint));
+                    }
+                    return;
+                }
+                // The final checkpoint: wait until every task (every sink) has committed.
+                let replies = futures::future::join_all(addrs.into_iter().map(move |a| a.send(Complete(checkpoint))));
+                ctx.spawn(replies.into_actor(self).map(|replies, act, ctx| {
+                    if act.down.is_empty() && replies.iter().all(|r| matches!(r, Ok(true))) {
+                        let report = act.report();
+                        act.finish(ctx, Ok(report));
+                    } else {
+                        // A task failed while committing: its failure report restarts its
+                        // region, which recovers (commits) this checkpoint, and the input's end
+                        // is reached again.
+                        tracing::warn!(job = %act.job(), "a task failed to commit the final checkpoint; waiting for its recovery");
+                    }
+                }));
             }
         }
     }
@@ -418,10 +694,12 @@ impl Handler<Command> for JobMaster {
 
     fn handle(&mut self, msg: Command, ctx: &mut Self::Context) {
         match msg {
-            Command::TriggerCheckpoint => self.coord.request_now(),
+            Command::TriggerCheckpoint => self.to_coordinator(ToCoordinator::RequestNow),
             Command::Stop => {
-                tracing::info!(job = %self.job, "graceful stop requested: taking the final checkpoint");
-                self.coord.request_final();
+                tracing::info!(job = %self.job(), "graceful stop requested: taking the final checkpoint");
+                self.stop_requested = true;
+                self.final_requested = true;
+                self.to_coordinator(ToCoordinator::RequestFinal);
             }
             Command::Cancel => self.finish(ctx, Err(Error::Cancelled)),
         }

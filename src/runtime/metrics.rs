@@ -45,6 +45,7 @@ pub(crate) struct JobMetrics {
     pub(crate) in_flight: AtomicI64,
     pub(crate) max_in_flight: AtomicI64,
     pub(crate) tasks: DashMap<TaskId, Arc<TaskCounters>>,
+    pub(crate) recoveries: Mutex<Vec<Duration>>,
 }
 
 impl JobMetrics {
@@ -77,7 +78,13 @@ impl JobMetrics {
             })
             .collect();
         tasks.sort_by(|a, b| a.task.cmp(&b.task));
+        let recoveries = self
+            .recoveries
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
         MetricsSnapshot {
+            recoveries,
             checkpoints,
             checkpoints_aborted: self.aborted.load(Ordering::Relaxed),
             records_in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
@@ -109,6 +116,9 @@ pub struct MetricsSnapshot {
     pub records_in_flight: u64,
     /// The most records ever in flight at once.
     pub max_records_in_flight: u64,
-    /// Per task record counts, by task.
+    /// Per task record counts, by task (summed over restarts).
     pub tasks: Vec<TaskRecordCounts>,
+    /// Per restart: the time from the failure to the first record processed by the restored
+    /// region.
+    pub recoveries: Vec<Duration>,
 }

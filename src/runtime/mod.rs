@@ -13,6 +13,8 @@
 
 mod channel;
 mod config;
+mod coordinator;
+mod events;
 mod graph;
 mod handle;
 mod logic;
@@ -20,9 +22,11 @@ mod master;
 mod metrics;
 mod operator;
 mod task;
+mod topology;
 
 pub use channel::Collector;
 pub use config::{JobConfig, Threads};
+pub use events::JobEvent;
 pub use graph::{Job, JobBuilder, KeyedStream, LogSource, Stream};
 pub use handle::{JobHandle, JobReport};
 pub use metrics::{CheckpointStats, MetricsSnapshot, TaskRecordCounts};

@@ -29,6 +29,8 @@ pub struct TaskInfo {
     pub max_parallelism: u32,
     /// The checkpoint the task's state was restored from, if any.
     pub restored_from: Option<CheckpointId>,
+    /// How many times this task was started before in this run of the job (0 for the first).
+    pub attempt: u32,
 }
 
 /// What a non-keyed operator can reach while it runs.

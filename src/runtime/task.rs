@@ -33,9 +33,11 @@ use tokio::sync::{mpsc::error::TrySendError, watch};
 
 use super::channel::{Envelope, Gate, Input, Sender};
 use super::logic::{SourcePoll, TaskLogic};
-use super::master::{AckInfo, JobMaster, TaskEvent};
+use super::coordinator::now;
+use super::master::{AckInfo, EventKind, JobMaster, TaskEvent};
 use super::metrics::{JobMetrics, TaskCounters};
 use super::operator::TaskInfo;
+use crate::chaos::{ChaosHooks, Moment};
 use crate::checkpoint::{Aligner, BarrierOutcome, CheckpointId, CheckpointMode, CheckpointStorage};
 use crate::error::{Error, Result};
 
@@ -53,12 +55,18 @@ pub(crate) struct Tick;
 
 /// A stream that yields a tick after every yield to the scheduler while running, after a sleep
 /// while idle, and never while halted.
-pub(crate) fn pace_stream(pace: Rc<Cell<Pace>>) -> impl Stream<Item = Tick> {
-    futures::stream::unfold(pace, |pace| async move {
+pub(crate) fn pace_stream(pace: Rc<Cell<Pace>>, deterministic: bool) -> impl Stream<Item = Tick> {
+    futures::stream::unfold(pace, move |pace| async move {
         loop {
             match pace.get() {
                 Pace::Run => {
-                    tokio::task::yield_now().await;
+                    if deterministic {
+                        // A fixed virtual cost per batch: with tokio's clock paused, time
+                        // advances by exactly this much per batch, the same in every run.
+                        tokio::time::sleep(Duration::from_micros(100)).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
                     if pace.get() == Pace::Run {
                         return Some((Tick, pace));
                     }
@@ -92,6 +100,13 @@ pub(crate) struct Trigger {
 #[rtype(result = "bool")]
 pub(crate) struct Complete(pub(crate) CheckpointId);
 
+/// Master → task: a chaos kill: panic inside user code now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct InjectPanic {
+    pub(crate) kill: u32,
+}
+
 /// Master → task: stop now.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -104,12 +119,16 @@ pub(crate) struct TaskSettings {
     pub(crate) linger: Duration,
     pub(crate) idle_poll: Duration,
     pub(crate) mode: CheckpointMode,
+    /// One thread, virtual pacing, snapshot writes on the task's thread.
+    pub(crate) deterministic: bool,
 }
 
 pub(crate) struct TaskActor {
     pub(crate) info: TaskInfo,
     pub(crate) number: usize,
+    pub(crate) incarnation: u32,
     pub(crate) logic: Box<dyn TaskLogic>,
+    pub(crate) is_sink: bool,
     pub(crate) aligner: Aligner,
     pub(crate) gates: Vec<Rc<Gate>>,
     pub(crate) ended: Vec<bool>,
@@ -122,12 +141,14 @@ pub(crate) struct TaskActor {
     pub(crate) cancel: watch::Receiver<bool>,
     pub(crate) pace: Rc<Cell<Pace>>,
     pub(crate) settings: TaskSettings,
+    pub(crate) chaos: Arc<ChaosHooks>,
     pub(crate) flush_scheduled: bool,
     /// True while a `ctx.wait` send of queued envelopes is in progress.
     pub(crate) waiting: bool,
     pub(crate) failed: bool,
     pub(crate) end_sent: bool,
     pub(crate) at_end_reported: bool,
+    pub(crate) first_record_reported: bool,
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -170,12 +191,37 @@ impl TaskActor {
         }
         self.failed = true;
         tracing::error!(task = %self.info.task, during = what, error = %error, "task failed");
-        self.master.do_send(TaskEvent::Failed {
-            task: self.number,
-            error,
-        });
+        self.report(EventKind::Failed { error });
         self.pace.set(Pace::Halt);
         ctx.stop();
+    }
+
+    fn report(&self, kind: EventKind) {
+        self.master.do_send(TaskEvent {
+            task: self.number,
+            incarnation: self.incarnation,
+            kind,
+        });
+    }
+
+    /// Reports the first records this incarnation handles (the end of a recovery).
+    fn first_record(&mut self) {
+        if !self.first_record_reported {
+            self.first_record_reported = true;
+            self.report(EventKind::FirstRecord);
+        }
+    }
+
+    /// If a chaos kill is armed for `moment`, fires it: a panic inside the task's panic
+    /// boundary, handled like any user-code panic. Returns true when it fired.
+    fn chaos_at(&mut self, ctx: &mut Context<Self>, moment: Moment) -> bool {
+        let Some(kill) = self.chaos.fire(moment) else {
+            return false;
+        };
+        let _ = self.guarded(ctx, "chaos kill", |_| -> Result<()> {
+            panic!("chaos kill {kill}: injected panic at {moment:?}")
+        });
+        true
     }
 
     /// Sends queued envelopes: at once while the channels have room, then, if one is full,
@@ -285,23 +331,24 @@ impl TaskActor {
         };
         let capture_time = started.elapsed();
         self.broadcast(ctx, || Envelope::Barrier(id));
+        if self.chaos_at(ctx, Moment::AfterCaptureBeforeAck) {
+            return;
+        }
         let storage = Arc::clone(&self.storage);
         let master = self.master.clone();
         let task = self.info.task.clone();
-        let number = self.number;
-        actix::spawn(async move {
-            let key_groups = capture.key_groups;
-            let sources = capture.sources;
-            let encode = capture.encode;
-            let task2 = task.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                let snapshot = encode()?;
-                let bytes = snapshot.to_bytes()?;
-                storage.write_task_state(id, &task2, &bytes)
-            })
-            .await;
-            let event = match written {
-                Ok(Ok(state)) => TaskEvent::Ack(AckInfo {
+        let (number, incarnation) = (self.number, self.incarnation);
+        let key_groups = capture.key_groups;
+        let sources = capture.sources;
+        let encode = capture.encode;
+        let write = move || -> Result<crate::checkpoint::StateHandle> {
+            let snapshot = encode()?;
+            let bytes = snapshot.to_bytes()?;
+            storage.write_task_state(id, &task, &bytes)
+        };
+        let event = move |written: std::result::Result<Result<crate::checkpoint::StateHandle>, String>| {
+            let kind = match written {
+                Ok(Ok(state)) => EventKind::Ack(AckInfo {
                     checkpoint: id,
                     task: number,
                     state,
@@ -309,26 +356,39 @@ impl TaskActor {
                     sources,
                     alignment,
                     capture: capture_time,
-                    acked_at: Instant::now(),
+                    acked_at: now(),
                 }),
-                Ok(Err(error)) => TaskEvent::Decline {
+                Ok(Err(error)) => EventKind::Decline {
                     checkpoint: id,
-                    task: number,
                     reason: error.to_string(),
                 },
-                Err(join) => TaskEvent::Decline {
+                Err(join) => EventKind::Decline {
                     checkpoint: id,
-                    task: number,
                     reason: format!("snapshot writer failed: {join}"),
                 },
             };
-            master.do_send(event);
+            master.do_send(TaskEvent {
+                task: number,
+                incarnation,
+                kind,
+            });
+        };
+        if self.settings.deterministic {
+            event(Ok(write()));
+            return;
+        }
+        actix::spawn(async move {
+            let written = tokio::task::spawn_blocking(write).await.map_err(|e| e.to_string());
+            event(written);
         });
     }
 
     fn on_barrier(&mut self, ctx: &mut Context<Self>, channel: usize, id: CheckpointId) {
-        match self.aligner.on_barrier(channel, id, Instant::now()) {
-            BarrierOutcome::BlockChannel => self.gates[channel].close(),
+        match self.aligner.on_barrier(channel, id, now()) {
+            BarrierOutcome::BlockChannel => {
+                self.gates[channel].close();
+                self.chaos_at(ctx, Moment::DuringAlignment);
+            }
             BarrierOutcome::Continue => {}
             BarrierOutcome::Aligned {
                 checkpoint,
@@ -359,8 +419,7 @@ impl TaskActor {
         if !self.end_sent {
             self.end_sent = true;
             self.broadcast(ctx, || Envelope::End);
-            self.master
-                .do_send(TaskEvent::Finished { task: self.number });
+            self.report(EventKind::Finished);
         }
     }
 }
@@ -376,6 +435,22 @@ impl Actor for TaskActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // When the job ends, every task stops itself, even one the master never registered.
+        let mut cancel = self.cancel.clone();
+        ctx.spawn(
+            async move {
+                while !*cancel.borrow_and_update() {
+                    if cancel.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|(), act, ctx| {
+                act.pace.set(Pace::Halt);
+                ctx.stop();
+            }),
+        );
         if self.guarded(ctx, "open", |l| l.open()).is_some() {
             tracing::debug!(task = %self.info.task, restored_from = ?self.info.restored_from, "task started");
         }
@@ -392,6 +467,7 @@ impl StreamHandler<Input> for TaskActor {
                 self.counters
                     .records_in
                     .fetch_add(n as u64, Ordering::Relaxed);
+                self.first_record();
                 if self
                     .guarded(ctx, "process", |l| l.on_records(batch))
                     .is_some()
@@ -422,6 +498,7 @@ impl StreamHandler<Tick> for TaskActor {
                 self.counters
                     .records_in
                     .fetch_add(n as u64, Ordering::Relaxed);
+                self.first_record();
                 self.flush(ctx, true);
             }
             Some(SourcePoll::Idle) => self.pace.set(Pace::Idle(self.settings.idle_poll)),
@@ -429,8 +506,7 @@ impl StreamHandler<Tick> for TaskActor {
                 self.pace.set(Pace::Halt);
                 if !self.at_end_reported {
                     self.at_end_reported = true;
-                    self.master
-                        .do_send(TaskEvent::SourceAtEnd { task: self.number });
+                    self.report(EventKind::SourceAtEnd);
                 }
             }
             None => {}
@@ -462,8 +538,25 @@ impl Handler<Complete> for TaskActor {
         if self.failed {
             return false;
         }
+        if self.is_sink && self.chaos_at(ctx, Moment::BetweenPreCommitAndCommit) {
+            return false;
+        }
         self.guarded(ctx, "checkpoint complete", |l| l.checkpoint_complete(msg.0))
             .is_some()
+    }
+}
+
+impl Handler<InjectPanic> for TaskActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: InjectPanic, ctx: &mut Self::Context) {
+        if self.failed {
+            return;
+        }
+        let kill = msg.kill;
+        let _ = self.guarded(ctx, "chaos kill", |_| -> Result<()> {
+            panic!("chaos kill {kill}: injected panic in user code")
+        });
     }
 }
 

@@ -70,6 +70,7 @@ impl<T: Send + 'static> ActorSink<T> {
 #[serde(bound = "T: Serialize + DeserializeOwned")]
 pub struct ActorTxn<T> {
     epoch: u64,
+    task: u32,
     records: Vec<T>,
 }
 
@@ -97,6 +98,7 @@ where
     fn pre_commit(&mut self, epoch: CheckpointId) -> Result<ActorTxn<T>> {
         Ok(ActorTxn {
             epoch: epoch.0,
+            task: self.task,
             records: std::mem::take(&mut self.buffer),
         })
     }
@@ -105,7 +107,7 @@ where
         for (seq, value) in txn.records.iter().enumerate() {
             self.recipient.do_send(SinkOutput {
                 epoch: CheckpointId(txn.epoch),
-                task: self.task,
+                task: txn.task,
                 seq: seq as u64,
                 value: value.clone(),
             });

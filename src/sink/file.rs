@@ -1,8 +1,8 @@
 //! [`FileSink`]: exactly-once text files, one per task and epoch, made visible by rename.
 //!
 //! ```text
-//! <dir>/.pending/<vertex>-<task>-<epoch:020>.txt.part   being written / pre-committed
-//! <dir>/<vertex>-<task>-<epoch:020>.txt                  committed (visible)
+//! <dir>/.pending/<vertex>=<task>=<epoch:020>=<attempt>.txt.part   being written / pre-committed
+//! <dir>/<vertex>=<task>=<epoch:020>=<attempt>.txt                  committed (visible)
 //! ```
 //! Pre-commit flushes and fsyncs the pending file (and its directory). Commit renames it into
 //! `<dir>` and fsyncs the directory; a commit of a file that is already in `<dir>` does
@@ -41,6 +41,7 @@ pub struct FileTxn {
 type Format<T> = Arc<dyn Fn(&T, &mut String) + Send + Sync>;
 
 struct OpenFile {
+    name: String,
     path: PathBuf,
     writer: BufWriter<File>,
     records: u64,
@@ -52,6 +53,7 @@ pub struct FileSink<T> {
     dir: PathBuf,
     format: Format<T>,
     prefix: Option<String>,
+    attempt: u32,
     epoch: u64,
     open: Option<OpenFile>,
     line: String,
@@ -73,6 +75,7 @@ impl<T> Clone for FileSink<T> {
             dir: self.dir.clone(),
             format: Arc::clone(&self.format),
             prefix: None,
+            attempt: 0,
             epoch: 0,
             open: None,
             line: String::new(),
@@ -91,6 +94,7 @@ impl<T> FileSink<T> {
             dir: dir.into(),
             format: Arc::new(format),
             prefix: None,
+            attempt: 0,
             epoch: 0,
             open: None,
             line: String::new(),
@@ -136,8 +140,10 @@ impl<T> FileSink<T> {
             .ok_or_else(|| Error::Config("FileSink used before open".into()))
     }
 
+    /// The file of `epoch` written by this attempt of the task. The attempt keeps the files
+    /// of two incarnations of one task apart, should a dying one still be writing.
     fn file_name(&self, epoch: u64) -> Result<String> {
-        Ok(format!("{}{epoch:020}.txt", self.prefix()?))
+        Ok(format!("{}{epoch:020}={}.txt", self.prefix()?, self.attempt))
     }
 }
 
@@ -145,7 +151,9 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
     type Txn = FileTxn;
 
     fn open(&mut self, task: &TaskInfo) -> Result<()> {
-        self.prefix = Some(format!("{}-{}-", task.task.vertex, task.task.index));
+        // '=' cannot appear in a vertex name, so no task's prefix is a prefix of another's.
+        self.prefix = Some(format!("{}={}=", task.task.vertex, task.task.index));
+        self.attempt = task.attempt;
         storage::create_dir_durable(&self.dir)?;
         storage::create_dir_durable(&self.pending_dir())
     }
@@ -158,9 +166,8 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
 
     fn write(&mut self, record: T) -> Result<()> {
         if self.open.is_none() {
-            let path = self
-                .pending_dir()
-                .join(format!("{}{PART}", self.file_name(self.epoch)?));
+            let name = self.file_name(self.epoch)?;
+            let path = self.pending_dir().join(format!("{name}{PART}"));
             let file = OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -168,6 +175,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
                 .open(&path)
                 .map_err(|e| Error::io("create pending file", &path, e))?;
             self.open = Some(OpenFile {
+                name,
                 path,
                 writer: BufWriter::with_capacity(256 * 1024, file),
                 records: 0,
@@ -187,14 +195,15 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
     }
 
     fn pre_commit(&mut self, epoch: CheckpointId) -> Result<FileTxn> {
-        let file = self.file_name(epoch.0)?;
         let Some(mut open) = self.open.take() else {
             return Ok(FileTxn {
                 epoch: epoch.0,
-                file,
+                file: self.file_name(epoch.0)?,
                 records: 0,
             });
         };
+        // The file is named after the epoch it was opened in; the txn names that file.
+        let file = open.name.clone();
         open.writer
             .flush()
             .map_err(|e| Error::io("flush pending file", &open.path, e))?;
@@ -214,7 +223,13 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
         if txn.records == 0 {
             return Ok(());
         }
-        storage::validate_name("sink file", &txn.file)?;
+        if txn.file.contains(['/', '\\', '\0']) || txn.file.starts_with('.') {
+            return Err(Error::InvalidName {
+                kind: "sink file",
+                name: txn.file.clone(),
+                reason: "not a plain file name",
+            });
+        }
         let src = self.pending_dir().join(format!("{}{PART}", txn.file));
         let dst = self.dir.join(&txn.file);
         if dst.exists() {
@@ -225,7 +240,12 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
             }
             return Ok(());
         }
-        fs::rename(&src, &dst).map_err(|e| Error::io("commit (rename) pending file", &src, e))?;
+match fs::rename(&src, &dst) {
+            Ok(()) => {}
+            // Committed concurrently by another task recovering the same checkpoint.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dst.exists() => return Ok(()),
+            Err(e) => return Err(Error::io("commit (rename) pending file", &src, e)),
+        }
         storage::sync_dir(&self.dir)?;
         storage::sync_dir(&self.pending_dir())
     }

@@ -94,10 +94,129 @@ impl CheckpointStorage for FaultyStorage {
     fn completed_ids(&self) -> Result<Vec<CheckpointId>> {
         self.inner.completed_ids()
     }
+    fn max_id(&self) -> Result<Option<CheckpointId>> {
+        self.inner.max_id()
+    }
     fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
         self.inner.verify(id)
     }
     fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
         self.inner.read_task_state(id, handle)
+    }
+}
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use snapflow::prelude::*;
+use snapflow::state::OperatorListState;
+use snapflow::FileSink;
+
+/// A log of `n` records `(i % keys, 1)` over `partitions` partitions.
+pub(crate) fn counting_log(n: u64, keys: u64, partitions: u32) -> Arc<dyn ReplayableLog> {
+    let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(partitions));
+    let typed = TypedLog::<(u64, u64)>::new(Arc::clone(&log));
+    let mut batch: Vec<Vec<(u64, u64)>> = vec![Vec::new(); partitions as usize];
+    for i in 0..n {
+        batch[(i % u64::from(partitions)) as usize].push((i % keys, 1));
+    }
+    for (p, b) in batch.iter().enumerate() {
+        for chunk in b.chunks(1000) {
+            typed.append_batch(PartitionId(p as u32), chunk).expect("append");
+        }
+    }
+    log
+}
+
+/// The middle stage: counts the records it saw in operator state (so a checkpoint holds the
+/// count), optionally sleeping 1 ms every `sleep_every` records to give kills time to land.
+#[derive(Clone)]
+pub(crate) struct Stage {
+    pub(crate) sleep_every: u64,
+    pub(crate) seen: Option<OperatorListState<u64>>,
+    pub(crate) opened: Option<Arc<std::sync::Mutex<Vec<u32>>>>,
+}
+
+impl Stage {
+    pub(crate) fn new(sleep_every: u64) -> Stage {
+        Stage { sleep_every, seen: None, opened: None }
+    }
+}
+
+impl Operator<(u64, u64), (u64, u64)> for Stage {
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<()> {
+        let seen = ctx.state().list_state::<u64>("seen", snapflow::state::Redistribution::Split)?;
+        if seen.get(ctx.state())?.is_empty() {
+            seen.update(ctx.state(), vec![0])?;
+        }
+        self.seen = Some(seen);
+        if let Some(o) = &self.opened {
+            o.lock().map_err(|_| Error::Internal("poisoned".into()))?.push(ctx.task().task.index);
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, r: (u64, u64), ctx: &mut OperatorContext<'_>, out: &mut Collector<(u64, u64)>) -> Result<()> {
+        if let Some(seen) = &self.seen {
+            let n = seen.get(ctx.state())?.first().copied().unwrap_or(0) + 1;
+            seen.update(ctx.state(), vec![n])?;
+            if self.sleep_every > 0 && n % self.sleep_every == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        out.emit(r);
+        Ok(())
+    }
+}
+
+/// The standard 3-stage keyed job: source -> stage -> key_by -> reduce(count) -> file sink.
+pub(crate) fn keyed_job(name: &str, config: JobConfig, storage: Arc<dyn CheckpointStorage>, log: Arc<dyn ReplayableLog>, out: &Path, stage: Stage) -> JobBuilder {
+    let job = JobBuilder::with_config(name, config);
+    job.checkpoint_storage(storage);
+    job.source("source", LogSource::<(u64, u64)>::msgpack(log).bounded())
+        .process("stage", stage)
+        .key_by(|(k, _): &(u64, u64)| *k)
+        .reduce("sum", |a, b| (a.0, a.1 + b.1))
+        .sink("sink", FileSink::new(out, |(k, c): &(u64, u64), l: &mut String| l.push_str(&format!("{k} {c}"))));
+    job
+}
+
+/// Exactness of a keyed job's committed output: every key `k` must show the running counts
+/// 1..=n_k exactly once each. Returns (records, lost, duplicated).
+pub(crate) fn check_updates(out: &Path, n: u64, keys: u64) -> (u64, u64, u64) {
+    let mut seen: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    let lines = FileSink::<(u64, u64)>::read_committed(out).expect("read committed output");
+    for l in &lines {
+        let (k, c) = l.split_once(' ').expect("a `key count` line");
+        *seen.entry((k.parse().expect("key"), c.parse().expect("count"))).or_insert(0) += 1;
+    }
+    let mut lost = 0;
+    let mut duplicated = 0;
+    for k in 0..keys {
+        let nk = n / keys + u64::from(k < n % keys);
+        for c in 1..=nk {
+            match seen.remove(&(k, c)).unwrap_or(0) {
+                0 => lost += 1,
+                m => duplicated += m - 1,
+            }
+        }
+    }
+    duplicated += seen.values().sum::<u64>();
+    (lines.len() as u64, lost, duplicated)
+}
+
+/// Settings for chaos runs: checkpoints every 10 ms, quick restarts.
+pub(crate) fn chaos_config(threads: Threads) -> JobConfig {
+    JobConfig {
+        parallelism: 2,
+        batch_size: 64,
+        threads,
+        checkpoints: snapflow::checkpoint::CheckpointTiming {
+            interval: Some(Duration::from_millis(10)),
+            timeout: Duration::from_secs(5),
+            min_pause: Duration::ZERO,
+        },
+        restart: snapflow::RestartStrategy::FixedDelay { delay: Duration::from_millis(5), max_attempts: 1000 },
+        ..JobConfig::default()
     }
 }

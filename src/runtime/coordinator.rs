@@ -1,0 +1,287 @@
+//! The checkpoint coordinator actor: drives the pure [`CheckpointCoordinator`] on a timer,
+//! writes manifests, and reports to the job master, which supervises it like a task: if it
+//! dies (killed, or stopped by a chaos kill during a manifest write), the master starts a new
+//! one that resumes after the latest complete checkpoint.
+//!
+//! Messages: the master forwards task acks and declines and passes on requests (checkpoint now,
+//! final checkpoint, abort the one in flight); the coordinator tells the master when it
+//! triggered, completed or aborted a checkpoint. Only the coordinator changes the
+//! coordinator core's state; only the master talks to tasks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+
+use super::master::{AckInfo, JobMaster};
+use super::metrics::CheckpointStats;
+use crate::chaos::{ChaosHooks, Moment};
+use crate::checkpoint::{
+    AckOutcome, CheckpointCoordinator, CheckpointId, CheckpointStorage, CheckpointTiming, Manifest,
+    SourceOffset, TaskId, TaskStateEntry,
+};
+use crate::error::{Error, Result};
+
+/// The time the protocol uses: tokio's clock, so a paused test clock drives it too.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Master → coordinator.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) enum ToCoordinator {
+    Ack(AckInfo),
+    Decline { checkpoint: CheckpointId, reason: String },
+    RequestNow,
+    RequestFinal,
+    CancelFinal,
+    Rearm,
+    /// Trigger nothing while `true` (a failover region is down: its tasks could not take part).
+    Hold(bool),
+    AbortInFlight { reason: String },
+}
+
+/// Coordinator → master.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) enum FromCoordinator {
+    Triggered { checkpoint: CheckpointId, is_final: bool },
+    Completed { checkpoint: CheckpointId, is_final: bool, stats: CheckpointStats },
+    Aborted { checkpoint: CheckpointId, reason: String },
+}
+
+pub(crate) struct CoordinatorActor {
+    pub(crate) job: String,
+    pub(crate) core: CheckpointCoordinator<AckInfo>,
+    pub(crate) storage: Arc<dyn CheckpointStorage>,
+    pub(crate) master: Addr<JobMaster>,
+    pub(crate) tasks: Vec<TaskId>,
+    pub(crate) parallelism: BTreeMap<String, u32>,
+    pub(crate) max_parallelism: u32,
+    pub(crate) tick: Duration,
+    pub(crate) inline_io: bool,
+    pub(crate) chaos: Arc<ChaosHooks>,
+    pub(crate) manifest_gate: Arc<tokio::sync::Mutex<()>>,
+    /// The checkpoint whose manifest is being written: it can no longer be aborted, only
+    /// completed or failed by the write.
+    pub(crate) writing: Option<CheckpointId>,
+    pub(crate) held: bool,
+}
+
+impl CoordinatorActor {
+    /// A coordinator for `tasks` tasks whose first checkpoint is `first`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        job: String,
+        timing: CheckpointTiming,
+        first: CheckpointId,
+        storage: Arc<dyn CheckpointStorage>,
+        master: Addr<JobMaster>,
+        tasks: Vec<TaskId>,
+        parallelism: BTreeMap<String, u32>,
+        max_parallelism: u32,
+        inline_io: bool,
+        chaos: Arc<ChaosHooks>,
+        manifest_gate: Arc<tokio::sync::Mutex<()>>,
+    ) -> Self {
+        CoordinatorActor {
+            job,
+            core: CheckpointCoordinator::new(timing, tasks.len(), first),
+            storage,
+            master,
+            tasks,
+            parallelism,
+            max_parallelism,
+            tick: Duration::from_millis(5),
+            inline_io,
+            chaos,
+            manifest_gate,
+            writing: None,
+            held: false,
+        }
+    }
+
+    fn abort(&mut self, id: CheckpointId, reason: String) {
+        if self.writing == Some(id) {
+            tracing::debug!(job = %self.job, checkpoint = %id, reason = %reason, "not aborting: its manifest is being written");
+            return;
+        }
+        if !self.core.abort(id, now()) {
+            return;
+        }
+        self.master.do_send(FromCoordinator::Aborted {
+            checkpoint: id,
+            reason,
+        });
+        let storage = Arc::clone(&self.storage);
+        if self.inline_io {
+            if let Err(e) = storage.abort(id) {
+                tracing::warn!(job = %self.job, checkpoint = %id, error = %e, "could not remove an aborted checkpoint's files");
+            }
+            return;
+        }
+        let job = self.job.clone();
+        actix::spawn(async move {
+            let removed = tokio::task::spawn_blocking(move || storage.abort(id)).await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!(job = %job, checkpoint = %id, error = %e, "could not remove an aborted checkpoint's files");
+            }
+        });
+    }
+
+    fn on_tick(&mut self) {
+        let t = now();
+        if let Some(id) = self.core.timed_out(t) {
+            self.abort(id, "timed out".to_string());
+        }
+        if self.held {
+            return;
+        }
+        if let Some(trigger) = self.core.poll_trigger(t) {
+            self.master.do_send(FromCoordinator::Triggered {
+                checkpoint: trigger.checkpoint,
+                is_final: trigger.is_final,
+            });
+        }
+    }
+
+    fn on_all_acked(
+        &mut self,
+        ctx: &mut Context<Self>,
+        checkpoint: CheckpointId,
+        is_final: bool,
+        acks: BTreeMap<usize, AckInfo>,
+        triggered_at: std::time::Instant,
+    ) {
+        let mut manifest = Manifest::new(&self.job, checkpoint, self.max_parallelism);
+        manifest.parallelism = self.parallelism.clone();
+        let elapsed = now().saturating_duration_since(triggered_at);
+        let mut stats = CheckpointStats {
+            id: checkpoint,
+            triggered_at: SystemTime::now() - elapsed,
+            duration: Duration::ZERO,
+            bytes: 0,
+            max_alignment: Duration::ZERO,
+            max_capture: Duration::ZERO,
+            ack_latency: Vec::with_capacity(acks.len()),
+            is_final,
+        };
+        for (task, ack) in acks {
+            let id = self.tasks[task].clone();
+            stats.bytes += ack.state.size;
+            stats.max_alignment = stats.max_alignment.max(ack.alignment);
+            stats.max_capture = stats.max_capture.max(ack.capture);
+            stats
+                .ack_latency
+                .push((id.clone(), ack.acked_at.saturating_duration_since(triggered_at)));
+            for (partition, offset) in ack.sources {
+                manifest.sources.push(SourceOffset {
+                    task: id.clone(),
+                    partition,
+                    offset,
+                });
+            }
+            manifest.tasks.push(TaskStateEntry {
+                task: id,
+                state: ack.state,
+                key_groups: ack.key_groups,
+            });
+        }
+        let storage = Arc::clone(&self.storage);
+        let killed = self.chaos.fire(Moment::CoordinatorManifestWrite);
+        self.writing = Some(checkpoint);
+        if self.inline_io && killed.is_none() {
+            let result = storage.commit(&manifest);
+            stats.duration = now().saturating_duration_since(triggered_at);
+            self.on_written(checkpoint, is_final, result, stats);
+            return;
+        }
+        // The gate is held by the write itself, so it stays held until the manifest is on disk
+        // even if this actor dies meanwhile.
+        let gate = Arc::clone(&self.manifest_gate);
+        let write = async move {
+            let guard = gate.lock_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let written = storage.commit(&manifest);
+                drop(guard);
+                written
+            })
+            .await
+        };
+        if let Some(kill) = killed {
+            // The manifest write goes on without its coordinator, as after a crash mid-write.
+            actix::spawn(write);
+            tracing::warn!(job = %self.job, checkpoint = %checkpoint, kill, "chaos: coordinator stopped during a manifest write");
+            ctx.stop();
+            return;
+        }
+        ctx.spawn(write.into_actor(self).map(move |written, act, _ctx| {
+            let result = match written {
+                Ok(r) => r,
+                Err(join) => Err(Error::Internal(format!("manifest writer failed: {join}"))),
+            };
+            stats.duration = now().saturating_duration_since(triggered_at);
+            act.on_written(checkpoint, is_final, result, stats);
+        }));
+    }
+
+    fn on_written(&mut self, checkpoint: CheckpointId, is_final: bool, result: Result<()>, stats: CheckpointStats) {
+        self.writing = None;
+        match result {
+            Ok(()) => {
+                self.core.complete(checkpoint, now());
+                self.master.do_send(FromCoordinator::Completed {
+                    checkpoint,
+                    is_final,
+                    stats,
+                });
+            }
+            Err(e) => self.abort(checkpoint, format!("manifest write failed: {e}")),
+        }
+    }
+}
+
+impl Actor for CoordinatorActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.tick, |act, _| act.on_tick());
+    }
+}
+
+impl Handler<ToCoordinator> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToCoordinator, ctx: &mut Self::Context) {
+        match msg {
+            ToCoordinator::Ack(ack) => {
+                let (id, task) = (ack.checkpoint, ack.task);
+                match self.core.on_ack(id, task, ack) {
+                    AckOutcome::Stale => {
+                        tracing::debug!(job = %self.job, checkpoint = %id, task, "late ack ignored");
+                    }
+                    AckOutcome::Pending => {}
+                    AckOutcome::AllAcked {
+                        checkpoint,
+                        is_final,
+                        acks,
+                        triggered_at,
+                    } => self.on_all_acked(ctx, checkpoint, is_final, acks, triggered_at),
+                }
+            }
+            ToCoordinator::Decline { checkpoint, reason } => self.abort(checkpoint, reason),
+            ToCoordinator::RequestNow => self.core.request_now(),
+            ToCoordinator::RequestFinal => self.core.request_final(),
+            ToCoordinator::CancelFinal => self.core.cancel_final(),
+            ToCoordinator::Rearm => self.core.rearm(),
+            ToCoordinator::Hold(h) => self.held = h,
+            ToCoordinator::AbortInFlight { reason } => {
+                if let Some(id) = self.core.in_flight() {
+                    self.abort(id, reason);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The wiring of a running job: which tasks exist, which channels join them, which failover
+//! region each belongs to, and how to create (or re-create, for a restart) task actors with
+//! fresh channels and restored state.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::channel::{GatedInput, Gate, Receiver, Sender};
+use super::config::JobConfig;
+use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
+use super::master::JobMaster;
+use super::metrics::JobMetrics;
+use super::operator::TaskInfo;
+use super::task::{pace_stream, Pace, TaskActor, TaskSettings};
+use crate::chaos::ChaosHooks;
+use crate::checkpoint::{Aligner, CheckpointId, CheckpointStorage, TaskId};
+use crate::error::{Error, Result};
+use crate::log::{LogOffset, PartitionId, ReplayableLog};
+use crate::state::{KeyedSnapshot, OperatorSnapshot, TaskSnapshot};
+use crate::supervision::failover_regions;
+
+pub(crate) type LogicFactory = Arc<dyn Fn(LogicParams) -> Result<Box<dyn TaskLogic>> + Send + Sync>;
+
+/// What a vertex is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Source { bounded: bool },
+    Operator,
+    Keyed,
+    Sink,
+}
+
+/// A vertex as the running job needs it.
+pub(crate) struct VertexSpec {
+    pub(crate) name: String,
+    pub(crate) role: Role,
+    pub(crate) factory: LogicFactory,
+    pub(crate) log: Option<Arc<dyn ReplayableLog>>,
+    /// (producer vertex, resolved kind, key group function) per input edge.
+    pub(crate) inputs: Vec<(usize, EdgeKind, Option<Arc<dyn std::any::Any + Send + Sync>>)>,
+}
+
+/// One task of the running job.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskSpec {
+    pub(crate) id: TaskId,
+    pub(crate) vertex: usize,
+    pub(crate) index: u32,
+    pub(crate) is_source: bool,
+    pub(crate) outputs: Vec<OutputSpec>,
+    pub(crate) senders: usize,
+    pub(crate) receivers: usize,
+}
+
+/// One channel: producer task's sender slot to consumer task's receiver slot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelSpec {
+    pub(crate) producer: usize,
+    pub(crate) producer_slot: usize,
+    pub(crate) consumer: usize,
+    pub(crate) consumer_slot: usize,
+}
+
+/// A task actor just created: its address and its future's join handle.
+pub(crate) type Spawned = (Addr<TaskActor>, tokio::task::JoinHandle<()>);
+
+pub(crate) struct Topology {
+    pub(crate) name: String,
+    pub(crate) config: JobConfig,
+    pub(crate) storage: Arc<dyn CheckpointStorage>,
+    pub(crate) vertices: Vec<VertexSpec>,
+    pub(crate) parallelism: Vec<u32>,
+    pub(crate) tasks: Vec<TaskSpec>,
+    pub(crate) channels: Vec<ChannelSpec>,
+    pub(crate) regions: Vec<usize>,
+    pub(crate) stops: Vec<Option<Arc<HashMap<PartitionId, LogOffset>>>>,
+    pub(crate) arbiters: Vec<ArbiterHandle>,
+    pub(crate) settings: TaskSettings,
+    pub(crate) metrics: Arc<JobMetrics>,
+    pub(crate) chaos: Arc<ChaosHooks>,
+    /// Held while a manifest is written (with the retention that follows) and while a restore
+    /// reads the latest checkpoint: a restore never decides on "the latest complete
+    /// checkpoint" while one is being completed, nor reads files retention is deleting.
+    pub(crate) manifest_gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("name", &self.name)
+            .field("tasks", &self.tasks.len())
+            .field("channels", &self.channels.len())
+            .finish()
+    }
+}
+
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}
+
+impl Topology {
+    /// Lays out tasks and channels for `vertices` at `parallelism`.
+    pub(crate) fn new(
+        name: String,
+        config: JobConfig,
+        storage: Arc<dyn CheckpointStorage>,
+        vertices: Vec<VertexSpec>,
+        parallelism: Vec<u32>,
+        arbiters: Vec<ArbiterHandle>,
+        metrics: Arc<JobMetrics>,
+    ) -> Result<Topology> {
+        let mut first = Vec::with_capacity(vertices.len());
+        let mut tasks = Vec::new();
+        for (v, p) in parallelism.iter().enumerate() {
+            first.push(tasks.len());
+            for index in 0..*p {
+                tasks.push(TaskSpec {
+                    id: TaskId {
+                        vertex: vertices[v].name.clone(),
+                        index,
+                    },
+                    vertex: v,
+                    index,
+                    is_source: matches!(vertices[v].role, Role::Source { .. }),
+                    outputs: Vec::new(),
+                    senders: 0,
+                    receivers: 0,
+                });
+            }
+        }
+        let mut channels = Vec::new();
+        for (v, vertex) in vertices.iter().enumerate() {
+            for (from, kind, key_group) in &vertex.inputs {
+                let (pu, pv) = (parallelism[*from], parallelism[v]);
+                for i in 0..pu {
+                    let targets: Vec<u32> = if *kind == EdgeKind::Forward { vec![i] } else { (0..pv).collect() };
+                    let producer = first[*from] + i as usize;
+                    let mut slots = Vec::with_capacity(targets.len());
+                    for j in targets {
+                        let consumer = first[v] + j as usize;
+                        let spec = ChannelSpec {
+                            producer,
+                            producer_slot: tasks[producer].senders,
+                            consumer,
+                            consumer_slot: tasks[consumer].receivers,
+                        };
+                        tasks[producer].senders += 1;
+                        tasks[consumer].receivers += 1;
+                        slots.push(spec.producer_slot);
+                        channels.push(spec);
+                    }
+                    tasks[producer].outputs.push(OutputSpec {
+                        kind: *kind,
+                        channels: slots,
+                        key_group: key_group.clone(),
+                    });
+                }
+            }
+        }
+        let pairs: Vec<(usize, usize)> = channels.iter().map(|c| (c.producer, c.consumer)).collect();
+        let regions = failover_regions(tasks.len(), &pairs);
+        let mut stops = Vec::with_capacity(vertices.len());
+        for v in &vertices {
+            match (&v.role, &v.log) {
+                (Role::Source { bounded: true }, Some(log)) => {
+                    let mut m = HashMap::new();
+                    for p in 0..log.partitions() {
+                        m.insert(PartitionId(p), log.end_offset(PartitionId(p))?);
+                    }
+                    stops.push(Some(Arc::new(m)));
+                }
+                _ => stops.push(None),
+            }
+        }
+        let settings = TaskSettings {
+            batch_size: config.batch_size,
+            linger: config.linger,
+            idle_poll: config.source_idle_poll,
+            mode: config.mode,
+            deterministic: config.deterministic,
+        };
+        Ok(Topology {
+            name,
+            config,
+            storage,
+            vertices,
+            parallelism,
+            tasks,
+            channels,
+            regions,
+            stops,
+            arbiters,
+            settings,
+            metrics,
+            chaos: Arc::new(ChaosHooks::default()),
+            manifest_gate: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// The tasks of the failover region of `task`, in task order.
+    pub(crate) fn region_of(&self, task: usize) -> Vec<usize> {
+        let r = self.regions[task];
+        (0..self.tasks.len()).filter(|t| self.regions[*t] == r).collect()
+    }
+
+    /// Reads the latest complete checkpoint (falling back past corrupt ones) and prepares the
+    /// restore state of `tasks`. Vertices keep their parallelism within a run; a vertex whose
+    /// parallelism differs from the checkpoint's (at job start) is redistributed.
+    pub(crate) async fn plan_restore(
+        storage: Arc<dyn CheckpointStorage>,
+        gate: Arc<tokio::sync::Mutex<()>>,
+        names: Vec<(String, u32)>,
+        tasks: Vec<(usize, usize, u32)>,
+        inline: bool,
+    ) -> Result<(Option<CheckpointId>, HashMap<usize, RestoreState>)> {
+        let _no_manifest_write = gate.lock_owned().await;
+        let s = Arc::clone(&storage);
+        let latest = if inline { s.latest_complete()? } else { blocking(move || s.latest_complete()).await? };
+        let mut out = HashMap::new();
+        let Some(latest) = latest else {
+            for (number, _, _) in tasks {
+                out.insert(number, RestoreState::default());
+            }
+            return Ok((None, out));
+        };
+        let id = latest.id();
+        let vertices: HashSet<usize> = tasks.iter().map(|(_, v, _)| *v).collect();
+        let mut per_vertex: HashMap<usize, Vec<RestoreState>> = HashMap::new();
+        for v in vertices {
+            let (name, p) = names[v].clone();
+            let mut entries: Vec<_> = latest.manifest.tasks.iter().filter(|t| t.task.vertex == name).cloned().collect();
+            entries.sort_by_key(|t| t.task.index);
+            let s = Arc::clone(&storage);
+            let read = move || {
+                entries
+                    .iter()
+                    .map(|t| TaskSnapshot::from_bytes(&s.read_task_state(id, &t.state)?))
+                    .collect::<Result<Vec<_>>>()
+            };
+            let snapshots = if inline { read()? } else { blocking(read).await? };
+            if snapshots.is_empty() {
+                tracing::warn!(vertex = %name, checkpoint = %id, "vertex not in the checkpoint; it starts empty");
+            }
+            let mut keyed: Vec<KeyedSnapshot> = Vec::new();
+            let mut operator: Vec<OperatorSnapshot> = Vec::new();
+            for s in snapshots {
+                keyed.extend(s.keyed);
+                operator.push(s.operator);
+            }
+            per_vertex.insert(v, RestoreState::for_vertex(keyed, &operator, p)?);
+        }
+        for (number, v, index) in tasks {
+            let state = per_vertex
+                .get_mut(&v)
+                .and_then(|states| states.get_mut(index as usize))
+                .map(std::mem::take)
+                .unwrap_or_default();
+            out.insert(number, state);
+        }
+        Ok((Some(id), out))
+    }
+
+    /// Creates fresh channels among `tasks` (a union of failover regions: no channel leaves it)
+    /// and starts their task actors with the given restore states. Returns, per task, a
+    /// receiver of its address and join handle once its arbiter has created it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spawn(
+        &self,
+        tasks: &[usize],
+        mut restore: HashMap<usize, RestoreState>,
+        restored_from: Option<CheckpointId>,
+        first_epoch: CheckpointId,
+        incarnation: &HashMap<usize, u32>,
+        master: &Addr<JobMaster>,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Vec<(usize, oneshot::Receiver<Spawned>)>> {
+        let set: HashSet<usize> = tasks.iter().copied().collect();
+        let mut senders: HashMap<usize, Vec<Option<Sender>>> = HashMap::new();
+        let mut receivers: HashMap<usize, Vec<Option<Receiver>>> = HashMap::new();
+        for &t in tasks {
+            senders.insert(t, (0..self.tasks[t].senders).map(|_| None).collect());
+            receivers.insert(t, (0..self.tasks[t].receivers).map(|_| None).collect());
+        }
+        for c in &self.channels {
+            let (p_in, c_in) = (set.contains(&c.producer), set.contains(&c.consumer));
+            if p_in != c_in {
+                return Err(Error::Internal(format!(
+                    "channel {} -> {} leaves the set of tasks being started",
+                    c.producer, c.consumer
+                )));
+            }
+            if !p_in {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(self.config.channel_capacity);
+            if let Some(slot) = senders.get_mut(&c.producer).and_then(|s| s.get_mut(c.producer_slot)) {
+                *slot = Some(tx);
+            }
+            if let Some(slot) = receivers.get_mut(&c.consumer).and_then(|r| r.get_mut(c.consumer_slot)) {
+                *slot = Some(rx);
+            }
+        }
+        let mut pending = Vec::with_capacity(tasks.len());
+        for &number in tasks {
+            let spec = &self.tasks[number];
+            let vertex = &self.vertices[spec.vertex];
+            let info = TaskInfo {
+                task: spec.id.clone(),
+                parallelism: self.parallelism[spec.vertex],
+                max_parallelism: self.config.max_parallelism,
+                restored_from,
+                attempt: incarnation.get(&number).copied().unwrap_or(0),
+            };
+            let logic = (vertex.factory)(LogicParams {
+                info: info.clone(),
+                outputs: spec.outputs.clone(),
+                restore: restore.remove(&number).unwrap_or_default(),
+                batch_size: self.config.batch_size,
+                first_epoch,
+                stop_offsets: self.stops[spec.vertex].clone(),
+            })?;
+            let take = |v: Option<Vec<Option<Sender>>>| -> Result<Vec<Sender>> {
+                v.unwrap_or_default()
+                    .into_iter()
+                    .map(|s| s.ok_or_else(|| Error::Internal("a sender slot was not wired".into())))
+                    .collect()
+            };
+            let task_senders = take(senders.remove(&number))?;
+            let task_receivers: Vec<Receiver> = receivers
+                .remove(&number)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.ok_or_else(|| Error::Internal("a receiver slot was not wired".into())))
+                .collect::<Result<_>>()?;
+            let spawn = SpawnTask {
+                counters: self.metrics.task(&info.task),
+                info,
+                number,
+                incarnation: incarnation.get(&number).copied().unwrap_or(0),
+                logic,
+                is_source: spec.is_source,
+                is_sink: vertex.role == Role::Sink,
+                senders: task_senders,
+                receivers: task_receivers,
+                master: master.clone(),
+                storage: Arc::clone(&self.storage),
+                metrics: Arc::clone(&self.metrics),
+                cancel: cancel.clone(),
+                settings: self.settings.clone(),
+                chaos: Arc::clone(&self.chaos),
+            };
+            let (reply, rx) = oneshot::channel();
+            self.arbiters[spec.index as usize % self.arbiters.len()].spawn_fn(move || {
+                let _ = reply.send(spawn.spawn());
+            });
+            pending.push((number, rx));
+        }
+        Ok(pending)
+    }
+}
+
+/// Everything needed to create one task actor on its arbiter.
+struct SpawnTask {
+    info: TaskInfo,
+    number: usize,
+    incarnation: u32,
+    logic: Box<dyn TaskLogic>,
+    is_source: bool,
+    is_sink: bool,
+    senders: Vec<Sender>,
+    receivers: Vec<Receiver>,
+    master: Addr<JobMaster>,
+    storage: Arc<dyn CheckpointStorage>,
+    metrics: Arc<JobMetrics>,
+    counters: Arc<super::metrics::TaskCounters>,
+    cancel: watch::Receiver<bool>,
+    settings: TaskSettings,
+    chaos: Arc<ChaosHooks>,
+}
+
+impl SpawnTask {
+    /// Runs on the target arbiter: builds the actor's context with its input streams, spawns
+    /// the actor's future, and returns its address and join handle.
+    fn spawn(self) -> Spawned {
+        let mut ctx: Context<TaskActor> = Context::new();
+        let addr = ctx.address();
+        let mut gates = Vec::with_capacity(self.receivers.len());
+        let channels = self.receivers.len();
+        for (i, rx) in self.receivers.into_iter().enumerate() {
+            let gate = Rc::new(Gate::default());
+            gates.push(Rc::clone(&gate));
+            ctx.add_stream(GatedInput::new(i, rx, gate, Arc::clone(&self.metrics)));
+        }
+        let pace = Rc::new(std::cell::Cell::new(Pace::Run));
+        if self.is_source {
+            ctx.add_stream(pace_stream(Rc::clone(&pace), self.settings.deterministic));
+        }
+        let actor = TaskActor {
+            aligner: Aligner::new(channels, self.settings.mode),
+            info: self.info,
+            number: self.number,
+            incarnation: self.incarnation,
+            logic: self.logic,
+            is_sink: self.is_sink,
+            gates,
+            ended: vec![false; channels],
+            senders: self.senders,
+            sends: Default::default(),
+            master: self.master,
+            storage: self.storage,
+            metrics: self.metrics,
+            counters: self.counters,
+            cancel: self.cancel,
+            pace,
+            settings: self.settings,
+            chaos: self.chaos,
+            flush_scheduled: false,
+            waiting: false,
+            failed: false,
+            end_sent: false,
+            at_end_reported: false,
+            first_record_reported: false,
+        };
+        let join = actix::spawn(ctx.into_future(actor));
+        (addr, join)
+    }
+}
