@@ -192,6 +192,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// An error caused by one record, with where that record was read.
+    #[error("at the record of partition {partition} offset {offset}: {source}")]
+    AtRecord {
+        /// The record's partition.
+        partition: PartitionId,
+        /// The record's offset.
+        offset: LogOffset,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// An error that happened inside a task, with the task it happened in.
     #[error("in task {task}: {source}")]
     InTask {
@@ -243,7 +255,7 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         use std::io::ErrorKind;
         match self {
-            Error::InTask { source, .. } => source.class(),
+            Error::InTask { source, .. } | Error::AtRecord { source, .. } => source.class(),
             Error::Io { source, .. } => match source.kind() {
                 ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut => {
                     ErrorClass::Retryable

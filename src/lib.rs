@@ -62,9 +62,9 @@ pub use runtime::{
     Collector, Job, JobBuilder, JobConfig, JobEvent, JobHandle, JobReport, KeyedOperator,
     KeyedStream, LogSource, Operator, Stream, Threads,
 };
-pub use supervision::RestartStrategy;
 pub use sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
 pub use storage::validate_name;
+pub use supervision::RestartStrategy;
 
 /// The names most programs need, for `use snapflow::prelude::*`.
 pub mod prelude {
@@ -75,14 +75,15 @@ pub mod prelude {
         TypedLog,
     };
     pub use crate::runtime::{
-        Collector, Job, JobBuilder, JobConfig, JobHandle, KeyedContext, KeyedOperator, KeyedStream,
-        LogSource, Operator, OperatorContext, Stream, Threads,
+        Collector, Job, JobBuilder, JobConfig, JobEvent, JobHandle, JobReport, KeyedContext,
+        KeyedOperator, KeyedStream, LogSource, Operator, OperatorContext, Stream, Threads,
     };
     pub use crate::sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
     pub use crate::state::{
         KeyGroupRange, KeyedStateBackend, OperatorStateBackend, Redistribution, StableHash,
         TaskSnapshot, DEFAULT_MAX_PARALLELISM,
     };
+    pub use crate::supervision::RestartStrategy;
 }
 
 // The README's code is compiled and run as a doctest, so it cannot rot.

@@ -146,7 +146,11 @@ impl MonkeyState {
     pub(crate) fn draw_interval(&mut self) -> Duration {
         let (min, max) = self.config.interval;
         let span = max.saturating_sub(min).as_micros() as u64;
-        let extra = if span == 0 { 0 } else { self.next_u64() % (span + 1) };
+        let extra = if span == 0 {
+            0
+        } else {
+            self.next_u64() % (span + 1)
+        };
         min + Duration::from_micros(extra)
     }
 

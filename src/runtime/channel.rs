@@ -23,12 +23,17 @@ use tokio::sync::mpsc;
 
 use super::metrics::JobMetrics;
 use crate::checkpoint::CheckpointId;
+use crate::log::{LogOffset, PartitionId};
 use crate::state::{task_for_key_group, KeyGroup};
+
+/// Where the first record of a batch was read: known for batches a source sends on a forward
+/// edge, whose records are consecutive offsets of one partition.
+pub(crate) type Origin = (PartitionId, LogOffset);
 
 /// What travels on a channel.
 pub(crate) enum Envelope {
-    /// A batch of records: a boxed `Vec<T>` and its length.
-    Records(Box<dyn Any + Send>, usize),
+    /// A batch of records: a boxed `Vec<T>`, its length, and where it was read if known.
+    Records(Box<dyn Any + Send>, usize, Option<Origin>),
     /// Checkpoint barrier: every record before it belongs to epoch `n` or earlier.
     Barrier(CheckpointId),
     /// The producer will send no more records (a final barrier may still follow).
@@ -38,7 +43,7 @@ pub(crate) enum Envelope {
 impl std::fmt::Debug for Envelope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Envelope::Records(_, n) => write!(f, "Records({n})"),
+            Envelope::Records(_, n, _) => write!(f, "Records({n})"),
             Envelope::Barrier(id) => write!(f, "Barrier({id})"),
             Envelope::End => f.write_str("End"),
         }
@@ -109,7 +114,7 @@ impl Stream for GatedInput {
         }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(envelope)) => {
-                if let Envelope::Records(_, n) = &envelope {
+                if let Envelope::Records(_, n, _) = &envelope {
                     self.metrics.received(*n);
                 }
                 Poll::Ready(Some(Input {
@@ -144,6 +149,9 @@ pub(crate) struct OutputEdge<T> {
     /// Index of each channel in the task's sender list.
     pub(crate) channels: Vec<usize>,
     pub(crate) buffers: Vec<Vec<T>>,
+    /// For a forward edge: where the buffer's first record was read, unless `mixed`.
+    pub(crate) origin: Option<Origin>,
+    pub(crate) mixed: bool,
 }
 
 /// Where an operator puts its output records. The runtime sends them on in batches.
@@ -152,6 +160,8 @@ pub struct Collector<T> {
     batch_size: usize,
     emitted: u64,
     has_full: bool,
+    /// The log position of the next record emitted, while a source emits what it read.
+    next_origin: Option<Origin>,
 }
 
 impl<T> std::fmt::Debug for Collector<T> {
@@ -170,13 +180,24 @@ impl<T: Clone + Send + 'static> Collector<T> {
             batch_size,
             emitted: 0,
             has_full: false,
+            next_origin: None,
         }
+    }
+
+    /// Declares the log position of the next record emitted (sources only); each emit moves
+    /// it one offset on. `None` ends the declaration.
+    pub(crate) fn set_origin(&mut self, origin: Option<Origin>) {
+        self.next_origin = origin;
     }
 
     /// Emits one record.
     pub fn emit(&mut self, record: T) {
         self.emitted += 1;
         let n = self.edges.len();
+        let origin = self.next_origin;
+        if let Some((_, off)) = &mut self.next_origin {
+            off.0 += 1;
+        }
         let mut record = Some(record);
         for (i, edge) in self.edges.iter_mut().enumerate() {
             // Clone for every edge but the last, which takes the record itself.
@@ -187,7 +208,16 @@ impl<T: Clone + Send + 'static> Collector<T> {
             };
             let Some(r) = r else { return };
             let full = match &mut edge.route {
-                Route::Forward => push(&mut edge.buffers[0], r, self.batch_size),
+                Route::Forward => {
+                    let len = edge.buffers[0].len() as u64;
+                    if len == 0 {
+                        edge.origin = origin;
+                        edge.mixed = false;
+                    } else if edge.origin.map(|(p, o)| (p, LogOffset(o.0 + len))) != origin {
+                        edge.mixed = true;
+                    }
+                    push(&mut edge.buffers[0], r, self.batch_size)
+                }
                 Route::Rebalance { next } => {
                     let c = *next;
                     let full = push(&mut edge.buffers[c], r, self.batch_size);
@@ -240,7 +270,14 @@ impl<T: Clone + Send + 'static> Collector<T> {
                 }
                 let batch = std::mem::replace(buf, Vec::with_capacity(self.batch_size));
                 let n = batch.len();
-                out.push((edge.channels[c], Envelope::Records(Box::new(batch), n)));
+                let origin = match edge.route {
+                    Route::Forward if !edge.mixed => edge.origin.take(),
+                    _ => None,
+                };
+                out.push((
+                    edge.channels[c],
+                    Envelope::Records(Box::new(batch), n, origin),
+                ));
             }
         }
         self.has_full = false;

@@ -33,23 +33,38 @@ pub(crate) fn now() -> std::time::Instant {
 #[rtype(result = "()")]
 pub(crate) enum ToCoordinator {
     Ack(AckInfo),
-    Decline { checkpoint: CheckpointId, reason: String },
+    Decline {
+        checkpoint: CheckpointId,
+        reason: String,
+    },
     RequestNow,
     RequestFinal,
     CancelFinal,
     Rearm,
     /// Trigger nothing while `true` (a failover region is down: its tasks could not take part).
     Hold(bool),
-    AbortInFlight { reason: String },
+    AbortInFlight {
+        reason: String,
+    },
 }
 
 /// Coordinator → master.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) enum FromCoordinator {
-    Triggered { checkpoint: CheckpointId, is_final: bool },
-    Completed { checkpoint: CheckpointId, is_final: bool, stats: CheckpointStats },
-    Aborted { checkpoint: CheckpointId, reason: String },
+    Triggered {
+        checkpoint: CheckpointId,
+        is_final: bool,
+    },
+    Completed {
+        checkpoint: CheckpointId,
+        is_final: bool,
+        stats: CheckpointStats,
+    },
+    Aborted {
+        checkpoint: CheckpointId,
+        reason: String,
+    },
 }
 
 pub(crate) struct CoordinatorActor {
@@ -173,9 +188,10 @@ impl CoordinatorActor {
             stats.bytes += ack.state.size;
             stats.max_alignment = stats.max_alignment.max(ack.alignment);
             stats.max_capture = stats.max_capture.max(ack.capture);
-            stats
-                .ack_latency
-                .push((id.clone(), ack.acked_at.saturating_duration_since(triggered_at)));
+            stats.ack_latency.push((
+                id.clone(),
+                ack.acked_at.saturating_duration_since(triggered_at),
+            ));
             for (partition, offset) in ack.sources {
                 manifest.sources.push(SourceOffset {
                     task: id.clone(),
@@ -227,7 +243,13 @@ impl CoordinatorActor {
         }));
     }
 
-    fn on_written(&mut self, checkpoint: CheckpointId, is_final: bool, result: Result<()>, stats: CheckpointStats) {
+    fn on_written(
+        &mut self,
+        checkpoint: CheckpointId,
+        is_final: bool,
+        result: Result<()>,
+        stats: CheckpointStats,
+    ) {
         self.writing = None;
         match result {
             Ok(()) => {

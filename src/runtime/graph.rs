@@ -49,8 +49,8 @@ use super::config::{JobConfig, Threads};
 use super::events::JobEvent;
 use super::handle::JobHandle;
 use super::logic::{
-    Decoder, EdgeKind, KeyGroupFn, KeyedLogic, OperatorLogic, RestoreState, SinkLogic,
-    SourceLogic, TaskLogic,
+    DeadLetterSpec, Decoder, EdgeKind, KeyGroupFn, KeyedLogic, OperatorLogic, RestoreState,
+    SinkLogic, SourceLogic, TaskLogic,
 };
 use super::master::{JobMaster, Launch, TaskSlot};
 use super::metrics::JobMetrics;
@@ -179,6 +179,7 @@ pub struct Stream<T> {
     graph: Rc<RefCell<GraphDef>>,
     inputs: Vec<EdgeDef>,
     vertex: Option<usize>,
+    dead_letter: Option<DeadLetterSpec<T>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -278,6 +279,7 @@ impl JobBuilder {
                 key_group: None,
             }],
             vertex: Some(v),
+            dead_letter: None,
             _t: PhantomData,
         }
     }
@@ -401,6 +403,7 @@ impl<T: Data> Stream<T> {
                 key_group: None,
             }],
             vertex: Some(v),
+            dead_letter: None,
             _t: PhantomData,
         }
     }
@@ -447,15 +450,33 @@ impl<T: Data> Stream<T> {
         self
     }
 
+    /// The next operator sends a record it fails on (an error or a panic) to `log`, as a
+    /// [`DeadLetter`](super::DeadLetter) with the error, instead of failing its task (a
+    /// poison pill would otherwise fail it on every replay).
+    pub fn dead_letter(mut self, log: Arc<dyn ReplayableLog>) -> Self
+    where
+        T: serde::Serialize,
+    {
+        self.dead_letter = Some(DeadLetterSpec {
+            log,
+            encode: Arc::new(|r: &T| codec::encode(r, "dead letter record")),
+        });
+        self
+    }
+
     /// Applies a user [`Operator`] (cloned for every task).
     pub fn process<O: Data, Op: Operator<T, O> + Clone>(self, name: &str, op: Op) -> Stream<O> {
         let op = Mutex::new(op);
+        let dead = self.dead_letter.clone();
         let factory: LogicFactory = Arc::new(move |p| {
             let op = op
                 .lock()
                 .map_err(|_| Error::Internal("operator prototype poisoned".into()))?
                 .clone();
-            Ok(Box::new(OperatorLogic::<T, O, Op>::new(op, p)?) as Box<dyn TaskLogic>)
+            Ok(
+                Box::new(OperatorLogic::<T, O, Op>::new(op, dead.clone(), p)?)
+                    as Box<dyn TaskLogic>,
+            )
         });
         self.derive(name, Role::Operator, self.inputs.clone(), factory)
     }
@@ -512,6 +533,7 @@ impl<T: Data> Stream<T> {
             graph: Rc::clone(&self.graph),
             inputs: Vec::new(),
             vertex: Some(v),
+            dead_letter: None,
             _t: PhantomData,
         }
     }
@@ -553,15 +575,18 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
         let inputs = self.hash_inputs();
         let op = Mutex::new(op);
         let key = Arc::clone(&self.key);
+        let dead = self.stream.dead_letter.clone();
         let factory: LogicFactory = Arc::new(move |p| {
             let op = op
                 .lock()
                 .map_err(|_| Error::Internal("operator prototype poisoned".into()))?
                 .clone();
-            Ok(
-                Box::new(KeyedLogic::<K, T, O, Op>::new(op, Arc::clone(&key), p)?)
-                    as Box<dyn TaskLogic>,
-            )
+            Ok(Box::new(KeyedLogic::<K, T, O, Op>::new(
+                op,
+                Arc::clone(&key),
+                dead.clone(),
+                p,
+            )?) as Box<dyn TaskLogic>)
         });
         self.stream.derive(name, Role::Keyed, inputs, factory)
     }
@@ -665,7 +690,15 @@ impl Job {
             }
         };
         let metrics = Arc::new(JobMetrics::default());
-        let topo = Topology::new(name.clone(), config.clone(), Arc::clone(&storage), specs, par, handles, Arc::clone(&metrics));
+        let topo = Topology::new(
+            name.clone(),
+            config.clone(),
+            Arc::clone(&storage),
+            specs,
+            par,
+            handles,
+            Arc::clone(&metrics),
+        );
         let topo = match topo {
             Ok(t) => Arc::new(t),
             Err(e) => {
@@ -675,7 +708,12 @@ impl Job {
                 return Err(e);
             }
         };
-        let all: Vec<(usize, usize, u32)> = topo.tasks.iter().enumerate().map(|(n, t)| (n, t.vertex, t.index)).collect();
+        let all: Vec<(usize, usize, u32)> = topo
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(n, t)| (n, t.vertex, t.index))
+            .collect();
         let planned = if config.restore_on_start {
             let names = topo
                 .vertices
@@ -683,9 +721,21 @@ impl Job {
                 .zip(&topo.parallelism)
                 .map(|(v, p)| (v.name.clone(), *p))
                 .collect();
-            Topology::plan_restore(Arc::clone(&storage), Arc::clone(&topo.manifest_gate), names, all, config.deterministic).await
+            Topology::plan_restore(
+                Arc::clone(&storage),
+                Arc::clone(&topo.manifest_gate),
+                names,
+                all,
+                config.deterministic,
+            )
+            .await
         } else {
-            Ok((None, all.iter().map(|(n, _, _)| (*n, RestoreState::default())).collect::<HashMap<_, _>>()))
+            Ok((
+                None,
+                all.iter()
+                    .map(|(n, _, _)| (*n, RestoreState::default()))
+                    .collect::<HashMap<_, _>>(),
+            ))
         };
         let (restored_from, restore) = match planned {
             Ok(p) => p,
@@ -716,7 +766,9 @@ impl Job {
                 return Err(e);
             }
         };
-        let first = crate::checkpoint::CheckpointId(max_id.max(restored_from).map(|c| c.0 + 1).unwrap_or(1));
+        let first = crate::checkpoint::CheckpointId(
+            max_id.max(restored_from).map(|c| c.0 + 1).unwrap_or(1),
+        );
         let (done_tx, done_rx) = oneshot::channel();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let seed = chaos.as_ref().map(|c| c.seed).unwrap_or(0);
@@ -779,4 +831,3 @@ impl Job {
         system.block_on(async move { self.start().await?.wait().await })
     }
 }
-

@@ -6,8 +6,8 @@ use std::time::Duration;
 use actix::Addr;
 use tokio::sync::oneshot;
 
-use super::master::{Command, JobMaster};
 use super::events::JobEvent;
+use super::master::{Command, JobMaster};
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};

@@ -9,11 +9,15 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::channel::{Collector, Envelope, OutputEdge, Route};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use serde::{Deserialize, Serialize};
+
+use super::channel::{Collector, Envelope, Origin, OutputEdge, Route};
 use super::operator::{Data, KeyedContext, KeyedOperator, Operator, OperatorContext, TaskInfo};
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
-use crate::log::{LogOffset, PartitionId, ReplayableLog};
+use crate::log::{codec, LogOffset, PartitionId, ReplayableLog};
 use crate::sink::TwoPhaseCommitSink;
 use crate::state::{
     redistribute, KeyGroup, KeyGroupRange, KeyedSnapshot, KeyedStateBackend, OperatorListState,
@@ -41,7 +45,7 @@ pub(crate) enum SourcePoll {
 
 pub(crate) trait TaskLogic: Send {
     fn open(&mut self) -> Result<()>;
-    fn on_records(&mut self, batch: Box<dyn Any + Send>) -> Result<()>;
+    fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()>;
     fn end_of_input(&mut self) -> Result<()>;
     fn capture(&mut self, checkpoint: CheckpointId) -> Result<Capture>;
     fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()>;
@@ -162,6 +166,8 @@ pub(crate) fn collector<T: Data>(
             route,
             channels: o.channels.clone(),
             buffers: o.channels.iter().map(|_| Vec::new()).collect(),
+            origin: None,
+            mixed: false,
         });
     }
     Ok(Collector::new(edges, batch_size))
@@ -174,6 +180,92 @@ fn downcast<T: 'static>(batch: Box<dyn Any + Send>) -> Result<Vec<T>> {
             std::any::type_name::<T>()
         ))
     })
+}
+
+/// A record that failed, as written to a dead-letter log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The task whose operator failed on it.
+    pub task: crate::checkpoint::TaskId,
+    /// The error (or panic message).
+    pub error: String,
+    /// Where the record was read, when known (records a source sends on a forward edge).
+    pub position: Option<(PartitionId, LogOffset)>,
+    /// The record, MessagePack-encoded.
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
+}
+
+/// Encodes a record for the dead-letter log.
+pub(crate) type RecordEncoder<T> = Arc<dyn Fn(&T) -> Result<Vec<u8>> + Send + Sync>;
+
+/// Where an operator sends the records it fails on, instead of failing its task.
+pub(crate) struct DeadLetterSpec<T> {
+    pub(crate) log: Arc<dyn ReplayableLog>,
+    pub(crate) encode: RecordEncoder<T>,
+}
+
+impl<T> Clone for DeadLetterSpec<T> {
+    fn clone(&self) -> Self {
+        DeadLetterSpec {
+            log: Arc::clone(&self.log),
+            encode: Arc::clone(&self.encode),
+        }
+    }
+}
+
+/// Runs user code for one record inside a panic boundary.
+fn contained(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(Error::Panic {
+            message: payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with a non-string payload".into()),
+        }),
+    }
+}
+
+/// The log position of the `i`-th record of a batch read at `origin`.
+fn position(origin: Option<Origin>, i: usize) -> Option<(PartitionId, LogOffset)> {
+    origin.map(|(p, o)| (p, LogOffset(o.0 + i as u64)))
+}
+
+/// Names the failing record's position in an error, when it is known.
+fn at_record(error: Error, origin: Option<Origin>, i: usize) -> Error {
+    match position(origin, i) {
+        Some((partition, offset)) => Error::AtRecord {
+            partition,
+            offset,
+            source: Box::new(error),
+        },
+        None => error,
+    }
+}
+
+/// Writes a failed record to the dead-letter log.
+fn dead_letter<T>(
+    spec: &DeadLetterSpec<T>,
+    task: &crate::checkpoint::TaskId,
+    record: &T,
+    error: &Error,
+    at: Option<(PartitionId, LogOffset)>,
+) -> Result<()> {
+    let letter = DeadLetter {
+        task: task.clone(),
+        error: error.to_string(),
+        position: at,
+        record: (spec.encode)(record)?,
+    };
+    let partitions = spec.log.partitions().max(1);
+    spec.log.append(
+        PartitionId(task.index % partitions),
+        &codec::encode(&letter, "dead letter")?,
+    )?;
+    tracing::warn!(task = %task, error = %error, position = ?at, "record sent to the dead-letter log");
+    Ok(())
 }
 
 fn operator_capture(state: &OperatorStateBackend) -> Result<Capture> {
@@ -193,6 +285,7 @@ fn operator_capture(state: &OperatorStateBackend) -> Result<Capture> {
 /// A non-keyed operator task.
 pub(crate) struct OperatorLogic<I, O, Op> {
     op: Op,
+    dead_letter: Option<DeadLetterSpec<I>>,
     info: TaskInfo,
     state: OperatorStateBackend,
     out: Collector<O>,
@@ -200,8 +293,13 @@ pub(crate) struct OperatorLogic<I, O, Op> {
 }
 
 impl<I: Data, O: Data, Op: Operator<I, O>> OperatorLogic<I, O, Op> {
-    pub(crate) fn new(op: Op, p: LogicParams) -> Result<Self> {
+    pub(crate) fn new(
+        op: Op,
+        dead_letter: Option<DeadLetterSpec<I>>,
+        p: LogicParams,
+    ) -> Result<Self> {
         Ok(OperatorLogic {
+            dead_letter,
             out: collector(&p.outputs, p.batch_size, p.info.max_parallelism)?,
             state: OperatorStateBackend::restored(p.restore.operator),
             info: p.info,
@@ -219,13 +317,22 @@ impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op>
         })
     }
 
-    fn on_records(&mut self, batch: Box<dyn Any + Send>) -> Result<()> {
+    fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
         let mut ctx = OperatorContext {
             info: &self.info,
             state: &mut self.state,
         };
-        for r in downcast::<I>(batch)? {
-            self.op.process(r, &mut ctx, &mut self.out)?;
+        for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
+            let kept = self.dead_letter.as_ref().map(|_| r.clone());
+            let (op, out) = (&mut self.op, &mut self.out);
+            if let Err(e) = contained(|| op.process(r, &mut ctx, out)) {
+                match (&self.dead_letter, kept) {
+                    (Some(spec), Some(record)) => {
+                        dead_letter(spec, &ctx.info.task, &record, &e, position(origin, i))?
+                    }
+                    _ => return Err(at_record(e, origin, i)),
+                }
+            }
         }
         Ok(())
     }
@@ -266,6 +373,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op>
 /// A keyed operator task.
 pub(crate) struct KeyedLogic<K: StateKey, I, O, Op> {
     op: Op,
+    dead_letter: Option<DeadLetterSpec<I>>,
     key: Arc<dyn Fn(&I) -> K + Send + Sync>,
     info: TaskInfo,
     keyed: KeyedStateBackend<K>,
@@ -278,6 +386,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
     pub(crate) fn new(
         op: Op,
         key: Arc<dyn Fn(&I) -> K + Send + Sync>,
+        dead_letter: Option<DeadLetterSpec<I>>,
         p: LogicParams,
     ) -> Result<Self> {
         let range = KeyGroupRange::for_task(
@@ -286,6 +395,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
             p.info.max_parallelism,
         )?;
         Ok(KeyedLogic {
+            dead_letter,
             keyed: KeyedStateBackend::new(range, p.info.max_parallelism)?,
             operator: OperatorStateBackend::restored(p.restore.operator),
             restore: p.restore.keyed,
@@ -313,15 +423,27 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
         self.op.open(&mut ctx)
     }
 
-    fn on_records(&mut self, batch: Box<dyn Any + Send>) -> Result<()> {
+    fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
         let mut ctx = KeyedContext {
             info: &self.info,
             keyed: &mut self.keyed,
             operator: &mut self.operator,
         };
-        for r in downcast::<I>(batch)? {
-            ctx.keyed.set_current_key((self.key)(&r))?;
-            self.op.process(r, &mut ctx, &mut self.out)?;
+        for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
+            let kept = self.dead_letter.as_ref().map(|_| r.clone());
+            let (op, out, key) = (&mut self.op, &mut self.out, &self.key);
+            let result = contained(|| {
+                ctx.keyed.set_current_key(key(&r))?;
+                op.process(r, &mut ctx, out)
+            });
+            if let Err(e) = result {
+                match (&self.dead_letter, kept) {
+                    (Some(spec), Some(record)) => {
+                        dead_letter(spec, &ctx.info.task, &record, &e, position(origin, i))?
+                    }
+                    _ => return Err(at_record(e, origin, i)),
+                }
+            }
         }
         Ok(())
     }
@@ -411,7 +533,11 @@ impl<T: Data, S: TwoPhaseCommitSink<T>> SinkLogic<T, S> {
     fn save_pending(&mut self) -> Result<()> {
         if let Some(list) = &self.txns {
             let me = self.info.task.index;
-            let v = self.pending.iter().map(|(e, t)| (me, *e, t.clone())).collect();
+            let v = self
+                .pending
+                .iter()
+                .map(|(e, t)| (me, *e, t.clone()))
+                .collect();
             list.update(&mut self.state, v)?;
         }
         Ok(())
@@ -441,7 +567,7 @@ impl<T: Data, S: TwoPhaseCommitSink<T>> TaskLogic for SinkLogic<T, S> {
         self.sink.begin(self.epoch)
     }
 
-    fn on_records(&mut self, batch: Box<dyn Any + Send>) -> Result<()> {
+    fn on_records(&mut self, batch: Box<dyn Any + Send>, _origin: Option<Origin>) -> Result<()> {
         for r in downcast::<T>(batch)? {
             self.sink.write(r)?;
         }
@@ -561,7 +687,7 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
         self.save_offsets()
     }
 
-    fn on_records(&mut self, _batch: Box<dyn Any + Send>) -> Result<()> {
+    fn on_records(&mut self, _batch: Box<dyn Any + Send>, _origin: Option<Origin>) -> Result<()> {
         Err(Error::Internal("a source task received records".into()))
     }
 
@@ -602,6 +728,7 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
             if batch.is_empty() {
                 continue;
             }
+            self.out.set_origin(Some((pid, offset)));
             for (o, bytes) in batch.iter() {
                 let record = (self.decode)(bytes).map_err(|e| match e {
                     Error::Codec { op, reason, .. } => Error::Codec {
@@ -613,6 +740,7 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
                 })?;
                 self.out.emit(record);
             }
+            self.out.set_origin(None);
             self.partitions[i].1 = batch.next_offset();
             self.next = (i + 1) % n;
             return Ok(SourcePoll::Produced(batch.len()));

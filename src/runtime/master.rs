@@ -49,8 +49,13 @@ pub(crate) struct AckInfo {
 #[derive(Debug)]
 pub(crate) enum EventKind {
     Ack(AckInfo),
-    Decline { checkpoint: CheckpointId, reason: String },
-    Failed { error: Error },
+    Decline {
+        checkpoint: CheckpointId,
+        reason: String,
+    },
+    Failed {
+        error: Error,
+    },
     SourceAtEnd,
     Finished,
     FirstRecord,
@@ -191,7 +196,9 @@ impl JobMaster {
                 Ok(self.report())
             }
             Err(e) => {
-                self.emit(JobEvent::JobFailed { error: e.to_string() });
+                self.emit(JobEvent::JobFailed {
+                    error: e.to_string(),
+                });
                 tracing::error!(job = %self.job(), error = %e, "job failed");
                 Err(e)
             }
@@ -269,7 +276,10 @@ impl JobMaster {
             .or(restored_from)
             .map(|c| c.0 + 1)
             .unwrap_or(1);
-        let incarnations: HashMap<usize, u32> = tasks.iter().map(|t| (*t, self.tasks[*t].incarnation)).collect();
+        let incarnations: HashMap<usize, u32> = tasks
+            .iter()
+            .map(|t| (*t, self.tasks[*t].incarnation))
+            .collect();
         let pending = match self.topo.spawn(
             &tasks,
             restore,
@@ -287,18 +297,32 @@ impl JobMaster {
             for (t, rx) in pending {
                 match rx.await {
                     Ok(s) => out.push((t, s)),
-                    Err(_) => return Err(Error::Internal("an arbiter dropped a task before starting it".into())),
+                    Err(_) => {
+                        return Err(Error::Internal(
+                            "an arbiter dropped a task before starting it".into(),
+                        ))
+                    }
                 }
             }
             Ok(out)
         };
-        ctx.spawn(collect.into_actor(self).map(move |spawned, act, ctx| match spawned {
-            Ok(spawned) => act.register(ctx, spawned, region, restored_from),
-            Err(e) => act.finish(ctx, Err(e)),
-        }));
+        ctx.spawn(
+            collect
+                .into_actor(self)
+                .map(move |spawned, act, ctx| match spawned {
+                    Ok(spawned) => act.register(ctx, spawned, region, restored_from),
+                    Err(e) => act.finish(ctx, Err(e)),
+                }),
+        );
     }
 
-    fn register(&mut self, ctx: &mut Context<Self>, spawned: Vec<(usize, Spawned)>, region: Option<usize>, restored_from: Option<CheckpointId>) {
+    fn register(
+        &mut self,
+        ctx: &mut Context<Self>,
+        spawned: Vec<(usize, Spawned)>,
+        region: Option<usize>,
+        restored_from: Option<CheckpointId>,
+    ) {
         let me = ctx.address();
         let mut ids = Vec::with_capacity(spawned.len());
         for (task, (addr, join)) in spawned {
@@ -362,7 +386,9 @@ impl JobMaster {
         if self.down.contains(&region) {
             // A task of the incarnation being started failed before the region was up again
             // (in open, say): handle it once the region is registered.
-            self.failed_while_down.entry(region).or_insert((task, error));
+            self.failed_while_down
+                .entry(region)
+                .or_insert((task, error));
             return;
         }
         let id = self.topo.tasks[task].id.clone();
@@ -399,7 +425,10 @@ impl JobMaster {
                     // next final checkpoint.
                     self.to_coordinator(ToCoordinator::Rearm);
                 }
-                let ids: Vec<_> = tasks.iter().map(|t| self.topo.tasks[*t].id.clone()).collect();
+                let ids: Vec<_> = tasks
+                    .iter()
+                    .map(|t| self.topo.tasks[*t].id.clone())
+                    .collect();
                 tracing::warn!(job = %self.job(), task = %id, error = %error, attempt, delay = ?delay, region_tasks = ids.len(), "restarting failover region");
                 self.emit(JobEvent::Restarting {
                     tasks: ids,
@@ -407,7 +436,9 @@ impl JobMaster {
                     delay,
                 });
                 self.failure_at.insert(region, now());
-                ctx.run_later(delay, move |act, ctx| act.restore_region(ctx, region, tasks));
+                ctx.run_later(delay, move |act, ctx| {
+                    act.restore_region(ctx, region, tasks)
+                });
             }
         }
     }
@@ -434,17 +465,24 @@ impl JobMaster {
             triples,
             topo.config.deterministic,
         );
-        ctx.spawn(plan.into_actor(self).map(move |planned, act, ctx| match planned {
-            Ok((restored_from, restore)) => act.spawn_tasks(ctx, tasks, restore, restored_from, Some(region)),
-            Err(e) => act.finish(ctx, Err(e)),
-        }));
+        ctx.spawn(
+            plan.into_actor(self)
+                .map(move |planned, act, ctx| match planned {
+                    Ok((restored_from, restore)) => {
+                        act.spawn_tasks(ctx, tasks, restore, restored_from, Some(region))
+                    }
+                    Err(e) => act.finish(ctx, Err(e)),
+                }),
+        );
     }
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
         if !self.registered || self.ending {
             return;
         }
-        let Some(monkey) = self.monkey.as_mut() else { return };
+        let Some(monkey) = self.monkey.as_mut() else {
+            return;
+        };
         let t = now();
         let due = *self.monkey_due.get_or_insert(t + monkey.next_after);
         if t < due {
@@ -463,7 +501,8 @@ impl JobMaster {
             .filter(|t| self.live(*t))
             .filter(|t| vertices.is_empty() || vertices.contains(&self.topo.tasks[*t].id.vertex))
             .collect();
-        let target = (!candidates.is_empty()).then(|| candidates[(pick % candidates.len() as u64) as usize]);
+        let target =
+            (!candidates.is_empty()).then(|| candidates[(pick % candidates.len() as u64) as usize]);
         let (task, how) = match kill {
             Kill::PanicInUserCode => {
                 let Some(t) = target else { return };
@@ -572,7 +611,9 @@ impl Handler<CoordinatorExited> for JobMaster {
             };
             let after = latest.max(act.last_triggered).map(|c| c.0).unwrap_or(0);
             act.start_coordinator(ctx, CheckpointId(after + 1));
-            act.emit(JobEvent::CoordinatorRestarted { resumed_after: latest });
+            act.emit(JobEvent::CoordinatorRestarted {
+                resumed_after: latest,
+            });
         }));
     }
 }
@@ -625,12 +666,18 @@ impl Handler<FromCoordinator> for JobMaster {
             return;
         }
         match msg {
-            FromCoordinator::Triggered { checkpoint, is_final } => {
+            FromCoordinator::Triggered {
+                checkpoint,
+                is_final,
+            } => {
                 self.last_triggered = Some(checkpoint);
                 for (t, spec) in self.topo.tasks.iter().enumerate() {
                     if spec.is_source && self.live(t) {
                         if let Some(a) = &self.tasks[t].addr {
-                            a.do_send(Trigger { checkpoint, is_final });
+                            a.do_send(Trigger {
+                                checkpoint,
+                                is_final,
+                            });
                         }
                     }
                 }
@@ -664,7 +711,8 @@ impl Handler<FromCoordinator> for JobMaster {
                     Err(p) => p.into_inner().push(stats),
                 }
                 self.emit(JobEvent::CheckpointCompleted { checkpoint });
-                let addrs: Vec<Addr<TaskActor>> = self.tasks.iter().filter_map(|t| t.addr.clone()).collect();
+                let addrs: Vec<Addr<TaskActor>> =
+                    self.tasks.iter().filter_map(|t| t.addr.clone()).collect();
                 if !is_final {
                     for a in addrs {
                         a.do_send(Complete(checkpoint));
@@ -672,7 +720,9 @@ impl Handler<FromCoordinator> for JobMaster {
                     return;
                 }
                 // The final checkpoint: wait until every task (every sink) has committed.
-                let replies = futures::future::join_all(addrs.into_iter().map(move |a| a.send(Complete(checkpoint))));
+                let replies = futures::future::join_all(
+                    addrs.into_iter().map(move |a| a.send(Complete(checkpoint))),
+                );
                 ctx.spawn(replies.into_actor(self).map(|replies, act, ctx| {
                     if act.down.is_empty() && replies.iter().all(|r| matches!(r, Ok(true))) {
                         let report = act.report();

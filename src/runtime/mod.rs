@@ -29,5 +29,6 @@ pub use config::{JobConfig, Threads};
 pub use events::JobEvent;
 pub use graph::{Job, JobBuilder, KeyedStream, LogSource, Stream};
 pub use handle::{JobHandle, JobReport};
+pub use logic::DeadLetter;
 pub use metrics::{CheckpointStats, MetricsSnapshot, TaskRecordCounts};
 pub use operator::{Data, KeyedContext, KeyedOperator, Operator, OperatorContext, TaskInfo};

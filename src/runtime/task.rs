@@ -32,8 +32,8 @@ use futures::Stream;
 use tokio::sync::{mpsc::error::TrySendError, watch};
 
 use super::channel::{Envelope, Gate, Input, Sender};
-use super::logic::{SourcePoll, TaskLogic};
 use super::coordinator::now;
+use super::logic::{SourcePoll, TaskLogic};
 use super::master::{AckInfo, EventKind, JobMaster, TaskEvent};
 use super::metrics::{JobMetrics, TaskCounters};
 use super::operator::TaskInfo;
@@ -346,39 +346,42 @@ impl TaskActor {
             let bytes = snapshot.to_bytes()?;
             storage.write_task_state(id, &task, &bytes)
         };
-        let event = move |written: std::result::Result<Result<crate::checkpoint::StateHandle>, String>| {
-            let kind = match written {
-                Ok(Ok(state)) => EventKind::Ack(AckInfo {
-                    checkpoint: id,
+        let event =
+            move |written: std::result::Result<Result<crate::checkpoint::StateHandle>, String>| {
+                let kind = match written {
+                    Ok(Ok(state)) => EventKind::Ack(AckInfo {
+                        checkpoint: id,
+                        task: number,
+                        state,
+                        key_groups,
+                        sources,
+                        alignment,
+                        capture: capture_time,
+                        acked_at: now(),
+                    }),
+                    Ok(Err(error)) => EventKind::Decline {
+                        checkpoint: id,
+                        reason: error.to_string(),
+                    },
+                    Err(join) => EventKind::Decline {
+                        checkpoint: id,
+                        reason: format!("snapshot writer failed: {join}"),
+                    },
+                };
+                master.do_send(TaskEvent {
                     task: number,
-                    state,
-                    key_groups,
-                    sources,
-                    alignment,
-                    capture: capture_time,
-                    acked_at: now(),
-                }),
-                Ok(Err(error)) => EventKind::Decline {
-                    checkpoint: id,
-                    reason: error.to_string(),
-                },
-                Err(join) => EventKind::Decline {
-                    checkpoint: id,
-                    reason: format!("snapshot writer failed: {join}"),
-                },
+                    incarnation,
+                    kind,
+                });
             };
-            master.do_send(TaskEvent {
-                task: number,
-                incarnation,
-                kind,
-            });
-        };
         if self.settings.deterministic {
             event(Ok(write()));
             return;
         }
         actix::spawn(async move {
-            let written = tokio::task::spawn_blocking(write).await.map_err(|e| e.to_string());
+            let written = tokio::task::spawn_blocking(write)
+                .await
+                .map_err(|e| e.to_string());
             event(written);
         });
     }
@@ -426,7 +429,7 @@ impl TaskActor {
 
 fn records_of(env: &Envelope) -> usize {
     match env {
-        Envelope::Records(_, n) => *n,
+        Envelope::Records(_, n, _) => *n,
         _ => 0,
     }
 }
@@ -463,13 +466,13 @@ impl StreamHandler<Input> for TaskActor {
             return;
         }
         match input.envelope {
-            Envelope::Records(batch, n) => {
+            Envelope::Records(batch, n, origin) => {
                 self.counters
                     .records_in
                     .fetch_add(n as u64, Ordering::Relaxed);
                 self.first_record();
                 if self
-                    .guarded(ctx, "process", |l| l.on_records(batch))
+                    .guarded(ctx, "process", |l| l.on_records(batch, origin))
                     .is_some()
                 {
                     self.after_records(ctx);

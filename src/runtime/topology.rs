@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::channel::{GatedInput, Gate, Receiver, Sender};
+use super::channel::{Gate, GatedInput, Receiver, Sender};
 use super::config::JobConfig;
 use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
 use super::master::JobMaster;
@@ -34,6 +34,13 @@ pub(crate) enum Role {
     Sink,
 }
 
+/// An input edge as resolved at start: producer vertex, shipping kind, key group function.
+pub(crate) type InputEdge = (
+    usize,
+    EdgeKind,
+    Option<Arc<dyn std::any::Any + Send + Sync>>,
+);
+
 /// A vertex as the running job needs it.
 pub(crate) struct VertexSpec {
     pub(crate) name: String,
@@ -41,7 +48,7 @@ pub(crate) struct VertexSpec {
     pub(crate) factory: LogicFactory,
     pub(crate) log: Option<Arc<dyn ReplayableLog>>,
     /// (producer vertex, resolved kind, key group function) per input edge.
-    pub(crate) inputs: Vec<(usize, EdgeKind, Option<Arc<dyn std::any::Any + Send + Sync>>)>,
+    pub(crate) inputs: Vec<InputEdge>,
 }
 
 /// One task of the running job.
@@ -139,7 +146,11 @@ impl Topology {
             for (from, kind, key_group) in &vertex.inputs {
                 let (pu, pv) = (parallelism[*from], parallelism[v]);
                 for i in 0..pu {
-                    let targets: Vec<u32> = if *kind == EdgeKind::Forward { vec![i] } else { (0..pv).collect() };
+                    let targets: Vec<u32> = if *kind == EdgeKind::Forward {
+                        vec![i]
+                    } else {
+                        (0..pv).collect()
+                    };
                     let producer = first[*from] + i as usize;
                     let mut slots = Vec::with_capacity(targets.len());
                     for j in targets {
@@ -163,7 +174,8 @@ impl Topology {
                 }
             }
         }
-        let pairs: Vec<(usize, usize)> = channels.iter().map(|c| (c.producer, c.consumer)).collect();
+        let pairs: Vec<(usize, usize)> =
+            channels.iter().map(|c| (c.producer, c.consumer)).collect();
         let regions = failover_regions(tasks.len(), &pairs);
         let mut stops = Vec::with_capacity(vertices.len());
         for v in &vertices {
@@ -206,7 +218,9 @@ impl Topology {
     /// The tasks of the failover region of `task`, in task order.
     pub(crate) fn region_of(&self, task: usize) -> Vec<usize> {
         let r = self.regions[task];
-        (0..self.tasks.len()).filter(|t| self.regions[*t] == r).collect()
+        (0..self.tasks.len())
+            .filter(|t| self.regions[*t] == r)
+            .collect()
     }
 
     /// Reads the latest complete checkpoint (falling back past corrupt ones) and prepares the
@@ -221,7 +235,11 @@ impl Topology {
     ) -> Result<(Option<CheckpointId>, HashMap<usize, RestoreState>)> {
         let _no_manifest_write = gate.lock_owned().await;
         let s = Arc::clone(&storage);
-        let latest = if inline { s.latest_complete()? } else { blocking(move || s.latest_complete()).await? };
+        let latest = if inline {
+            s.latest_complete()?
+        } else {
+            blocking(move || s.latest_complete()).await?
+        };
         let mut out = HashMap::new();
         let Some(latest) = latest else {
             for (number, _, _) in tasks {
@@ -234,7 +252,13 @@ impl Topology {
         let mut per_vertex: HashMap<usize, Vec<RestoreState>> = HashMap::new();
         for v in vertices {
             let (name, p) = names[v].clone();
-            let mut entries: Vec<_> = latest.manifest.tasks.iter().filter(|t| t.task.vertex == name).cloned().collect();
+            let mut entries: Vec<_> = latest
+                .manifest
+                .tasks
+                .iter()
+                .filter(|t| t.task.vertex == name)
+                .cloned()
+                .collect();
             entries.sort_by_key(|t| t.task.index);
             let s = Arc::clone(&storage);
             let read = move || {
@@ -243,7 +267,11 @@ impl Topology {
                     .map(|t| TaskSnapshot::from_bytes(&s.read_task_state(id, &t.state)?))
                     .collect::<Result<Vec<_>>>()
             };
-            let snapshots = if inline { read()? } else { blocking(read).await? };
+            let snapshots = if inline {
+                read()?
+            } else {
+                blocking(read).await?
+            };
             if snapshots.is_empty() {
                 tracing::warn!(vertex = %name, checkpoint = %id, "vertex not in the checkpoint; it starts empty");
             }
@@ -299,10 +327,16 @@ impl Topology {
                 continue;
             }
             let (tx, rx) = mpsc::channel(self.config.channel_capacity);
-            if let Some(slot) = senders.get_mut(&c.producer).and_then(|s| s.get_mut(c.producer_slot)) {
+            if let Some(slot) = senders
+                .get_mut(&c.producer)
+                .and_then(|s| s.get_mut(c.producer_slot))
+            {
                 *slot = Some(tx);
             }
-            if let Some(slot) = receivers.get_mut(&c.consumer).and_then(|r| r.get_mut(c.consumer_slot)) {
+            if let Some(slot) = receivers
+                .get_mut(&c.consumer)
+                .and_then(|r| r.get_mut(c.consumer_slot))
+            {
                 *slot = Some(rx);
             }
         }

@@ -143,7 +143,11 @@ impl<T> FileSink<T> {
     /// The file of `epoch` written by this attempt of the task. The attempt keeps the files
     /// of two incarnations of one task apart, should a dying one still be writing.
     fn file_name(&self, epoch: u64) -> Result<String> {
-        Ok(format!("{}{epoch:020}={}.txt", self.prefix()?, self.attempt))
+        Ok(format!(
+            "{}{epoch:020}={}.txt",
+            self.prefix()?,
+            self.attempt
+        ))
     }
 }
 
@@ -240,7 +244,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
             }
             return Ok(());
         }
-match fs::rename(&src, &dst) {
+        match fs::rename(&src, &dst) {
             Ok(()) => {}
             // Committed concurrently by another task recovering the same checkpoint.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && dst.exists() => return Ok(()),

@@ -29,16 +29,16 @@ pub fn failover_regions(tasks: usize, channels: &[(usize, usize)]) -> Vec<usize>
     }
     let mut number = vec![usize::MAX; tasks];
     let mut next = 0;
-    let mut out = vec![0; tasks];
-    for t in 0..tasks {
-        let r = find(&mut parent, t);
-        if number[r] == usize::MAX {
-            number[r] = next;
-            next += 1;
-        }
-        out[t] = number[r];
-    }
-    out
+    (0..tasks)
+        .map(|t| {
+            let r = find(&mut parent, t);
+            if number[r] == usize::MAX {
+                number[r] = next;
+                next += 1;
+            }
+            number[r]
+        })
+        .collect()
 }
 
 #[cfg(test)]

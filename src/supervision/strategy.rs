@@ -208,9 +208,27 @@ mod tests {
     #[test]
     fn fixed_delay_gives_up_after_max_attempts() {
         let t = Instant::now();
-        let mut r = RestartTracker::new(RestartStrategy::FixedDelay { delay: 5 * MS, max_attempts: 2 }, 1);
-        assert_eq!(r.on_failure(t), RestartDecision::Restart { delay: 5 * MS, attempt: 1 });
-        assert_eq!(r.on_failure(t), RestartDecision::Restart { delay: 5 * MS, attempt: 2 });
+        let mut r = RestartTracker::new(
+            RestartStrategy::FixedDelay {
+                delay: 5 * MS,
+                max_attempts: 2,
+            },
+            1,
+        );
+        assert_eq!(
+            r.on_failure(t),
+            RestartDecision::Restart {
+                delay: 5 * MS,
+                attempt: 1
+            }
+        );
+        assert_eq!(
+            r.on_failure(t),
+            RestartDecision::Restart {
+                delay: 5 * MS,
+                attempt: 2
+            }
+        );
         assert!(matches!(r.on_failure(t), RestartDecision::GiveUp { .. }));
     }
 
@@ -233,7 +251,13 @@ mod tests {
             })
             .collect();
         assert_eq!(delays, vec![10 * MS, 20 * MS, 40 * MS, 40 * MS]);
-        assert_eq!(r.on_failure(t + 2000 * MS), RestartDecision::Restart { delay: 10 * MS, attempt: 5 });
+        assert_eq!(
+            r.on_failure(t + 2000 * MS),
+            RestartDecision::Restart {
+                delay: 10 * MS,
+                attempt: 5
+            }
+        );
     }
 
     #[test]
@@ -249,7 +273,9 @@ mod tests {
         };
         let mut r = RestartTracker::new(s, 7);
         for _ in 0..100 {
-            let RestartDecision::Restart { delay, .. } = r.on_failure(t) else { panic!("gave up") };
+            let RestartDecision::Restart { delay, .. } = r.on_failure(t) else {
+                panic!("gave up")
+            };
             assert!(delay >= 80 * MS && delay <= 100 * MS, "{delay:?}");
         }
     }
@@ -257,12 +283,28 @@ mod tests {
     #[test]
     fn failure_rate_gives_up_only_when_the_window_holds_too_many() {
         let t = Instant::now();
-        let s = RestartStrategy::FailureRate { max_failures: 2, window: 100 * MS, delay: MS };
+        let s = RestartStrategy::FailureRate {
+            max_failures: 2,
+            window: 100 * MS,
+            delay: MS,
+        };
         let mut r = RestartTracker::new(s, 1);
         assert!(matches!(r.on_failure(t), RestartDecision::Restart { .. }));
-        assert!(matches!(r.on_failure(t + 10 * MS), RestartDecision::Restart { .. }));
-        assert!(matches!(r.on_failure(t + 200 * MS), RestartDecision::Restart { .. }), "old failures left the window");
-        assert!(matches!(r.on_failure(t + 210 * MS), RestartDecision::Restart { .. }));
-        assert!(matches!(r.on_failure(t + 220 * MS), RestartDecision::GiveUp { .. }));
+        assert!(matches!(
+            r.on_failure(t + 10 * MS),
+            RestartDecision::Restart { .. }
+        ));
+        assert!(
+            matches!(r.on_failure(t + 200 * MS), RestartDecision::Restart { .. }),
+            "old failures left the window"
+        );
+        assert!(matches!(
+            r.on_failure(t + 210 * MS),
+            RestartDecision::Restart { .. }
+        ));
+        assert!(matches!(
+            r.on_failure(t + 220 * MS),
+            RestartDecision::GiveUp { .. }
+        ));
     }
 }

@@ -122,7 +122,9 @@ pub(crate) fn counting_log(n: u64, keys: u64, partitions: u32) -> Arc<dyn Replay
     }
     for (p, b) in batch.iter().enumerate() {
         for chunk in b.chunks(1000) {
-            typed.append_batch(PartitionId(p as u32), chunk).expect("append");
+            typed
+                .append_batch(PartitionId(p as u32), chunk)
+                .expect("append");
         }
     }
     log
@@ -139,24 +141,37 @@ pub(crate) struct Stage {
 
 impl Stage {
     pub(crate) fn new(sleep_every: u64) -> Stage {
-        Stage { sleep_every, seen: None, opened: None }
+        Stage {
+            sleep_every,
+            seen: None,
+            opened: None,
+        }
     }
 }
 
 impl Operator<(u64, u64), (u64, u64)> for Stage {
     fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<()> {
-        let seen = ctx.state().list_state::<u64>("seen", snapflow::state::Redistribution::Split)?;
+        let seen = ctx
+            .state()
+            .list_state::<u64>("seen", snapflow::state::Redistribution::Split)?;
         if seen.get(ctx.state())?.is_empty() {
             seen.update(ctx.state(), vec![0])?;
         }
         self.seen = Some(seen);
         if let Some(o) = &self.opened {
-            o.lock().map_err(|_| Error::Internal("poisoned".into()))?.push(ctx.task().task.index);
+            o.lock()
+                .map_err(|_| Error::Internal("poisoned".into()))?
+                .push(ctx.task().task.index);
         }
         Ok(())
     }
 
-    fn process(&mut self, r: (u64, u64), ctx: &mut OperatorContext<'_>, out: &mut Collector<(u64, u64)>) -> Result<()> {
+    fn process(
+        &mut self,
+        r: (u64, u64),
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<(u64, u64)>,
+    ) -> Result<()> {
         if let Some(seen) = &self.seen {
             let n = seen.get(ctx.state())?.first().copied().unwrap_or(0) + 1;
             seen.update(ctx.state(), vec![n])?;
@@ -170,14 +185,26 @@ impl Operator<(u64, u64), (u64, u64)> for Stage {
 }
 
 /// The standard 3-stage keyed job: source -> stage -> key_by -> reduce(count) -> file sink.
-pub(crate) fn keyed_job(name: &str, config: JobConfig, storage: Arc<dyn CheckpointStorage>, log: Arc<dyn ReplayableLog>, out: &Path, stage: Stage) -> JobBuilder {
+pub(crate) fn keyed_job(
+    name: &str,
+    config: JobConfig,
+    storage: Arc<dyn CheckpointStorage>,
+    log: Arc<dyn ReplayableLog>,
+    out: &Path,
+    stage: Stage,
+) -> JobBuilder {
     let job = JobBuilder::with_config(name, config);
     job.checkpoint_storage(storage);
     job.source("source", LogSource::<(u64, u64)>::msgpack(log).bounded())
         .process("stage", stage)
         .key_by(|(k, _): &(u64, u64)| *k)
         .reduce("sum", |a, b| (a.0, a.1 + b.1))
-        .sink("sink", FileSink::new(out, |(k, c): &(u64, u64), l: &mut String| l.push_str(&format!("{k} {c}"))));
+        .sink(
+            "sink",
+            FileSink::new(out, |(k, c): &(u64, u64), l: &mut String| {
+                l.push_str(&format!("{k} {c}"))
+            }),
+        );
     job
 }
 
@@ -188,7 +215,9 @@ pub(crate) fn check_updates(out: &Path, n: u64, keys: u64) -> (u64, u64, u64) {
     let lines = FileSink::<(u64, u64)>::read_committed(out).expect("read committed output");
     for l in &lines {
         let (k, c) = l.split_once(' ').expect("a `key count` line");
-        *seen.entry((k.parse().expect("key"), c.parse().expect("count"))).or_insert(0) += 1;
+        *seen
+            .entry((k.parse().expect("key"), c.parse().expect("count")))
+            .or_insert(0) += 1;
     }
     let mut lost = 0;
     let mut duplicated = 0;
@@ -216,7 +245,10 @@ pub(crate) fn chaos_config(threads: Threads) -> JobConfig {
             timeout: Duration::from_secs(5),
             min_pause: Duration::ZERO,
         },
-        restart: snapflow::RestartStrategy::FixedDelay { delay: Duration::from_millis(5), max_attempts: 1000 },
+        restart: snapflow::RestartStrategy::FixedDelay {
+            delay: Duration::from_millis(5),
+            max_attempts: 1000,
+        },
         ..JobConfig::default()
     }
 }
