@@ -167,7 +167,7 @@ async fn a_panicking_job_leaves_a_second_job_in_the_same_system_running_and_corr
 async fn the_newest_checkpoint_corrupted_on_disk_falls_back_and_output_stays_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
-    let (n, keys) = (20_000, 10);
+    let (n, keys) = (40_000, 10);
     let log = counting_log(n, keys, 2);
     let local = || -> Arc<dyn CheckpointStorage> {
         Arc::new(
@@ -200,9 +200,11 @@ async fn the_newest_checkpoint_corrupted_on_disk_falls_back_and_output_stays_exa
     let mut config = chaos_config(Threads::Arbiters(2));
     config.restart = RestartStrategy::Never;
     let job = build(config.clone());
+    // Armed after 60 ms (several 10 ms checkpoints have completed by then); it fires at the
+    // next checkpoint completion, long before the input ends.
     job.chaos(
         ChaosMonkey::new(3)
-            .every(Duration::from_millis(30))
+            .every(Duration::from_millis(60))
             .kills(vec![Kill::At(Moment::BetweenPreCommitAndCommit)])
             .max_kills(1),
     );

@@ -192,6 +192,25 @@ impl ChaosHooks {
     }
 }
 
+/// Installs a panic hook that stays silent for the panics a chaos monkey injects (their
+/// messages start with "chaos kill") and hands every other panic to the hook that was installed
+/// before. The panics are still contained and reported as task failures; this only keeps them
+/// off stderr.
+pub fn quiet_chaos_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if !message.starts_with("chaos kill") {
+            previous(info);
+        }
+    }));
+}
+
 /// The first seed under which a job's output differed from its failure-free output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Divergence<O> {

@@ -646,7 +646,18 @@ impl Handler<TaskEvent> for JobMaster {
                 tracing::debug!(job = %self.job(), task = %self.topo.tasks[task].id, "task reached the end of its input");
             }
             EventKind::FirstRecord => {
-                if let Some(at) = self.failure_at.remove(&self.topo.regions[task]) {
+                // A recovery ends when a restored task processes a record; when the region has
+                // keyed tasks, one of them (they restore the bulk of the state).
+                let region = self.topo.regions[task];
+                let keyed_region = self
+                    .topo
+                    .region_of(task)
+                    .iter()
+                    .any(|t| self.topo.tasks[*t].is_keyed);
+                if keyed_region && !self.topo.tasks[task].is_keyed {
+                    return;
+                }
+                if let Some(at) = self.failure_at.remove(&region) {
                     let took = now().saturating_duration_since(at);
                     match self.metrics.recoveries.lock() {
                         Ok(mut r) => r.push(took),

@@ -58,6 +58,8 @@ pub(crate) struct TaskSpec {
     pub(crate) vertex: usize,
     pub(crate) index: u32,
     pub(crate) is_source: bool,
+    /// A keyed task: its restore is the expensive part of a recovery.
+    pub(crate) is_keyed: bool,
     pub(crate) outputs: Vec<OutputSpec>,
     pub(crate) senders: usize,
     pub(crate) receivers: usize,
@@ -135,6 +137,7 @@ impl Topology {
                     vertex: v,
                     index,
                     is_source: matches!(vertices[v].role, Role::Source { .. }),
+                    is_keyed: vertices[v].role == Role::Keyed,
                     outputs: Vec::new(),
                     senders: 0,
                     receivers: 0,
