@@ -48,6 +48,7 @@ pub mod sink;
 pub mod state;
 mod storage;
 pub mod supervision;
+pub mod time;
 
 pub use checkpoint::{
     CheckpointId, CheckpointStorage, CompletedCheckpoint, LocalCheckpointStorage, Manifest,
@@ -78,12 +79,14 @@ pub mod prelude {
         Collector, Job, JobBuilder, JobConfig, JobEvent, JobHandle, JobReport, KeyedContext,
         KeyedOperator, KeyedStream, LogSource, Operator, OperatorContext, Stream, Threads,
     };
+    pub use crate::runtime::{WindowAggregator, WindowResult};
     pub use crate::sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
     pub use crate::state::{
         KeyGroupRange, KeyedStateBackend, OperatorStateBackend, Redistribution, StableHash,
         TaskSnapshot, DEFAULT_MAX_PARALLELISM,
     };
     pub use crate::supervision::RestartStrategy;
+    pub use crate::time::{TimeDomain, Timestamp, WatermarkStrategy, Window, WindowAssigner};
 }
 
 // The README's code is compiled and run as a doctest, so it cannot rot.

@@ -36,6 +36,8 @@ pub(crate) enum Envelope {
     Records(Box<dyn Any + Send>, usize, Option<Origin>),
     /// Checkpoint barrier: every record before it belongs to epoch `n` or earlier.
     Barrier(CheckpointId),
+    /// An event-time watermark status: behind every record sent before it.
+    Watermark(crate::time::WatermarkStatus),
     /// The producer will send no more records (a final barrier may still follow).
     End,
 }
@@ -45,6 +47,7 @@ impl std::fmt::Debug for Envelope {
         match self {
             Envelope::Records(_, n, _) => write!(f, "Records({n})"),
             Envelope::Barrier(id) => write!(f, "Barrier({id})"),
+            Envelope::Watermark(w) => write!(f, "Watermark({w:?})"),
             Envelope::End => f.write_str("End"),
         }
     }

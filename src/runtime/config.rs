@@ -47,6 +47,11 @@ pub struct JobConfig {
     pub restore_on_start: bool,
     /// What to do when a task fails.
     pub restart: RestartStrategy,
+    /// Event-time sources emit their watermark at most this often.
+    pub watermark_interval: Duration,
+    /// An event-time source partition with no new record for this long no longer holds the
+    /// watermark back; a source whose partitions are all idle marks itself idle downstream.
+    pub idle_timeout: Duration,
     /// Reproducible scheduling: requires [`Threads::Current`]; snapshot and manifest writes run
     /// on the actors' thread instead of background threads, and sources advance tokio's clock by
     /// a fixed amount per batch. Run the job with tokio's clock paused (`tokio::time::pause`)
@@ -72,6 +77,8 @@ impl Default for JobConfig {
             source_idle_poll: Duration::from_millis(10),
             restore_on_start: true,
             restart: RestartStrategy::default(),
+            watermark_interval: Duration::from_millis(10),
+            idle_timeout: Duration::from_millis(200),
             deterministic: false,
         }
     }

@@ -49,8 +49,8 @@ use super::config::{JobConfig, Threads};
 use super::events::JobEvent;
 use super::handle::JobHandle;
 use super::logic::{
-    DeadLetterSpec, Decoder, EdgeKind, KeyGroupFn, KeyedLogic, OperatorLogic, RestoreState,
-    SinkLogic, SourceLogic, TaskLogic,
+    DeadLetterSpec, Decoder, EdgeKind, EventTimeSpec, KeyGroupFn, KeyedLogic, OperatorLogic,
+    RestoreState, SinkLogic, SourceLogic, TaskLogic,
 };
 use super::master::{JobMaster, Launch, TaskSlot};
 use super::metrics::JobMetrics;
@@ -64,6 +64,7 @@ use crate::sink::TwoPhaseCommitSink;
 use crate::state::{key_group_for, StateKey, StateValue};
 use crate::storage::validate_name;
 use crate::supervision::RestartTracker;
+use crate::time::{Timestamp, WatermarkStrategy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ship {
@@ -109,6 +110,7 @@ pub struct LogSource<T> {
     log: Arc<dyn ReplayableLog>,
     decode: Decoder<T>,
     bounded: bool,
+    event_time: Option<EventTimeSpec<T>>,
 }
 
 impl<T> std::fmt::Debug for LogSource<T> {
@@ -128,6 +130,7 @@ impl<T: DeserializeOwned> LogSource<T> {
             log,
             decode: Arc::new(|bytes: &[u8]| codec::decode(bytes, "log record")),
             bounded: false,
+            event_time: None,
         }
     }
 }
@@ -142,6 +145,7 @@ impl<T> LogSource<T> {
             log,
             decode: Arc::new(decode),
             bounded: false,
+            event_time: None,
         }
     }
 
@@ -149,6 +153,21 @@ impl<T> LogSource<T> {
     /// starts, then the job takes a final checkpoint and ends.
     pub fn bounded(mut self) -> Self {
         self.bounded = true;
+        self
+    }
+
+    /// Gives the source event time: `timestamp` reads a record's time in milliseconds, and
+    /// `strategy` turns the largest time seen per partition into the watermark the source
+    /// emits (see [`crate::time`]).
+    pub fn event_time(
+        mut self,
+        timestamp: impl Fn(&T) -> Timestamp + Send + Sync + 'static,
+        strategy: WatermarkStrategy,
+    ) -> Self {
+        self.event_time = Some(EventTimeSpec {
+            timestamp: Arc::new(timestamp),
+            strategy,
+        });
         self
     }
 }
@@ -181,6 +200,20 @@ pub struct Stream<T> {
     vertex: Option<usize>,
     dead_letter: Option<DeadLetterSpec<T>>,
     _t: PhantomData<fn() -> T>,
+}
+
+/// A stream can feed several operators: each clone adds an output edge to the vertices that
+/// produce it, and every record goes down every edge.
+impl<T> Clone for Stream<T> {
+    fn clone(&self) -> Self {
+        Stream {
+            graph: Rc::clone(&self.graph),
+            inputs: self.inputs.clone(),
+            vertex: self.vertex,
+            dead_letter: self.dead_letter.clone(),
+            _t: PhantomData,
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for Stream<T> {
@@ -255,13 +288,16 @@ impl JobBuilder {
             log,
             decode,
             bounded,
+            event_time,
         } = source;
         let log2 = Arc::clone(&log);
         let factory: LogicFactory = Arc::new(move |p| {
-            Ok(
-                Box::new(SourceLogic::new(Arc::clone(&log2), Arc::clone(&decode), p)?)
-                    as Box<dyn TaskLogic>,
-            )
+            Ok(Box::new(SourceLogic::new(
+                Arc::clone(&log2),
+                Arc::clone(&decode),
+                event_time.clone(),
+                p,
+            )?) as Box<dyn TaskLogic>)
         });
         let v = add_vertex(
             &self.graph,
@@ -550,6 +586,11 @@ impl Stream<()> {
 }
 
 impl<K: StateKey, T: Data> KeyedStream<K, T> {
+    /// Records an error to be reported by `build`.
+    pub(crate) fn stream_errors(&self, message: String) {
+        self.stream.graph.borrow_mut().errors.push(message);
+    }
+
     fn hash_inputs(&self) -> Vec<EdgeDef> {
         let max_p = self.stream.graph.borrow().config.max_parallelism;
         let key = Arc::clone(&self.key);

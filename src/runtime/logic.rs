@@ -23,6 +23,7 @@ use crate::state::{
     redistribute, KeyGroup, KeyGroupRange, KeyedSnapshot, KeyedStateBackend, OperatorListState,
     OperatorSnapshot, OperatorStateBackend, Redistribution, StateKey, TaskSnapshot,
 };
+use crate::time::{TimeDomain, TimerService, Timestamp, WatermarkStatus, WatermarkStrategy};
 
 /// A task's state as captured at a barrier: the bytes are produced by `encode`, which may run
 /// on any thread.
@@ -56,6 +57,16 @@ pub(crate) trait TaskLogic: Send {
             "poll_source called on a task that is not a source".into(),
         ))
     }
+    /// The task's input watermark advanced to `wm`: fire event-time timers up to it.
+    fn on_watermark(&mut self, _wm: Timestamp) -> Result<()> {
+        Ok(())
+    }
+    /// The processing-time clock reads `now`: fire processing-time timers up to it.
+    fn on_processing_time(&mut self, _now: Timestamp) -> Result<()> {
+        Ok(())
+    }
+    /// For an event-time source: the watermark statuses to send now, if any changed.
+    fn source_watermark(&mut self, _now: std::time::Instant, _out: &mut Vec<WatermarkStatus>) {}
 }
 
 /// State handed to a task at start: from the checkpoint restored, or empty.
@@ -124,6 +135,9 @@ pub(crate) enum EdgeKind {
 
 /// Everything a logic factory needs to build one task's logic.
 pub(crate) struct LogicParams {
+    pub(crate) counters: Arc<super::metrics::TaskCounters>,
+    pub(crate) watermark_interval: std::time::Duration,
+    pub(crate) idle_timeout: std::time::Duration,
     pub(crate) info: TaskInfo,
     pub(crate) outputs: Vec<OutputSpec>,
     pub(crate) restore: RestoreState,
@@ -374,6 +388,10 @@ impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op>
 pub(crate) struct KeyedLogic<K: StateKey, I, O, Op> {
     op: Op,
     dead_letter: Option<DeadLetterSpec<I>>,
+    timers: Option<TimerService<K>>,
+    watermark: Timestamp,
+    processing_time: Timestamp,
+    counters: Arc<super::metrics::TaskCounters>,
     key: Arc<dyn Fn(&I) -> K + Send + Sync>,
     info: TaskInfo,
     keyed: KeyedStateBackend<K>,
@@ -396,6 +414,10 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
         )?;
         Ok(KeyedLogic {
             dead_letter,
+            timers: None,
+            watermark: Timestamp::MIN,
+            processing_time: Timestamp::MIN,
+            counters: Arc::clone(&p.counters),
             keyed: KeyedStateBackend::new(range, p.info.max_parallelism)?,
             operator: OperatorStateBackend::restored(p.restore.operator),
             restore: p.restore.keyed,
@@ -407,6 +429,31 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
     }
 }
 
+impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I, O, Op> {
+    /// Fires every timer of `domain` at or before `up_to`, in timestamp order.
+    fn fire(&mut self, domain: TimeDomain, up_to: Timestamp) -> Result<()> {
+        loop {
+            let Some(timers) = self.timers.as_mut() else {
+                return Ok(());
+            };
+            let Some(ts) = timers.pop_due(&mut self.keyed, domain, up_to)? else {
+                return Ok(());
+            };
+            let mut ctx = KeyedContext {
+                info: &self.info,
+                keyed: &mut self.keyed,
+                operator: &mut self.operator,
+                timers: self.timers.as_mut(),
+                watermark: self.watermark,
+                processing_time: self.processing_time,
+                late: &self.counters.late_records,
+            };
+            let (op, out) = (&mut self.op, &mut self.out);
+            contained(|| op.on_timer(ts, domain, &mut ctx, out))?;
+        }
+    }
+}
+
 impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
     for KeyedLogic<K, I, O, Op>
 {
@@ -415,10 +462,15 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
             let restore = std::mem::take(&mut self.restore);
             self.keyed.restore(restore.iter())?;
         }
+        self.timers = Some(TimerService::open(&mut self.keyed)?);
         let mut ctx = KeyedContext {
             info: &self.info,
             keyed: &mut self.keyed,
             operator: &mut self.operator,
+            timers: self.timers.as_mut(),
+            watermark: self.watermark,
+            processing_time: self.processing_time,
+            late: &self.counters.late_records,
         };
         self.op.open(&mut ctx)
     }
@@ -428,6 +480,10 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
             info: &self.info,
             keyed: &mut self.keyed,
             operator: &mut self.operator,
+            timers: self.timers.as_mut(),
+            watermark: self.watermark,
+            processing_time: self.processing_time,
+            late: &self.counters.late_records,
         };
         for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
             let kept = self.dead_letter.as_ref().map(|_| r.clone());
@@ -453,6 +509,10 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
             info: &self.info,
             keyed: &mut self.keyed,
             operator: &mut self.operator,
+            timers: self.timers.as_mut(),
+            watermark: self.watermark,
+            processing_time: self.processing_time,
+            late: &self.counters.late_records,
         };
         self.op.end_of_input(&mut ctx, &mut self.out)
     }
@@ -474,21 +534,26 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
     }
 
     fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
-        let KeyedLogic {
-            op,
-            info,
-            keyed,
-            operator,
-            ..
-        } = self;
-        op.checkpoint_complete(
-            checkpoint,
-            &mut KeyedContext {
-                info,
-                keyed,
-                operator,
-            },
-        )
+        let mut ctx = KeyedContext {
+            info: &self.info,
+            keyed: &mut self.keyed,
+            operator: &mut self.operator,
+            timers: self.timers.as_mut(),
+            watermark: self.watermark,
+            processing_time: self.processing_time,
+            late: &self.counters.late_records,
+        };
+        self.op.checkpoint_complete(checkpoint, &mut ctx)
+    }
+
+    fn on_watermark(&mut self, wm: Timestamp) -> Result<()> {
+        self.watermark = wm;
+        self.fire(TimeDomain::EventTime, wm)
+    }
+
+    fn on_processing_time(&mut self, now: Timestamp) -> Result<()> {
+        self.processing_time = now;
+        self.fire(TimeDomain::ProcessingTime, now)
     }
 
     fn drain(&mut self, all: bool, out: &mut Vec<(usize, Envelope)>) {
@@ -620,24 +685,65 @@ impl<T: Data, S: TwoPhaseCommitSink<T>> TaskLogic for SinkLogic<T, S> {
 /// Decodes a log record into a stream record.
 pub(crate) type Decoder<T> = Arc<dyn Fn(&[u8]) -> Result<T> + Send + Sync>;
 
+/// How an event-time source reads timestamps and derives its watermark.
+pub(crate) struct EventTimeSpec<T> {
+    pub(crate) timestamp: Arc<dyn Fn(&T) -> Timestamp + Send + Sync>,
+    pub(crate) strategy: WatermarkStrategy,
+}
+
+impl<T> Clone for EventTimeSpec<T> {
+    fn clone(&self) -> Self {
+        EventTimeSpec {
+            timestamp: Arc::clone(&self.timestamp),
+            strategy: self.strategy,
+        }
+    }
+}
+
+/// One log partition a source task reads.
+#[derive(Debug, Clone, Copy)]
+struct SourcePartition {
+    id: PartitionId,
+    next: LogOffset,
+    stop: Option<LogOffset>,
+    /// The largest event timestamp read so far (checkpointed).
+    max_ts: Timestamp,
+    /// Since when reading the partition found no new record (`None` while it has data). Only an
+    /// empty read counts: a source held up by backpressure is not idle.
+    empty_since: Option<std::time::Instant>,
+}
+
+impl SourcePartition {
+    fn at_stop(&self) -> bool {
+        self.stop.is_some_and(|s| self.next >= s)
+    }
+}
+
 /// A source task reading its share of a log's partitions.
 pub(crate) struct SourceLogic<T> {
     log: Arc<dyn ReplayableLog>,
     decode: Decoder<T>,
     info: TaskInfo,
     state: OperatorStateBackend,
-    offsets_state: Option<OperatorListState<(u32, u64)>>,
-    /// (partition, next offset, stop offset for a bounded source).
-    partitions: Vec<(PartitionId, LogOffset, Option<LogOffset>)>,
+    offsets_state: Option<OperatorListState<(u32, u64, i64)>>,
+    partitions: Vec<SourcePartition>,
     stops: Option<Arc<HashMap<PartitionId, LogOffset>>>,
     next: usize,
     out: Collector<T>,
+    event_time: Option<EventTimeSpec<T>>,
+    watermark_interval: std::time::Duration,
+    idle_timeout: std::time::Duration,
+    /// The last watermark status sent, and when.
+    sent: Option<WatermarkStatus>,
+    sent_at: Option<std::time::Instant>,
+    final_sent: bool,
 }
 
 impl<T: Data> SourceLogic<T> {
     pub(crate) fn new(
         log: Arc<dyn ReplayableLog>,
         decode: Decoder<T>,
+        event_time: Option<EventTimeSpec<T>>,
         p: LogicParams,
     ) -> Result<Self> {
         Ok(SourceLogic {
@@ -650,12 +756,22 @@ impl<T: Data> SourceLogic<T> {
             info: p.info,
             log,
             decode,
+            event_time,
+            watermark_interval: p.watermark_interval,
+            idle_timeout: p.idle_timeout,
+            sent: None,
+            sent_at: None,
+            final_sent: false,
         })
     }
 
     fn save_offsets(&mut self) -> Result<()> {
         if let Some(list) = &self.offsets_state {
-            let v = self.partitions.iter().map(|(p, o, _)| (p.0, o.0)).collect();
+            let v = self
+                .partitions
+                .iter()
+                .map(|p| (p.id.0, p.next.0, p.max_ts))
+                .collect();
             list.update(&mut self.state, v)?;
         }
         Ok(())
@@ -666,21 +782,32 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
     fn open(&mut self) -> Result<()> {
         let list = self
             .state
-            .list_state::<(u32, u64)>(SOURCE_OFFSETS, Redistribution::Split)?;
+            .list_state::<(u32, u64, i64)>(SOURCE_OFFSETS, Redistribution::Split)?;
         let restored = list.get(&self.state)?.to_vec();
         let stop = |p: PartitionId| self.stops.as_ref().and_then(|s| s.get(&p).copied());
         if restored.is_empty() && self.info.restored_from.is_none() {
             for p in 0..self.log.partitions() {
                 if p % self.info.parallelism == self.info.task.index {
-                    let pid = PartitionId(p);
-                    let start = self.log.start_offset(pid)?;
-                    self.partitions.push((pid, start, stop(pid)));
+                    let id = PartitionId(p);
+                    self.partitions.push(SourcePartition {
+                        id,
+                        next: self.log.start_offset(id)?,
+                        stop: stop(id),
+                        max_ts: Timestamp::MIN,
+                        empty_since: None,
+                    });
                 }
             }
         } else {
-            for (p, o) in restored {
-                let pid = PartitionId(p);
-                self.partitions.push((pid, LogOffset(o), stop(pid)));
+            for (p, o, max_ts) in restored {
+                let id = PartitionId(p);
+                self.partitions.push(SourcePartition {
+                    id,
+                    next: LogOffset(o),
+                    stop: stop(id),
+                    max_ts,
+                    empty_since: None,
+                });
             }
         }
         self.offsets_state = Some(list);
@@ -698,7 +825,7 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
     fn capture(&mut self, _checkpoint: CheckpointId) -> Result<Capture> {
         self.save_offsets()?;
         let mut c = operator_capture(&self.state)?;
-        c.sources = self.partitions.iter().map(|(p, o, _)| (*p, *o)).collect();
+        c.sources = self.partitions.iter().map(|p| (p.id, p.next)).collect();
         Ok(c)
     }
 
@@ -718,17 +845,21 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
         let n = self.partitions.len();
         for step in 0..n {
             let i = (self.next + step) % n;
-            let (pid, offset, stop) = self.partitions[i];
-            let want = match stop {
-                Some(s) if offset >= s => continue,
-                Some(s) => ((s.0 - offset.0) as usize).min(max),
+            let part = self.partitions[i];
+            let want = match part.stop {
+                Some(s) if part.next >= s => continue,
+                Some(s) => ((s.0 - part.next.0) as usize).min(max),
                 None => max,
             };
-            let batch = self.log.read(pid, offset, want)?;
+            let batch = self.log.read(part.id, part.next, want)?;
             if batch.is_empty() {
+                let p = &mut self.partitions[i];
+                p.empty_since.get_or_insert_with(super::coordinator::now);
                 continue;
             }
-            self.out.set_origin(Some((pid, offset)));
+            let pid = part.id;
+            let mut max_ts = part.max_ts;
+            self.out.set_origin(Some((pid, part.next)));
             for (o, bytes) in batch.iter() {
                 let record = (self.decode)(bytes).map_err(|e| match e {
                     Error::Codec { op, reason, .. } => Error::Codec {
@@ -738,21 +869,87 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
                     },
                     other => other,
                 })?;
+                if let Some(et) = &self.event_time {
+                    max_ts = max_ts.max((et.timestamp)(&record));
+                }
                 self.out.emit(record);
             }
             self.out.set_origin(None);
-            self.partitions[i].1 = batch.next_offset();
+            let p = &mut self.partitions[i];
+            p.next = batch.next_offset();
+            p.max_ts = max_ts;
+            p.empty_since = None;
             self.next = (i + 1) % n;
             return Ok(SourcePoll::Produced(batch.len()));
         }
-        let all_stopped = self
-            .partitions
-            .iter()
-            .all(|(_, o, s)| s.is_some_and(|s| *o >= s));
+        let all_stopped = self.partitions.iter().all(SourcePartition::at_stop);
         if all_stopped && self.stops.is_some() {
             Ok(SourcePoll::AtEnd)
         } else {
             Ok(SourcePoll::Idle)
+        }
+    }
+
+    fn source_watermark(&mut self, now: std::time::Instant, out: &mut Vec<WatermarkStatus>) {
+        let Some(et) = self.event_time.as_ref() else {
+            return;
+        };
+        let strategy = et.strategy;
+        let last_at = match self.sent {
+            Some(WatermarkStatus::At(w)) => w,
+            _ => Timestamp::MIN,
+        };
+        if self.stops.is_some() && self.partitions.iter().all(SourcePartition::at_stop) {
+            // The input ended: nothing is late any more; let every timer fire.
+            if !self.final_sent {
+                self.final_sent = true;
+                self.sent = Some(WatermarkStatus::At(Timestamp::MAX));
+                out.push(WatermarkStatus::At(Timestamp::MAX));
+            }
+            return;
+        }
+        let idle_after = self.idle_timeout;
+        let active = self
+            .partitions
+            .iter()
+            .filter(|p| {
+                !p.at_stop()
+                    && p.empty_since
+                        .is_none_or(|t| now.saturating_duration_since(t) < idle_after)
+            })
+            .map(|p| strategy.watermark(p.max_ts))
+            .min();
+        match active {
+            None => {
+                if self.sent == Some(WatermarkStatus::Idle) {
+                    return;
+                }
+                // Going idle: first send how far every partition got (the final word on them
+                // until data comes), then idle.
+                let reached = self
+                    .partitions
+                    .iter()
+                    .map(|p| strategy.watermark(p.max_ts))
+                    .min()
+                    .unwrap_or(Timestamp::MIN);
+                if reached > last_at {
+                    out.push(WatermarkStatus::At(reached));
+                }
+                out.push(WatermarkStatus::Idle);
+                self.sent = Some(WatermarkStatus::Idle);
+                self.sent_at = Some(now);
+            }
+            Some(w) => {
+                let resumed = self.sent == Some(WatermarkStatus::Idle);
+                let due = self
+                    .sent_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.watermark_interval);
+                if (resumed || (w > last_at && due)) && w > Timestamp::MIN {
+                    self.sent = Some(WatermarkStatus::At(w.max(last_at)));
+                    self.sent_at = Some(now);
+                    out.push(WatermarkStatus::At(w.max(last_at)));
+                }
+            }
         }
     }
 }

@@ -35,6 +35,7 @@ pub struct CheckpointStats {
 pub(crate) struct TaskCounters {
     pub(crate) records_in: AtomicU64,
     pub(crate) records_out: AtomicU64,
+    pub(crate) late_records: AtomicU64,
 }
 
 /// Shared metrics of one job.
@@ -75,6 +76,7 @@ impl JobMetrics {
                 task: e.key().clone(),
                 records_in: e.value().records_in.load(Ordering::Relaxed),
                 records_out: e.value().records_out.load(Ordering::Relaxed),
+                late_records: e.value().late_records.load(Ordering::Relaxed),
             })
             .collect();
         tasks.sort_by(|a, b| a.task.cmp(&b.task));
@@ -103,6 +105,8 @@ pub struct TaskRecordCounts {
     pub records_in: u64,
     /// Records it emitted.
     pub records_out: u64,
+    /// Records dropped for arriving after their window's allowed lateness.
+    pub late_records: u64,
 }
 
 /// A copy of a job's metrics at one moment.

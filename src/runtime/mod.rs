@@ -23,6 +23,7 @@ mod metrics;
 mod operator;
 mod task;
 mod topology;
+mod window;
 
 pub use channel::Collector;
 pub use config::{JobConfig, Threads};
@@ -32,3 +33,4 @@ pub use handle::{JobHandle, JobReport};
 pub use logic::DeadLetter;
 pub use metrics::{CheckpointStats, MetricsSnapshot, TaskRecordCounts};
 pub use operator::{Data, KeyedContext, KeyedOperator, Operator, OperatorContext, TaskInfo};
+pub use window::{WindowAggregator, WindowResult, WindowedStream};

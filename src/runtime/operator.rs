@@ -6,12 +6,14 @@
 //! panic boundary; a panic or an `Err` fails the task, never the thread or another task.
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::channel::Collector;
 use crate::checkpoint::{CheckpointId, TaskId};
 use crate::error::Result;
 use crate::state::{KeyedStateBackend, OperatorStateBackend, StateKey, StateValue, ValueState};
+use crate::time::{TimeDomain, TimerService, Timestamp};
 
 /// A type that can travel on a stream: records are cloned for broadcast edges and moved
 /// between threads.
@@ -52,13 +54,17 @@ impl OperatorContext<'_> {
     }
 }
 
-/// What a keyed operator can reach while it runs: keyed state scoped to the current key, and
-/// operator state.
+/// What a keyed operator can reach while it runs: keyed state scoped to the current key,
+/// operator state, timers, and the task's clocks.
 #[derive(Debug)]
 pub struct KeyedContext<'a, K: StateKey> {
     pub(crate) info: &'a TaskInfo,
     pub(crate) keyed: &'a mut KeyedStateBackend<K>,
     pub(crate) operator: &'a mut OperatorStateBackend,
+    pub(crate) timers: Option<&'a mut TimerService<K>>,
+    pub(crate) watermark: Timestamp,
+    pub(crate) processing_time: Timestamp,
+    pub(crate) late: &'a AtomicU64,
 }
 
 impl<K: StateKey> KeyedContext<'_, K> {
@@ -80,6 +86,54 @@ impl<K: StateKey> KeyedContext<'_, K> {
     /// The task's operator state.
     pub fn operator_state(&mut self) -> &mut OperatorStateBackend {
         self.operator
+    }
+
+    /// The task's event-time watermark: no record with a timestamp at or below it is expected
+    /// any more (`i64::MIN` before the first watermark).
+    pub fn current_watermark(&self) -> Timestamp {
+        self.watermark
+    }
+
+    /// The task's processing-time clock in milliseconds (monotonic; its origin is arbitrary).
+    pub fn current_processing_time(&self) -> Timestamp {
+        self.processing_time
+    }
+
+    fn timer(&mut self, domain: TimeDomain, ts: Timestamp, register: bool) -> Result<()> {
+        let Some(timers) = self.timers.as_deref_mut() else {
+            return Err(crate::Error::Config("timers are not available here".into()));
+        };
+        if register {
+            timers.register(self.keyed, domain, ts)
+        } else {
+            timers.delete(self.keyed, domain, ts)
+        }
+    }
+
+    /// Registers an event-time timer for the current key: `on_timer` runs once the watermark
+    /// reaches `ts`. Registering the same timer again does nothing.
+    pub fn register_event_timer(&mut self, ts: Timestamp) -> Result<()> {
+        self.timer(TimeDomain::EventTime, ts, true)
+    }
+
+    /// Deletes the current key's event-time timer at `ts`.
+    pub fn delete_event_timer(&mut self, ts: Timestamp) -> Result<()> {
+        self.timer(TimeDomain::EventTime, ts, false)
+    }
+
+    /// Registers a processing-time timer for the current key.
+    pub fn register_processing_timer(&mut self, ts: Timestamp) -> Result<()> {
+        self.timer(TimeDomain::ProcessingTime, ts, true)
+    }
+
+    /// Deletes the current key's processing-time timer at `ts`.
+    pub fn delete_processing_timer(&mut self, ts: Timestamp) -> Result<()> {
+        self.timer(TimeDomain::ProcessingTime, ts, false)
+    }
+
+    /// Counts a record dropped for arriving too late (shown in the job's metrics).
+    pub fn count_late_record(&mut self) {
+        self.late.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -146,6 +200,18 @@ pub trait KeyedOperator<K: StateKey, I, O>: Send + 'static {
         &mut self,
         _checkpoint: CheckpointId,
         _ctx: &mut KeyedContext<'_, K>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called when a timer of the current key fires: event-time timers in timestamp order as
+    /// the watermark passes them, processing-time timers as the task's clock does.
+    fn on_timer(
+        &mut self,
+        _timestamp: Timestamp,
+        _domain: TimeDomain,
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Collector<O>,
     ) -> Result<()> {
         Ok(())
     }

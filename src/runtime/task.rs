@@ -32,7 +32,7 @@ use futures::Stream;
 use tokio::sync::{mpsc::error::TrySendError, watch};
 
 use super::channel::{Envelope, Gate, Input, Sender};
-use super::coordinator::now;
+use super::coordinator::{now, processing_time};
 use super::logic::{SourcePoll, TaskLogic};
 use super::master::{AckInfo, EventKind, JobMaster, TaskEvent};
 use super::metrics::{JobMetrics, TaskCounters};
@@ -40,6 +40,7 @@ use super::operator::TaskInfo;
 use crate::chaos::{ChaosHooks, Moment};
 use crate::checkpoint::{Aligner, BarrierOutcome, CheckpointId, CheckpointMode, CheckpointStorage};
 use crate::error::{Error, Result};
+use crate::time::{InputWatermarks, WatermarkChange, WatermarkStatus};
 
 /// How a source's pacing stream ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +131,7 @@ pub(crate) struct TaskActor {
     pub(crate) logic: Box<dyn TaskLogic>,
     pub(crate) is_sink: bool,
     pub(crate) aligner: Aligner,
+    pub(crate) watermarks: InputWatermarks,
     pub(crate) gates: Vec<Rc<Gate>>,
     pub(crate) ended: Vec<bool>,
     pub(crate) senders: Vec<Sender>,
@@ -194,6 +196,10 @@ impl TaskActor {
         self.report(EventKind::Failed { error });
         self.pace.set(Pace::Halt);
         ctx.stop();
+    }
+
+    fn is_source(&self) -> bool {
+        self.gates.is_empty()
     }
 
     fn report(&self, kind: EventKind) {
@@ -405,7 +411,42 @@ impl TaskActor {
         }
     }
 
+    /// Carries out a change of the task's input watermark: fire timers, then send it on.
+    fn on_watermark_change(&mut self, ctx: &mut Context<Self>, change: WatermarkChange) {
+        match change {
+            WatermarkChange::Unchanged => {}
+            WatermarkChange::Advanced(w) => {
+                if self.guarded(ctx, "timers", |l| l.on_watermark(w)).is_some() {
+                    self.broadcast(ctx, || Envelope::Watermark(WatermarkStatus::At(w)));
+                }
+            }
+            WatermarkChange::BecameIdle(advanced) => {
+                if let Some(w) = advanced {
+                    if self.guarded(ctx, "timers", |l| l.on_watermark(w)).is_none() {
+                        return;
+                    }
+                    self.broadcast(ctx, || Envelope::Watermark(WatermarkStatus::At(w)));
+                }
+                self.broadcast(ctx, || Envelope::Watermark(WatermarkStatus::Idle));
+            }
+        }
+    }
+
+    /// Sends the source's watermark status, if it has a new one.
+    fn source_watermark(&mut self, ctx: &mut Context<Self>) {
+        let mut statuses = Vec::new();
+        self.logic.source_watermark(now(), &mut statuses);
+        for status in statuses {
+            self.broadcast(ctx, || Envelope::Watermark(status));
+        }
+    }
+
     fn on_end(&mut self, ctx: &mut Context<Self>, channel: usize) {
+        let change = self.watermarks.on_end(channel);
+        self.on_watermark_change(ctx, change);
+        if self.failed {
+            return;
+        }
         self.ended[channel] = true;
         if self.ended.iter().all(|e| *e) {
             if self
@@ -454,6 +495,20 @@ impl Actor for TaskActor {
                 ctx.stop();
             }),
         );
+        if !self.is_source() {
+            ctx.run_interval(Duration::from_millis(10), |act, ctx| {
+                if act.failed {
+                    return;
+                }
+                let now = processing_time();
+                if act
+                    .guarded(ctx, "timers", |l| l.on_processing_time(now))
+                    .is_some()
+                {
+                    act.flush(ctx, true);
+                }
+            });
+        }
         if self.guarded(ctx, "open", |l| l.open()).is_some() {
             tracing::debug!(task = %self.info.task, restored_from = ?self.info.restored_from, "task started");
         }
@@ -470,6 +525,7 @@ impl StreamHandler<Input> for TaskActor {
                 self.counters
                     .records_in
                     .fetch_add(n as u64, Ordering::Relaxed);
+                self.watermarks.on_record(input.channel);
                 self.first_record();
                 if self
                     .guarded(ctx, "process", |l| l.on_records(batch, origin))
@@ -479,6 +535,10 @@ impl StreamHandler<Input> for TaskActor {
                 }
             }
             Envelope::Barrier(id) => self.on_barrier(ctx, input.channel, id),
+            Envelope::Watermark(status) => {
+                let change = self.watermarks.on_status(input.channel, status);
+                self.on_watermark_change(ctx, change);
+            }
             Envelope::End => self.on_end(ctx, input.channel),
         }
     }
@@ -496,6 +556,8 @@ impl StreamHandler<Tick> for TaskActor {
             return;
         }
         let batch = self.settings.batch_size;
+        // A restored watermark goes out before the records read after the restore.
+        self.source_watermark(ctx);
         match self.guarded(ctx, "source read", |l| l.poll_source(batch)) {
             Some(SourcePoll::Produced(n)) => {
                 self.counters
@@ -503,9 +565,14 @@ impl StreamHandler<Tick> for TaskActor {
                     .fetch_add(n as u64, Ordering::Relaxed);
                 self.first_record();
                 self.flush(ctx, true);
+                self.source_watermark(ctx);
             }
-            Some(SourcePoll::Idle) => self.pace.set(Pace::Idle(self.settings.idle_poll)),
+            Some(SourcePoll::Idle) => {
+                self.source_watermark(ctx);
+                self.pace.set(Pace::Idle(self.settings.idle_poll));
+            }
             Some(SourcePoll::AtEnd) => {
+                self.source_watermark(ctx);
                 self.pace.set(Pace::Halt);
                 if !self.at_end_reported {
                     self.at_end_reported = true;

@@ -354,7 +354,11 @@ impl Topology {
                 restored_from,
                 attempt: incarnation.get(&number).copied().unwrap_or(0),
             };
+            let counters = self.metrics.task(&info.task);
             let logic = (vertex.factory)(LogicParams {
+                counters: Arc::clone(&counters),
+                watermark_interval: self.config.watermark_interval,
+                idle_timeout: self.config.idle_timeout,
                 info: info.clone(),
                 outputs: spec.outputs.clone(),
                 restore: restore.remove(&number).unwrap_or_default(),
@@ -376,7 +380,7 @@ impl Topology {
                 .map(|r| r.ok_or_else(|| Error::Internal("a receiver slot was not wired".into())))
                 .collect::<Result<_>>()?;
             let spawn = SpawnTask {
-                counters: self.metrics.task(&info.task),
+                counters,
                 info,
                 number,
                 incarnation: incarnation.get(&number).copied().unwrap_or(0),
@@ -440,6 +444,7 @@ impl SpawnTask {
         }
         let actor = TaskActor {
             aligner: Aligner::new(channels, self.settings.mode),
+            watermarks: crate::time::InputWatermarks::new(channels),
             info: self.info,
             number: self.number,
             incarnation: self.incarnation,
