@@ -148,6 +148,9 @@ trait ErasedTable<K>: Send {
     ) -> Result<()>;
     fn clear(&mut self);
     fn clone_box(&self) -> Box<dyn ErasedTable<K>>;
+    /// Makes this table a copy of `source` reusing its own allocations; false when `source` is
+    /// a table of another type.
+    fn copy_from(&mut self, source: &dyn ErasedTable<K>) -> bool;
     fn entries(&self) -> usize;
 }
 
@@ -281,6 +284,19 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
             groups: self.groups.clone(),
         })
     }
+    fn copy_from(&mut self, source: &dyn ErasedTable<K>) -> bool {
+        let Some(src) = source.as_any().downcast_ref::<Table<K, T>>() else {
+            return false;
+        };
+        if src.name != self.name || src.groups.len() != self.groups.len() {
+            return false;
+        }
+        self.kind = src.kind;
+        for (mine, theirs) in self.groups.iter_mut().zip(&src.groups) {
+            mine.clone_from(theirs);
+        }
+        true
+    }
     fn entries(&self) -> usize {
         self.groups.iter().map(|g| g.len()).sum()
     }
@@ -305,6 +321,9 @@ pub struct KeyedStateBackend<K: StateKey> {
     by_name: HashMap<String, usize>,
     current: Option<Current<K>>,
     pending: HashMap<String, Pending>,
+    /// The tables of the last capture, handed back once it was encoded: the next capture copies
+    /// into them, reusing their memory instead of allocating (and faulting in) a new copy.
+    spare: Arc<std::sync::Mutex<Option<Vec<Box<dyn ErasedTable<K>>>>>>,
 }
 
 impl<K: StateKey> fmt::Debug for KeyedStateBackend<K> {
@@ -380,6 +399,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
             by_name: HashMap::new(),
             current: None,
             pending: HashMap::new(),
+            spare: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -562,15 +582,28 @@ impl<K: StateKey> KeyedStateBackend<K> {
         Ok((&mut table.groups[cur.gi], &cur.key))
     }
 
-    /// Clones every table so that the state can be encoded while the task goes on changing
-    /// it. Costs O(entries) time and one extra copy of the state in memory until the capture
-    /// is encoded and dropped.
+    /// Copies every table so that the state can be encoded while the task goes on changing
+    /// it. Costs O(entries) time and one extra copy of the state in memory. When a previous
+    /// capture has been dropped (after its encoding), its memory is reused for the copy.
     pub fn capture(&self) -> KeyedStateCapture<K> {
+        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
+        let tables = match spare {
+            Some(mut old) if old.len() == self.tables.len() => {
+                for (copy, table) in old.iter_mut().zip(&self.tables) {
+                    if !copy.copy_from(table.as_ref()) {
+                        *copy = table.clone_box();
+                    }
+                }
+                old
+            }
+            _ => self.tables.iter().map(|t| t.clone_box()).collect(),
+        };
         KeyedStateCapture {
             range: self.range,
             max_parallelism: self.max_parallelism,
-            tables: self.tables.iter().map(|t| t.clone_box()).collect(),
+            tables,
             pending: self.pending.clone(),
+            recycle: Arc::clone(&self.spare),
         }
     }
 
@@ -724,6 +757,17 @@ pub struct KeyedStateCapture<K> {
     max_parallelism: u32,
     tables: Vec<Box<dyn ErasedTable<K>>>,
     pending: HashMap<String, Pending>,
+    recycle: Arc<std::sync::Mutex<Option<Vec<Box<dyn ErasedTable<K>>>>>>,
+}
+
+impl<K> Drop for KeyedStateCapture<K> {
+    /// Hands the copied tables back to their backend for the next capture.
+    fn drop(&mut self) {
+        let tables = std::mem::take(&mut self.tables);
+        if let Ok(mut spare) = self.recycle.lock() {
+            *spare = Some(tables);
+        }
+    }
 }
 
 impl<K> fmt::Debug for KeyedStateCapture<K> {

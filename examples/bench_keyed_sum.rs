@@ -1,0 +1,373 @@
+//! The standard keyed-sum workload: N events generated in the source (event i: key
+//! splitmix64(i) % K, value i % 1000), keyed by key, folded into (sum, count) value state per
+//! key, nothing emitted per event; at the end the totals are cross-checked against a plain
+//! single-threaded loop over a HashMap, run in the same invocation.
+//!
+//! Run: `cargo run --release --example bench_keyed_sum` for the whole matrix (K = 100 k and 1 M,
+//! p = 1 and 2, checkpoints off / every 1 s / every 100 ms, each in its own process so that peak
+//! RSS is per configuration), plus a recovery run per K. One configuration:
+//! `-- --n N --k K --p P --ckpt MS|off [--fail-at-half]`.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use snapflow::checkpoint::{CheckpointId, CheckpointTiming, LocalCheckpointStorage};
+use snapflow::log::{Durability, OffsetRange, RecordBatch};
+use snapflow::prelude::*;
+use snapflow::state::ValueState;
+
+fn splitmix64(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The generator: partition q holds events q, q + 2, q + 4, ... (8-byte event numbers).
+#[derive(Debug)]
+struct Generator {
+    n: u64,
+}
+
+impl ReplayableLog for Generator {
+    fn partitions(&self) -> u32 {
+        2
+    }
+    fn append_batch(&self, _p: PartitionId, _r: &[&[u8]]) -> Result<OffsetRange> {
+        Err(Error::Config("read-only".into()))
+    }
+    fn read(&self, p: PartitionId, from: LogOffset, max: usize) -> Result<RecordBatch> {
+        let mut b = RecordBatch::new(p, from);
+        let end = self.end_offset(p)?.0;
+        for j in from.0..(from.0 + max as u64).min(end) {
+            b.push(&(j * 2 + u64::from(p.0)).to_le_bytes());
+        }
+        Ok(b)
+    }
+    fn start_offset(&self, _p: PartitionId) -> Result<LogOffset> {
+        Ok(LogOffset(0))
+    }
+    fn end_offset(&self, p: PartitionId) -> Result<LogOffset> {
+        Ok(LogOffset((self.n + 1 - u64::from(p.0)) / 2))
+    }
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+    fn truncate_before(&self, _p: PartitionId, _o: LogOffset) -> Result<LogOffset> {
+        Ok(LogOffset(0))
+    }
+    fn durability(&self) -> Durability {
+        Durability::Volatile
+    }
+}
+
+/// Fails once, at the first event after both a completed checkpoint and half of its share.
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+/// (sum, count) per key; at the end, one (total of sums, keys) per task.
+#[derive(Clone)]
+struct KeyedSum {
+    state: Option<ValueState<(u64, u64)>>,
+    fail_after: Option<u64>,
+    seen: u64,
+    checkpointed: bool,
+}
+
+impl KeyedOperator<u64, (u64, u64), (u64, u64)> for KeyedSum {
+    fn open(&mut self, ctx: &mut KeyedContext<'_, u64>) -> Result<()> {
+        self.state = Some(ctx.state().value_state("sum")?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        (_, v): (u64, u64),
+        ctx: &mut KeyedContext<'_, u64>,
+        _out: &mut Collector<(u64, u64)>,
+    ) -> Result<()> {
+        if let Some(s) = &self.state {
+            let e = s.get_or_insert_with(ctx.state(), || (0, 0))?;
+            e.0 += v;
+            e.1 += 1;
+        }
+        if let Some(limit) = self.fail_after {
+            self.seen += 1;
+            if self.seen >= limit && self.checkpointed && !FAILED.swap(true, Ordering::SeqCst) {
+                return Err(Error::Internal("injected failure at N/2".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint_complete(
+        &mut self,
+        _c: CheckpointId,
+        _ctx: &mut KeyedContext<'_, u64>,
+    ) -> Result<()> {
+        self.checkpointed = true;
+        Ok(())
+    }
+
+    fn end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Collector<(u64, u64)>,
+    ) -> Result<()> {
+        if let Some(s) = &self.state {
+            let (mut total, mut keys) = (0u64, 0u64);
+            for (_, (sum, _)) in s.entries(ctx.state())? {
+                total += sum;
+                keys += 1;
+            }
+            out.emit((total, keys));
+        }
+        Ok(())
+    }
+}
+
+/// Adds up the per-task totals.
+#[derive(Clone)]
+struct Totals(Arc<(AtomicU64, AtomicU64)>);
+
+impl TwoPhaseCommitSink<(u64, u64)> for Totals {
+    type Txn = ();
+    fn begin(&mut self, _e: CheckpointId) -> Result<()> {
+        Ok(())
+    }
+    fn write(&mut self, (total, keys): (u64, u64)) -> Result<()> {
+        self.0 .0.fetch_add(total, Ordering::Relaxed);
+        self.0 .1.fetch_add(keys, Ordering::Relaxed);
+        Ok(())
+    }
+    fn pre_commit(&mut self, _e: CheckpointId) -> Result<()> {
+        Ok(())
+    }
+    fn commit(&mut self, _t: &()) -> Result<()> {
+        Ok(())
+    }
+    fn recover(&mut self, _c: &[()]) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn baseline(n: u64, k: u64) -> (f64, u64, u64) {
+    let started = Instant::now();
+    let mut map: HashMap<u64, (u64, u64)> = HashMap::new();
+    for i in 0..n {
+        let e = map.entry(splitmix64(i) % k).or_insert((0, 0));
+        e.0 += i % 1000;
+        e.1 += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = map.values().map(|(s, _)| s).sum();
+    (secs, total, map.len() as u64)
+}
+
+struct Run {
+    n: u64,
+    k: u64,
+    p: u32,
+    ckpt: Option<u64>,
+    fail_at_half: bool,
+}
+
+fn run(r: &Run) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("snapflow-keyed-sum-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = JobConfig {
+        parallelism: r.p,
+        threads: Threads::Arbiters(r.p as usize),
+        checkpoints: CheckpointTiming {
+            interval: r.ckpt.map(Duration::from_millis),
+            timeout: Duration::from_secs(60),
+            min_pause: Duration::ZERO,
+        },
+        restart: RestartStrategy::FixedDelay {
+            delay: Duration::ZERO,
+            max_attempts: 10,
+        },
+        ..JobConfig::default()
+    };
+    let totals = Totals(Arc::new((AtomicU64::new(0), AtomicU64::new(0))));
+    let job = JobBuilder::with_config("keyed-sum", config);
+    job.checkpoint_storage(Arc::new(LocalCheckpointStorage::new(&dir, "keyed-sum")?));
+    let k = r.k;
+    let decode = move |b: &[u8]| -> Result<(u64, u64)> {
+        let bytes: [u8; 8] = b
+            .try_into()
+            .map_err(|_| Error::Internal("8 bytes".into()))?;
+        let i = u64::from_le_bytes(bytes);
+        Ok((splitmix64(i) % k, i % 1000))
+    };
+    let op = KeyedSum {
+        state: None,
+        fail_after: r.fail_at_half.then_some(r.n / 2 / u64::from(r.p)),
+        seen: 0,
+        checkpointed: false,
+    };
+    job.source(
+        "events",
+        LogSource::with_decoder(Arc::new(Generator { n: r.n }), decode).bounded(),
+    )
+    .key_by(|e: &(u64, u64)| e.0)
+    .process("sum", op)
+    .sink("totals", totals.clone());
+    let report = job.build()?.run()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let secs = report.elapsed.as_secs_f64();
+    let periodic: Vec<&snapflow::runtime::CheckpointStats> = report
+        .metrics
+        .checkpoints
+        .iter()
+        .filter(|c| !c.is_final)
+        .collect();
+    let mut durations: Vec<f64> = periodic
+        .iter()
+        .map(|c| c.duration.as_secs_f64() * 1e3)
+        .collect();
+    durations.sort_by(f64::total_cmp);
+    let mut stalls: Vec<f64> = periodic
+        .iter()
+        .map(|c| c.max_capture.as_secs_f64() * 1e3)
+        .collect();
+    stalls.sort_by(f64::total_cmp);
+    let stall = stalls.last().copied().unwrap_or(0.0);
+    let stall_median = stalls.get(stalls.len() / 2).copied().unwrap_or(0.0);
+    let state_bytes = report
+        .metrics
+        .checkpoints
+        .last()
+        .map(|c| c.bytes)
+        .unwrap_or(0);
+    let ckpt = r
+        .ckpt
+        .map(|m| format!("{m}ms"))
+        .unwrap_or_else(|| "off".into());
+    println!(
+        "snapflow keyed-sum p={} ckpt={ckpt} N={} K={} events_per_s={:.0} wall_s={secs:.3} checkpoints={} ckpt_median_ms={:.1} ckpt_max_ms={:.1} ckpt_stall_median_ms={stall_median:.2} ckpt_stall_max_ms={stall:.2} state_bytes={state_bytes} peak_rss_mb={:.0} total={} keys={}{}",
+        r.p,
+        r.n,
+        r.k,
+        r.n as f64 / secs,
+        periodic.len(),
+        durations.get(durations.len() / 2).copied().unwrap_or(0.0),
+        durations.last().copied().unwrap_or(0.0),
+        peak_rss_mb(),
+        totals.0 .0.load(Ordering::Relaxed),
+        totals.0 .1.load(Ordering::Relaxed),
+        if r.fail_at_half {
+            format!(
+                " restarts={} recovery_ms={:.1}",
+                report.restarts,
+                report.metrics.recoveries.first().map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN)
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Runs one configuration in a child process and returns its output line.
+fn child(n: u64, k: u64, p: u32, ckpt: &str, fail: bool) -> Result<String> {
+    let exe = std::env::current_exe().map_err(|e| Error::Config(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--n",
+        &n.to_string(),
+        "--k",
+        &k.to_string(),
+        "--p",
+        &p.to_string(),
+        "--ckpt",
+        ckpt,
+    ]);
+    if fail {
+        cmd.arg("--fail-at-half");
+    }
+    let out = cmd.output().map_err(|e| Error::Config(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    println!("{text}");
+    Ok(text)
+}
+
+fn field(line: &str, name: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn main() -> Result<()> {
+    snapflow::chaos::quiet_chaos_panics();
+    let args: Vec<String> = std::env::args().collect();
+    let n: u64 = arg(&args, "--n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000_000);
+    if let Some(p) = arg(&args, "--p") {
+        let r = Run {
+            n,
+            k: arg(&args, "--k")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100_000),
+            p: p.parse().unwrap_or(2),
+            ckpt: arg(&args, "--ckpt").and_then(|v| v.parse().ok()),
+            fail_at_half: args.iter().any(|a| a == "--fail-at-half"),
+        };
+        return run(&r);
+    }
+    for k in [100_000u64, 1_000_000] {
+        let (secs, total, keys) = baseline(n, k);
+        let base = n as f64 / secs;
+        println!("baseline keyed-sum N={n} K={k} events_per_s={base:.0} wall_s={secs:.3} total={total} keys={keys}");
+        let mut rates = HashMap::new();
+        for p in [1u32, 2] {
+            for ckpt in ["off", "1000", "100"] {
+                let line = child(n, k, p, ckpt, false)?;
+                rates.insert((p, ckpt), field(&line, "events_per_s"));
+                if field(&line, "total") as u64 != total || field(&line, "keys") as u64 != keys {
+                    println!("MISMATCH: the job's totals differ from the baseline's");
+                }
+            }
+        }
+        let r = |p, c| rates.get(&(p, c)).copied().unwrap_or(f64::NAN);
+        println!(
+            "ratio K={k}: snapflow/baseline p=1 ckpt=1000ms {:.2}, p=2 ckpt=1000ms {:.2}; p=2 checkpoint overhead: 1000ms {:+.1}%, 100ms {:+.1}%",
+            r(1, "1000") / base,
+            r(2, "1000") / base,
+            (r(2, "1000") / r(2, "off") - 1.0) * 100.0,
+            (r(2, "100") / r(2, "off") - 1.0) * 100.0,
+        );
+        let failed = child(n, k, 2, "1000", true)?;
+        println!(
+            "recovery K={k}: failure to first event after restore {:.1} ms, slowdown vs failure-free {:.2}x",
+            field(&failed, "recovery_ms"),
+            field(&failed, "wall_s") / field(&child(n, k, 2, "1000", false)?, "wall_s"),
+        );
+    }
+    Ok(())
+}
