@@ -312,6 +312,9 @@ type Pending = Vec<(usize, KeyGroup, StateKind, Vec<u8>)>;
 
 static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The tables of a dropped capture, kept for the next one.
+type Spare<K> = Arc<std::sync::Mutex<Option<Vec<Box<dyn ErasedTable<K>>>>>>;
+
 /// The keyed state of one task. See the module documentation.
 pub struct KeyedStateBackend<K: StateKey> {
     id: u64,
@@ -323,7 +326,7 @@ pub struct KeyedStateBackend<K: StateKey> {
     pending: HashMap<String, Pending>,
     /// The tables of the last capture, handed back once it was encoded: the next capture copies
     /// into them, reusing their memory instead of allocating (and faulting in) a new copy.
-    spare: Arc<std::sync::Mutex<Option<Vec<Box<dyn ErasedTable<K>>>>>>,
+    spare: Spare<K>,
 }
 
 impl<K: StateKey> fmt::Debug for KeyedStateBackend<K> {
@@ -757,7 +760,7 @@ pub struct KeyedStateCapture<K> {
     max_parallelism: u32,
     tables: Vec<Box<dyn ErasedTable<K>>>,
     pending: HashMap<String, Pending>,
-    recycle: Arc<std::sync::Mutex<Option<Vec<Box<dyn ErasedTable<K>>>>>>,
+    recycle: Spare<K>,
 }
 
 impl<K> Drop for KeyedStateCapture<K> {
