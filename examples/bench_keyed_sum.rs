@@ -1,4 +1,4 @@
-//! The standard keyed-sum workload: N events generated in the source (event i: key
+//! The standard keyed-sum workload: N events generated in the source (a `GeneratorLog`) (event i: key
 //! splitmix64(i) % K, value i % 1000), keyed by key, folded into (sum, count) value state per
 //! key, nothing emitted per event; at the end the totals are cross-checked against a plain
 //! single-threaded loop over a HashMap, run in the same invocation.
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use snapflow::checkpoint::{CheckpointId, CheckpointTiming, LocalCheckpointStorage};
-use snapflow::log::{Durability, OffsetRange, RecordBatch};
+use snapflow::log::GeneratorLog;
 use snapflow::prelude::*;
 use snapflow::state::ValueState;
 
@@ -24,44 +24,6 @@ fn splitmix64(i: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// The generator: partition q holds events q, q + 2, q + 4, ... (8-byte event numbers).
-#[derive(Debug)]
-struct Generator {
-    n: u64,
-}
-
-impl ReplayableLog for Generator {
-    fn partitions(&self) -> u32 {
-        2
-    }
-    fn append_batch(&self, _p: PartitionId, _r: &[&[u8]]) -> Result<OffsetRange> {
-        Err(Error::Config("read-only".into()))
-    }
-    fn read(&self, p: PartitionId, from: LogOffset, max: usize) -> Result<RecordBatch> {
-        let mut b = RecordBatch::new(p, from);
-        let end = self.end_offset(p)?.0;
-        for j in from.0..(from.0 + max as u64).min(end) {
-            b.push(&(j * 2 + u64::from(p.0)).to_le_bytes());
-        }
-        Ok(b)
-    }
-    fn start_offset(&self, _p: PartitionId) -> Result<LogOffset> {
-        Ok(LogOffset(0))
-    }
-    fn end_offset(&self, p: PartitionId) -> Result<LogOffset> {
-        Ok(LogOffset((self.n + 1 - u64::from(p.0)) / 2))
-    }
-    fn sync(&self) -> Result<()> {
-        Ok(())
-    }
-    fn truncate_before(&self, _p: PartitionId, _o: LogOffset) -> Result<LogOffset> {
-        Ok(LogOffset(0))
-    }
-    fn durability(&self) -> Durability {
-        Durability::Volatile
-    }
 }
 
 /// Fails once, at the first event after both a completed checkpoint and half of its share.
@@ -224,7 +186,8 @@ fn run(r: &Run) -> Result<()> {
     };
     job.source(
         "events",
-        LogSource::with_decoder(Arc::new(Generator { n: r.n }), decode).bounded(),
+        LogSource::with_decoder(Arc::new(GeneratorLog::numbers(2, Some(r.n / 2))), decode)
+            .bounded(),
     )
     .key_by(|e: &(u64, u64)| e.0)
     .process("sum", op)

@@ -10,45 +10,10 @@ use std::time::Duration;
 
 use snapflow::chaos::{ChaosMonkey, Kill};
 use snapflow::checkpoint::{CheckpointTiming, LocalCheckpointStorage};
-use snapflow::log::{Durability, OffsetRange, RecordBatch};
+use snapflow::log::GeneratorLog;
 use snapflow::prelude::*;
 use snapflow::state::ValueState;
 use snapflow::CollectSink;
-
-/// An endless read-only log: record i of a partition is i (u64 LE).
-#[derive(Debug)]
-struct Endless;
-
-impl ReplayableLog for Endless {
-    fn partitions(&self) -> u32 {
-        2
-    }
-    fn append_batch(&self, _p: PartitionId, _r: &[&[u8]]) -> Result<OffsetRange> {
-        Err(Error::Config("read-only".into()))
-    }
-    fn read(&self, p: PartitionId, from: LogOffset, max: usize) -> Result<RecordBatch> {
-        let mut b = RecordBatch::new(p, from);
-        for i in from.0..from.0 + max as u64 {
-            b.push(&i.to_le_bytes());
-        }
-        Ok(b)
-    }
-    fn start_offset(&self, _p: PartitionId) -> Result<LogOffset> {
-        Ok(LogOffset(0))
-    }
-    fn end_offset(&self, _p: PartitionId) -> Result<LogOffset> {
-        Ok(LogOffset(u64::MAX / 2))
-    }
-    fn sync(&self) -> Result<()> {
-        Ok(())
-    }
-    fn truncate_before(&self, _p: PartitionId, _o: LogOffset) -> Result<LogOffset> {
-        Ok(LogOffset(0))
-    }
-    fn durability(&self) -> Durability {
-        Durability::Volatile
-    }
-}
 
 /// Sums per key; emits nothing.
 #[derive(Clone, Default)]
@@ -100,15 +65,10 @@ async fn measure(keys: u64, kills: u32) -> Result<Vec<Duration>> {
             .only_vertices(&["sum"])
             .max_kills(kills),
     );
-    let decode = move |b: &[u8]| -> Result<u64> {
-        let bytes: [u8; 8] = b
-            .try_into()
-            .map_err(|_| Error::Internal("8 bytes".into()))?;
-        Ok(u64::from_le_bytes(bytes) % keys)
-    };
+    let decode = move |b: &[u8]| -> Result<u64> { Ok(GeneratorLog::number(b)? % keys) };
     job.source(
         "numbers",
-        LogSource::with_decoder(Arc::new(Endless), decode),
+        LogSource::with_decoder(Arc::new(GeneratorLog::numbers(2, None)), decode),
     )
     .key_by(|k: &u64| *k)
     .process("sum", Sum::default())

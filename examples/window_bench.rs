@@ -8,46 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use snapflow::checkpoint::{CheckpointId, CheckpointTiming, LocalCheckpointStorage};
-use snapflow::log::{Durability, OffsetRange, RecordBatch};
+use snapflow::log::GeneratorLog;
 use snapflow::prelude::*;
 use snapflow::state::Aggregator;
-
-/// A read-only log of `len` records per partition, made on the fly: record i is i (u64 LE).
-#[derive(Debug)]
-struct Synthetic {
-    len: u64,
-}
-
-impl ReplayableLog for Synthetic {
-    fn partitions(&self) -> u32 {
-        2
-    }
-    fn append_batch(&self, _p: PartitionId, _r: &[&[u8]]) -> Result<OffsetRange> {
-        Err(Error::Config("read-only".into()))
-    }
-    fn read(&self, p: PartitionId, from: LogOffset, max: usize) -> Result<RecordBatch> {
-        let mut b = RecordBatch::new(p, from);
-        for i in from.0..(from.0 + max as u64).min(self.len) {
-            b.push(&(i * 2 + u64::from(p.0)).to_le_bytes());
-        }
-        Ok(b)
-    }
-    fn start_offset(&self, _p: PartitionId) -> Result<LogOffset> {
-        Ok(LogOffset(0))
-    }
-    fn end_offset(&self, _p: PartitionId) -> Result<LogOffset> {
-        Ok(LogOffset(self.len))
-    }
-    fn sync(&self) -> Result<()> {
-        Ok(())
-    }
-    fn truncate_before(&self, _p: PartitionId, _o: LogOffset) -> Result<LogOffset> {
-        Ok(LogOffset(0))
-    }
-    fn durability(&self) -> Durability {
-        Durability::Volatile
-    }
-}
 
 #[derive(Clone)]
 struct Count;
@@ -138,7 +101,7 @@ fn main() -> Result<()> {
     };
     job.source(
         "events",
-        LogSource::with_decoder(Arc::new(Synthetic { len: events / 2 }), decode)
+        LogSource::with_decoder(Arc::new(GeneratorLog::numbers(2, Some(events / 2))), decode)
             .bounded()
             .event_time(
                 |e: &(u64, i64)| e.1,

@@ -6,46 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use snapflow::checkpoint::CheckpointId;
-use snapflow::log::{Durability, OffsetRange, RecordBatch};
+use snapflow::log::GeneratorLog;
 use snapflow::prelude::*;
 use snapflow::TwoPhaseCommitSink;
-
-/// A read-only log of `len` records per partition, made on the fly: record i is i (u64 LE).
-#[derive(Debug)]
-struct Synthetic {
-    len: u64,
-}
-
-impl ReplayableLog for Synthetic {
-    fn partitions(&self) -> u32 {
-        1
-    }
-    fn append_batch(&self, _p: PartitionId, _r: &[&[u8]]) -> Result<OffsetRange> {
-        Err(Error::Config("read-only".into()))
-    }
-    fn read(&self, p: PartitionId, from: LogOffset, max: usize) -> Result<RecordBatch> {
-        let mut b = RecordBatch::new(p, from);
-        for i in from.0..(from.0 + max as u64).min(self.len) {
-            b.push(&i.to_le_bytes());
-        }
-        Ok(b)
-    }
-    fn start_offset(&self, _p: PartitionId) -> Result<LogOffset> {
-        Ok(LogOffset(0))
-    }
-    fn end_offset(&self, _p: PartitionId) -> Result<LogOffset> {
-        Ok(LogOffset(self.len))
-    }
-    fn sync(&self) -> Result<()> {
-        Ok(())
-    }
-    fn truncate_before(&self, _p: PartitionId, _o: LogOffset) -> Result<LogOffset> {
-        Ok(LogOffset(0))
-    }
-    fn durability(&self) -> Durability {
-        Durability::Volatile
-    }
-}
 
 /// Counts records and checks their order, pausing 1 ms every 20,000 records.
 #[derive(Clone)]
@@ -96,15 +59,10 @@ fn a_fast_source_into_a_slow_sink_keeps_records_in_flight_under_the_bound() {
     };
     let count = Arc::new(AtomicU64::new(0));
     let job = JobBuilder::with_config("backpressure", config);
-    let decode = |b: &[u8]| -> Result<u64> {
-        let bytes: [u8; 8] = b
-            .try_into()
-            .map_err(|_| Error::Internal("8 bytes".into()))?;
-        Ok(u64::from_le_bytes(bytes))
-    };
+    let numbers = GeneratorLog::numbers(1, Some(n));
     job.source(
         "fast",
-        LogSource::with_decoder(Arc::new(Synthetic { len: n }), decode).bounded(),
+        LogSource::with_decoder(Arc::new(numbers), GeneratorLog::number).bounded(),
     )
     .sink(
         "slow",

@@ -10,6 +10,7 @@
 //!   offset index and a [`SyncPolicy`]; a torn tail is truncated on open, any other corruption
 //!   is reported as [`Error::LogCorrupt`](crate::Error::LogCorrupt) and never returned as data.
 //! - [`MemoryLog`]: the same contract in memory, for tests and examples.
+//! - [`GeneratorLog`]: read-only records computed from their position (benchmarks, tests).
 //!
 //! Typed records go through [`TypedLog`] and the [`codec`] layer (MessagePack via rmp-serde);
 //! the file format itself has fixed-width little-endian fields, never `usize`. Actors append
@@ -18,6 +19,7 @@
 pub mod codec;
 mod file;
 mod frame;
+mod generator;
 mod memory;
 mod writer;
 
@@ -31,6 +33,7 @@ use crate::error::{Error, Result};
 
 pub use codec::TypedLog;
 pub use file::{FileLog, FileLogOptions, SyncPolicy};
+pub use generator::GeneratorLog;
 pub use memory::MemoryLog;
 pub use writer::{Append, AppendBatch, LogWriter, SyncNow};
 
