@@ -76,7 +76,7 @@ pub struct ActorTxn<T> {
 
 impl<T> TwoPhaseCommitSink<T> for ActorSink<T>
 where
-    T: Serialize + DeserializeOwned + Clone + Send + 'static,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     type Txn = ActorTxn<T>;
 

@@ -44,7 +44,7 @@ pub enum Guarantee {
 /// One instance per sink task, cloned from the one given to the job builder.
 pub trait TwoPhaseCommitSink<T>: Send + 'static {
     /// A pre-committed transaction: enough to commit it after a crash. Stored in checkpoints.
-    type Txn: Serialize + DeserializeOwned + Clone + Send + 'static;
+    type Txn: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
 
     /// Called once per task before anything else.
     fn open(&mut self, _task: &TaskInfo) -> Result<()> {

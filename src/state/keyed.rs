@@ -6,9 +6,9 @@
 //! handle then reads and writes the slot of that key. A key outside the task's range is
 //! refused ([`Error::KeyGroupNotOwned`]): it would mean records were routed to the wrong task.
 //!
-//! Snapshots: [`KeyedStateBackend::capture`] clones the tables (for `Copy`-like data a memcpy
-//! of each hash table; O(n) time and one extra copy of the state in memory) so the task can go
-//! on processing at once; [`KeyedStateCapture::encode`] turns the clone into one checksummed
+//! Snapshots: [`KeyedStateBackend::capture`] shares the tables' key groups with the capture
+//! (copy-on-write: O(key groups) on the task, and a group is copied by the first write that
+//! finds it shared), so the task goes on processing at once; [`KeyedStateCapture::encode`] turns the clone into one checksummed
 //! MessagePack blob per non-empty key group and can run on a background thread.
 //! [`KeyedStateBackend::restore`] takes the blobs of the groups the task owns from any number
 //! of snapshots (so a task can be restored at another parallelism), refuses snapshots whose
@@ -34,21 +34,24 @@ use crate::log::codec;
 
 /// A type usable as a key of keyed state: hashed stably to find its key group, and stored.
 pub trait StateKey:
-    StableHash + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + 'static
+    StableHash + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
 {
 }
 impl<T> StateKey for T where
-    T: StableHash + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + 'static
+    T: StableHash + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
 {
 }
 
 /// A type usable as a value of state.
-pub trait StateValue: Clone + Serialize + DeserializeOwned + Send + 'static {}
-impl<T> StateValue for T where T: Clone + Serialize + DeserializeOwned + Send + 'static {}
+pub trait StateValue: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T> StateValue for T where T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
 
 /// A type usable as the user key of a [`MapState`].
-pub trait MapKey: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + 'static {}
-impl<T> MapKey for T where T: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + 'static {}
+pub trait MapKey: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T> MapKey for T where
+    T: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
 
 /// The kinds of keyed state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -147,22 +150,21 @@ trait ErasedTable<K>: Send {
         check_keys: Option<u32>,
     ) -> Result<()>;
     fn clear(&mut self);
+    /// A copy sharing every group (copy-on-write): O(groups), whatever the entries.
     fn clone_box(&self) -> Box<dyn ErasedTable<K>>;
-    /// Makes this table a copy of `source` reusing its own allocations; false when `source` is
-    /// a table of another type.
-    fn copy_from(&mut self, source: &dyn ErasedTable<K>) -> bool;
     fn entries(&self) -> usize;
 }
 
 struct Table<K, T> {
     name: String,
     kind: StateKind,
-    groups: Vec<StateMap<K, T>>,
+    /// Copy-on-write: a capture shares the groups; the first write to a shared group copies it.
+    groups: Vec<Arc<StateMap<K, T>>>,
 }
 
-impl<K: StateKey, T> Table<K, T> {
+impl<K: StateKey, T: StateValue> Table<K, T> {
     fn merge(&mut self, gi: usize, map: StateMap<K, T>) {
-        let slot = &mut self.groups[gi];
+        let slot = Arc::make_mut(&mut self.groups[gi]);
         if slot.is_empty() {
             *slot = map;
         } else {
@@ -237,7 +239,7 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
         self
     }
     fn encode_group(&self, gi: usize) -> Result<Option<Vec<u8>>> {
-        let g = &self.groups[gi];
+        let g: &StateMap<K, T> = &self.groups[gi];
         if g.is_empty() {
             return Ok(None);
         }
@@ -274,7 +276,7 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
     }
     fn clear(&mut self) {
         for g in &mut self.groups {
-            g.clear();
+            *g = Arc::new(StateMap::default());
         }
     }
     fn clone_box(&self) -> Box<dyn ErasedTable<K>> {
@@ -283,19 +285,6 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
             kind: self.kind,
             groups: self.groups.clone(),
         })
-    }
-    fn copy_from(&mut self, source: &dyn ErasedTable<K>) -> bool {
-        let Some(src) = source.as_any().downcast_ref::<Table<K, T>>() else {
-            return false;
-        };
-        if src.name != self.name || src.groups.len() != self.groups.len() {
-            return false;
-        }
-        self.kind = src.kind;
-        for (mine, theirs) in self.groups.iter_mut().zip(&src.groups) {
-            mine.clone_from(theirs);
-        }
-        true
     }
     fn entries(&self) -> usize {
         self.groups.iter().map(|g| g.len()).sum()
@@ -398,9 +387,6 @@ impl std::hash::Hasher for StateHasher {
     }
 }
 
-/// The tables of a dropped capture, kept for the next one.
-type Spare<K> = Arc<std::sync::Mutex<Option<Vec<Box<dyn ErasedTable<K>>>>>>;
-
 /// The keyed state of one task. See the module documentation.
 pub struct KeyedStateBackend<K: StateKey> {
     id: u64,
@@ -410,9 +396,6 @@ pub struct KeyedStateBackend<K: StateKey> {
     by_name: HashMap<String, usize>,
     current: Option<Current<K>>,
     pending: HashMap<String, Pending>,
-    /// The tables of the last capture, handed back once it was encoded: the next capture copies
-    /// into them, reusing their memory instead of allocating (and faulting in) a new copy.
-    spare: Spare<K>,
 }
 
 impl<K: StateKey> fmt::Debug for KeyedStateBackend<K> {
@@ -488,7 +471,6 @@ impl<K: StateKey> KeyedStateBackend<K> {
             by_name: HashMap::new(),
             current: None,
             pending: HashMap::new(),
-            spare: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -609,7 +591,9 @@ impl<K: StateKey> KeyedStateBackend<K> {
         let mut table: Table<K, T> = Table {
             name: name.to_string(),
             kind,
-            groups: (0..self.range.len()).map(|_| StateMap::default()).collect(),
+            groups: (0..self.range.len())
+                .map(|_| Arc::new(StateMap::default()))
+                .collect(),
         };
         if let Some(pending) = self.pending.get(name) {
             for (gi, kg, stored_kind, data) in pending {
@@ -652,7 +636,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
         let cur = self.current.as_ref().ok_or_else(|| Error::NoCurrentKey {
             name: table.name.clone(),
         })?;
-        Ok((&table.groups[cur.gi], &cur.key))
+        Ok((&*table.groups[cur.gi], &cur.key))
     }
 
     fn slot_mut<T: StateValue>(
@@ -668,31 +652,20 @@ impl<K: StateKey> KeyedStateBackend<K> {
         let cur = self.current.as_ref().ok_or_else(|| Error::NoCurrentKey {
             name: table.name.clone(),
         })?;
-        Ok((&mut table.groups[cur.gi], &cur.key))
+        Ok((Arc::make_mut(&mut table.groups[cur.gi]), &cur.key))
     }
 
-    /// Copies every table so that the state can be encoded while the task goes on changing
-    /// it. Costs O(entries) time and one extra copy of the state in memory. When a previous
-    /// capture has been dropped (after its encoding), its memory is reused for the copy.
+    /// Captures the state so that it can be encoded while the task goes on changing it. The
+    /// capture shares the tables' key groups (copy-on-write): it costs O(states x key groups),
+    /// whatever the number of entries; the first write to a group still shared with a capture
+    /// copies that group (so a capture held for a while costs at most one copy of the state,
+    /// paid by the writes, spread over time).
     pub fn capture(&self) -> KeyedStateCapture<K> {
-        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
-        let tables = match spare {
-            Some(mut old) if old.len() == self.tables.len() => {
-                for (copy, table) in old.iter_mut().zip(&self.tables) {
-                    if !copy.copy_from(table.as_ref()) {
-                        *copy = table.clone_box();
-                    }
-                }
-                old
-            }
-            _ => self.tables.iter().map(|t| t.clone_box()).collect(),
-        };
         KeyedStateCapture {
             range: self.range,
             max_parallelism: self.max_parallelism,
-            tables,
+            tables: self.tables.iter().map(|t| t.clone_box()).collect(),
             pending: self.pending.clone(),
-            recycle: Arc::clone(&self.spare),
         }
     }
 
@@ -846,17 +819,6 @@ pub struct KeyedStateCapture<K> {
     max_parallelism: u32,
     tables: Vec<Box<dyn ErasedTable<K>>>,
     pending: HashMap<String, Pending>,
-    recycle: Spare<K>,
-}
-
-impl<K> Drop for KeyedStateCapture<K> {
-    /// Hands the copied tables back to their backend for the next capture.
-    fn drop(&mut self) {
-        let tables = std::mem::take(&mut self.tables);
-        if let Ok(mut spare) = self.recycle.lock() {
-            *spare = Some(tables);
-        }
-    }
 }
 
 impl<K> fmt::Debug for KeyedStateCapture<K> {
