@@ -282,6 +282,48 @@ fn dead_letter<T>(
     Ok(())
 }
 
+/// Routes a record whose processing failed: to the dead-letter log when one is configured (the
+/// record was then kept), otherwise into the task's error, naming the record's log position.
+fn route_failure<T>(
+    spec: Option<&DeadLetterSpec<T>>,
+    task: &crate::checkpoint::TaskId,
+    kept: Option<T>,
+    error: Error,
+    origin: Option<Origin>,
+    i: usize,
+) -> Result<()> {
+    match (spec, kept) {
+        (Some(spec), Some(record)) => dead_letter(spec, task, &record, &error, position(origin, i)),
+        _ => Err(at_record(error, origin, i)),
+    }
+}
+
+/// The context a non-keyed operator's callbacks get, borrowing only the fields it needs (a
+/// macro, so that `self.op` and `self.out` stay free to borrow beside it).
+macro_rules! op_ctx {
+    ($s:ident) => {
+        OperatorContext {
+            info: &$s.info,
+            state: &mut $s.state,
+        }
+    };
+}
+
+/// The context a keyed operator's callbacks get; a macro for the same reason as `op_ctx!`.
+macro_rules! keyed_ctx {
+    ($s:ident) => {
+        KeyedContext {
+            info: &$s.info,
+            keyed: &mut $s.keyed,
+            operator: &mut $s.operator,
+            timers: $s.timers.as_mut(),
+            watermark: $s.watermark,
+            processing_time: $s.processing_time,
+            late: &$s.counters.late_records,
+        }
+    };
+}
+
 fn operator_capture(state: &OperatorStateBackend) -> Result<Capture> {
     let operator = state.snapshot()?;
     Ok(Capture {
@@ -325,40 +367,30 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorLogic<I, O, Op> {
 
 impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op> {
     fn open(&mut self) -> Result<()> {
-        self.op.open(&mut OperatorContext {
-            info: &self.info,
-            state: &mut self.state,
-        })
+        self.op.open(&mut op_ctx!(self))
     }
 
     fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
-        let mut ctx = OperatorContext {
-            info: &self.info,
-            state: &mut self.state,
-        };
+        let mut ctx = op_ctx!(self);
         for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
             let kept = self.dead_letter.as_ref().map(|_| r.clone());
             let (op, out) = (&mut self.op, &mut self.out);
             if let Err(e) = contained(|| op.process(r, &mut ctx, out)) {
-                match (&self.dead_letter, kept) {
-                    (Some(spec), Some(record)) => {
-                        dead_letter(spec, &ctx.info.task, &record, &e, position(origin, i))?
-                    }
-                    _ => return Err(at_record(e, origin, i)),
-                }
+                route_failure(
+                    self.dead_letter.as_ref(),
+                    &ctx.info.task,
+                    kept,
+                    e,
+                    origin,
+                    i,
+                )?;
             }
         }
         Ok(())
     }
 
     fn end_of_input(&mut self) -> Result<()> {
-        self.op.end_of_input(
-            &mut OperatorContext {
-                info: &self.info,
-                state: &mut self.state,
-            },
-            &mut self.out,
-        )
+        self.op.end_of_input(&mut op_ctx!(self), &mut self.out)
     }
 
     fn capture(&mut self, _checkpoint: CheckpointId) -> Result<Capture> {
@@ -366,13 +398,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op>
     }
 
     fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
-        self.op.checkpoint_complete(
-            checkpoint,
-            &mut OperatorContext {
-                info: &self.info,
-                state: &mut self.state,
-            },
-        )
+        self.op.checkpoint_complete(checkpoint, &mut op_ctx!(self))
     }
 
     fn drain(&mut self, all: bool, out: &mut Vec<(usize, Envelope)>) {
@@ -439,15 +465,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
             let Some(ts) = timers.pop_due(&mut self.keyed, domain, up_to)? else {
                 return Ok(());
             };
-            let mut ctx = KeyedContext {
-                info: &self.info,
-                keyed: &mut self.keyed,
-                operator: &mut self.operator,
-                timers: self.timers.as_mut(),
-                watermark: self.watermark,
-                processing_time: self.processing_time,
-                late: &self.counters.late_records,
-            };
+            let mut ctx = keyed_ctx!(self);
             let (op, out) = (&mut self.op, &mut self.out);
             contained(|| op.on_timer(ts, domain, &mut ctx, out))?;
         }
@@ -463,28 +481,12 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
             self.keyed.restore(restore.iter())?;
         }
         self.timers = Some(TimerService::open(&mut self.keyed)?);
-        let mut ctx = KeyedContext {
-            info: &self.info,
-            keyed: &mut self.keyed,
-            operator: &mut self.operator,
-            timers: self.timers.as_mut(),
-            watermark: self.watermark,
-            processing_time: self.processing_time,
-            late: &self.counters.late_records,
-        };
+        let mut ctx = keyed_ctx!(self);
         self.op.open(&mut ctx)
     }
 
     fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
-        let mut ctx = KeyedContext {
-            info: &self.info,
-            keyed: &mut self.keyed,
-            operator: &mut self.operator,
-            timers: self.timers.as_mut(),
-            watermark: self.watermark,
-            processing_time: self.processing_time,
-            late: &self.counters.late_records,
-        };
+        let mut ctx = keyed_ctx!(self);
         for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
             let kept = self.dead_letter.as_ref().map(|_| r.clone());
             let (op, out, key) = (&mut self.op, &mut self.out, &self.key);
@@ -493,27 +495,21 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
                 op.process(r, &mut ctx, out)
             });
             if let Err(e) = result {
-                match (&self.dead_letter, kept) {
-                    (Some(spec), Some(record)) => {
-                        dead_letter(spec, &ctx.info.task, &record, &e, position(origin, i))?
-                    }
-                    _ => return Err(at_record(e, origin, i)),
-                }
+                route_failure(
+                    self.dead_letter.as_ref(),
+                    &ctx.info.task,
+                    kept,
+                    e,
+                    origin,
+                    i,
+                )?;
             }
         }
         Ok(())
     }
 
     fn end_of_input(&mut self) -> Result<()> {
-        let mut ctx = KeyedContext {
-            info: &self.info,
-            keyed: &mut self.keyed,
-            operator: &mut self.operator,
-            timers: self.timers.as_mut(),
-            watermark: self.watermark,
-            processing_time: self.processing_time,
-            late: &self.counters.late_records,
-        };
+        let mut ctx = keyed_ctx!(self);
         self.op.end_of_input(&mut ctx, &mut self.out)
     }
 
@@ -534,15 +530,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
     }
 
     fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
-        let mut ctx = KeyedContext {
-            info: &self.info,
-            keyed: &mut self.keyed,
-            operator: &mut self.operator,
-            timers: self.timers.as_mut(),
-            watermark: self.watermark,
-            processing_time: self.processing_time,
-            late: &self.counters.late_records,
-        };
+        let mut ctx = keyed_ctx!(self);
         self.op.checkpoint_complete(checkpoint, &mut ctx)
     }
 
