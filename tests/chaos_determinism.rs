@@ -67,14 +67,7 @@ fn traced_run(seed: u64) -> (u64, usize, (u64, u64, u64)) {
                 ])
                 .max_kills(6),
         );
-        job.build()
-            .expect("build")
-            .start()
-            .await
-            .expect("start")
-            .wait()
-            .await
-            .expect("run")
+        common::run_to_end(job).await.expect("run")
     });
     let mut h = DefaultHasher::new();
     report.events.hash(&mut h);

@@ -154,15 +154,7 @@ async fn the_actor_sink_never_releases_an_uncommitted_epoch() {
     .key_by(|(k, _): &(u64, u64)| *k)
     .reduce("sum", |a, b| (a.0, a.1 + b.1))
     .sink("to-actor", ActorSink::new(receiver.recipient()));
-    let report = job
-        .build()
-        .expect("build")
-        .start()
-        .await
-        .expect("start")
-        .wait()
-        .await
-        .expect("run");
+    let report = common::run_to_end(job).await.expect("run");
     assert!(
         report.metrics.checkpoints_aborted >= 1,
         "the failure path was not exercised: {:?}",

@@ -70,14 +70,7 @@ fn restarts_before_giving_up(restart: RestartStrategy) -> (usize, Error) {
             )
             .process("boom", AlwaysPanics)
             .sink("sink", snapflow::CollectSink::new());
-            let r = job
-                .build()
-                .expect("build")
-                .start()
-                .await
-                .expect("start")
-                .wait()
-                .await;
+            let r = common::run_to_end(job).await;
             actix::clock::sleep(Duration::from_millis(20)).await; // let the recorder drain
             r.expect_err("the strategy must give up")
         }
@@ -208,14 +201,7 @@ async fn the_newest_checkpoint_corrupted_on_disk_falls_back_and_output_stays_exa
             .kills(vec![Kill::At(Moment::BetweenPreCommitAndCommit)])
             .max_kills(1),
     );
-    let first = job
-        .build()
-        .expect("build")
-        .start()
-        .await
-        .expect("start")
-        .wait()
-        .await;
+    let first = common::run_to_end(job).await;
     let err = first.expect_err("the kill ends the first run");
     assert!(
         err.to_string().contains("BetweenPreCommitAndCommit"),
@@ -285,15 +271,7 @@ async fn a_forward_pipeline_failure_restarts_only_its_region() {
             .only_vertices(&["stage"])
             .max_kills(1),
     );
-    let report = job
-        .build()
-        .expect("build")
-        .start()
-        .await
-        .expect("start")
-        .wait()
-        .await
-        .expect("run");
+    let report = common::run_to_end(job).await.expect("run");
     assert_eq!(report.restarts, 1, "{:?}", report.events);
     let restarted: Vec<TaskId> = report
         .events

@@ -216,6 +216,24 @@ impl<T> Clone for Stream<T> {
     }
 }
 
+impl<T> Stream<T> {
+    /// The stream of records vertex `v` produces, shipped on the default (forward or
+    /// rebalance) edge until the caller re-partitions it.
+    fn from_vertex(graph: &Rc<RefCell<GraphDef>>, v: usize) -> Self {
+        Stream {
+            graph: Rc::clone(graph),
+            inputs: vec![EdgeDef {
+                from: v,
+                ship: Ship::Default,
+                key_group: None,
+            }],
+            vertex: Some(v),
+            dead_letter: None,
+            _t: PhantomData,
+        }
+    }
+}
+
 impl<T> std::fmt::Debug for Stream<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stream")
@@ -307,17 +325,7 @@ impl JobBuilder {
             factory,
             Some(log),
         );
-        Stream {
-            graph: Rc::clone(&self.graph),
-            inputs: vec![EdgeDef {
-                from: v,
-                ship: Ship::Default,
-                key_group: None,
-            }],
-            vertex: Some(v),
-            dead_letter: None,
-            _t: PhantomData,
-        }
+        Stream::from_vertex(&self.graph, v)
     }
 
     /// Checks the graph and returns the job, ready to start.
@@ -431,17 +439,7 @@ impl<T: Data> Stream<T> {
         factory: LogicFactory,
     ) -> Stream<O> {
         let v = add_vertex(&self.graph, name, role, inputs, factory, None);
-        Stream {
-            graph: Rc::clone(&self.graph),
-            inputs: vec![EdgeDef {
-                from: v,
-                ship: Ship::Default,
-                key_group: None,
-            }],
-            vertex: Some(v),
-            dead_letter: None,
-            _t: PhantomData,
-        }
+        Stream::from_vertex(&self.graph, v)
     }
 
     /// Sets the parallelism of the vertex that produces this stream.

@@ -275,6 +275,16 @@ pub enum TimeDomain {
 const EVENT_TIMERS: &str = "snapflow.timers.event";
 const PROCESSING_TIMERS: &str = "snapflow.timers.processing";
 
+/// The backend's current key, which a timer is registered or deleted for.
+fn current_key<K: StateKey>(state: &KeyedStateBackend<K>) -> Result<K> {
+    state
+        .current_key()
+        .cloned()
+        .ok_or_else(|| crate::Error::NoCurrentKey {
+            name: "timers".into(),
+        })
+}
+
 /// A keyed task's timers: per key and domain a sorted list of timestamps in keyed state (so
 /// they are checkpointed and restored by key group), plus an index by time for firing.
 #[derive(Debug)]
@@ -333,11 +343,7 @@ impl<K: StateKey> TimerService<K> {
         domain: TimeDomain,
         ts: Timestamp,
     ) -> Result<()> {
-        let Some(key) = state.current_key().cloned() else {
-            return Err(crate::Error::NoCurrentKey {
-                name: "timers".into(),
-            });
-        };
+        let key = current_key(state)?;
         let (list, index) = self.parts(domain);
         let timers = list.get_or_insert_with(state, Vec::new)?;
         if let Err(pos) = timers.binary_search(&ts) {
@@ -354,11 +360,7 @@ impl<K: StateKey> TimerService<K> {
         domain: TimeDomain,
         ts: Timestamp,
     ) -> Result<()> {
-        let Some(key) = state.current_key().cloned() else {
-            return Err(crate::Error::NoCurrentKey {
-                name: "timers".into(),
-            });
-        };
+        let key = current_key(state)?;
         let (list, index) = self.parts(domain);
         let Some(timers) = list.get_mut(state)? else {
             return Ok(());

@@ -252,3 +252,15 @@ pub(crate) fn chaos_config(threads: Threads) -> JobConfig {
         ..JobConfig::default()
     }
 }
+
+/// Builds, starts and waits for `job` inside the running actix System. A build or start
+/// failure panics (the test is wrong); the run's own result is returned for the test to judge.
+pub(crate) async fn run_to_end(job: snapflow::JobBuilder) -> Result<snapflow::JobReport> {
+    job.build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start")
+        .wait()
+        .await
+}
