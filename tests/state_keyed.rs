@@ -362,3 +362,41 @@ fn value_and_list_entries_iterate_every_owned_key_without_a_current_key() {
     let _ = other.value_state::<u64>("count").expect("value");
     assert!(v.entries(&other).is_err());
 }
+
+/// `get_or_insert_with` takes one path for keys that own heap memory and another for plain
+/// keys; both must initialise a key once, keep later updates, and keep keys apart.
+fn get_or_insert_counts<K: snapflow::state::StateKey>(keys: &[K]) -> Vec<(K, u64)> {
+    let mut b =
+        KeyedStateBackend::<K>::new(KeyGroupRange::all(G).expect("range"), G).expect("backend");
+    let v = b.value_state::<u64>("count").expect("value");
+    let mut inits = 0;
+    for _ in 0..3 {
+        for k in keys {
+            b.set_current_key(k.clone()).expect("key");
+            *v.get_or_insert_with(&mut b, || {
+                inits += 1;
+                100
+            })
+            .expect("get") += 1;
+        }
+    }
+    assert_eq!(inits, keys.len(), "each key is initialised exactly once");
+    keys.iter()
+        .map(|k| {
+            b.set_current_key(k.clone()).expect("key");
+            (k.clone(), *v.get(&b).expect("get").expect("value"))
+        })
+        .collect()
+}
+
+#[test]
+fn get_or_insert_with_initialises_each_key_once_for_owned_and_plain_keys() {
+    let owned: Vec<String> = (0..500).map(|i| format!("key-{i}")).collect();
+    for (_, count) in get_or_insert_counts(&owned) {
+        assert_eq!(count, 103);
+    }
+    let plain: Vec<u64> = (0..500).collect();
+    for (_, count) in get_or_insert_counts(&plain) {
+        assert_eq!(count, 103);
+    }
+}

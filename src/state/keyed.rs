@@ -898,6 +898,12 @@ impl<V: StateValue> ValueState<V> {
         init: impl FnOnce() -> V,
     ) -> Result<&'a mut V> {
         let (slot, key) = b.slot_mut::<V>(self.backend, self.id)?;
+        // A key that owns nothing (integers, tuples of them) clones for free, so one `entry`
+        // lookup is cheapest; a key that may own heap memory (a `String`) is cloned only when
+        // it is inserted, at the price of a second lookup.
+        if !std::mem::needs_drop::<K>() {
+            return Ok(slot.entry(key.clone()).or_insert_with(init));
+        }
         if !slot.contains_key(key) {
             slot.insert(key.clone(), init());
         }
