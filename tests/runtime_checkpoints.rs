@@ -1,4 +1,4 @@
-//! Checkpoint timeouts and the actor sink's release rule.
+//! Checkpoint timeouts, checkpoints at start-up, and the actor sink's release rule.
 
 mod common;
 
@@ -84,6 +84,61 @@ async fn a_timed_out_checkpoint_is_aborted_and_the_next_completes() {
     assert!(report.metrics.checkpoints_aborted >= 1);
 }
 
+/// Passes records through; `open` takes a while (a large restore, a connection to set up).
+#[derive(Clone)]
+struct SlowOpen(Duration);
+
+impl Operator<(u64, u64), (u64, u64)> for SlowOpen {
+    fn open(&mut self, _ctx: &mut OperatorContext<'_>) -> Result<()> {
+        std::thread::sleep(self.0);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        r: (u64, u64),
+        _ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<(u64, u64)>,
+    ) -> Result<()> {
+        out.emit(r);
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn no_checkpoint_is_triggered_before_every_task_has_started() {
+    // The coordinator's interval (2 ms) elapses many times while the tasks open (150 ms). A
+    // checkpoint triggered then would reach sources not yet registered and hang until its
+    // timeout: the job must hold checkpoints until it has started, and never abort one.
+    let config = JobConfig {
+        parallelism: 2,
+        threads: Threads::Arbiters(2),
+        checkpoints: timing(2, 3_000),
+        ..JobConfig::default()
+    };
+    let job = JobBuilder::with_config("slow-open", config);
+    job.checkpoint_storage(Arc::new(
+        MemoryCheckpointStorage::new("slow-open").expect("storage"),
+    ));
+    job.source(
+        "src",
+        LogSource::<(u64, u64)>::msgpack(keyed_log(20_000, 2)).bounded(),
+    )
+    .process("slow-open", SlowOpen(Duration::from_millis(150)))
+    .sink("out", CollectSink::new());
+    let report = common::run_to_end(job).await.expect("run");
+    assert_eq!(
+        report.metrics.checkpoints_aborted, 0,
+        "a checkpoint triggered during start-up was aborted: {:?}",
+        report.metrics.checkpoints
+    );
+    assert!(
+        report.elapsed < Duration::from_millis(2_500),
+        "the job waited for a checkpoint timeout: {:?}",
+        report.elapsed
+    );
+}
+
 /// Checks every output against the storage: its epoch must be complete when it arrives.
 struct Receiver {
     storage: Arc<dyn CheckpointStorage>,
@@ -128,8 +183,9 @@ async fn the_actor_sink_never_releases_an_uncommitted_epoch() {
             .with_retain(1000),
     );
     let mut faulty = FaultyStorage::new(Arc::clone(&inner));
-    // Every third manifest write fails: those epochs wait for a later checkpoint.
-    faulty.fail_commit = Some(Box::new(|id| id.0 % 3 == 0));
+    // Every third manifest write fails, starting with the first (so the failure path is taken
+    // however few checkpoints a fast run holds): those epochs wait for a later checkpoint.
+    faulty.fail_commit = Some(Box::new(|id| id.0 % 3 == 1));
     let early = Arc::new(Mutex::new(Vec::new()));
     let latest = Arc::new(Mutex::new(HashMap::new()));
     let receiver = Receiver {
@@ -149,7 +205,7 @@ async fn the_actor_sink_never_releases_an_uncommitted_epoch() {
     job.checkpoint_storage(Arc::new(faulty));
     job.source(
         "src",
-        LogSource::<(u64, u64)>::msgpack(keyed_log(40_000, 2)).bounded(),
+        LogSource::<(u64, u64)>::msgpack(keyed_log(100_000, 2)).bounded(),
     )
     .key_by(|(k, _): &(u64, u64)| *k)
     .reduce("sum", |a, b| (a.0, a.1 + b.1))
@@ -167,7 +223,7 @@ async fn the_actor_sink_never_releases_an_uncommitted_epoch() {
             .expect("lock")
             .values()
             .sum::<u64>()
-            == 40_000)
+            == 100_000)
         .await
     );
     let early = early.lock().expect("lock").clone();
@@ -178,6 +234,6 @@ async fn the_actor_sink_never_releases_an_uncommitted_epoch() {
     let latest = latest.lock().expect("lock").clone();
     assert_eq!(
         latest,
-        (0..10).map(|k| (k, 4_000)).collect::<HashMap<u64, u64>>()
+        (0..10).map(|k| (k, 10_000)).collect::<HashMap<u64, u64>>()
     );
 }

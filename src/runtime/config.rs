@@ -14,8 +14,10 @@ pub enum Threads {
     /// for a given input, at the cost of using one core.
     Current,
     /// Task actors spread round-robin over this many new arbiters (threads); the job master
-    /// stays on the arbiter that starts the job. Task `i` of every vertex goes to arbiter
-    /// `i % n`, so a forward pipeline slice stays on one thread.
+    /// stays on the arbiter that starts the job. The job's tasks, numbered vertex by vertex,
+    /// go to arbiter `number % n`: when every vertex's parallelism is a multiple of `n`, task
+    /// `i` of every vertex is on arbiter `i % n` (a forward pipeline slice stays on one
+    /// thread), and a pipeline of parallelism 1 still uses every thread.
     Arbiters(usize),
 }
 

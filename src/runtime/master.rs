@@ -256,7 +256,10 @@ impl JobMaster {
         if self.final_requested {
             addr.do_send(ToCoordinator::RequestFinal);
         }
-        if !self.down.is_empty() {
+        // No checkpoint before every task of the job is registered (a trigger sent then would
+        // reach no source, and the checkpoint would wait for its timeout), nor while a region
+        // is down.
+        if !self.down.is_empty() || !self.registered {
             addr.do_send(ToCoordinator::Hold(true));
         }
         self.coordinator = Some(addr);
@@ -373,6 +376,9 @@ impl JobMaster {
             }
             None => {
                 self.registered = true;
+                if self.down.is_empty() {
+                    self.to_coordinator(ToCoordinator::Hold(false));
+                }
                 self.emit(JobEvent::Started { restored_from });
             }
         }
@@ -682,6 +688,16 @@ impl Handler<FromCoordinator> for JobMaster {
                 is_final,
             } => {
                 self.last_triggered = Some(checkpoint);
+                // A source that is not running cannot take the barrier: say so at once rather
+                // than let the checkpoint wait for its timeout (a trigger sent just before a
+                // region went down).
+                if let Some(t) = (0..self.topo.tasks.len())
+                    .find(|&t| self.topo.tasks[t].is_source && !self.live(t))
+                {
+                    let reason = format!("source {} is not running", self.topo.tasks[t].id);
+                    self.to_coordinator(ToCoordinator::Decline { checkpoint, reason });
+                    return;
+                }
                 for (t, spec) in self.topo.tasks.iter().enumerate() {
                     if spec.is_source && self.live(t) {
                         if let Some(a) = &self.tasks[t].addr {

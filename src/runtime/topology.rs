@@ -397,7 +397,9 @@ impl Topology {
                 chaos: Arc::clone(&self.chaos),
             };
             let (reply, rx) = oneshot::channel();
-            self.arbiters[spec.index as usize % self.arbiters.len()].spawn_fn(move || {
+            // Round-robin over the job's tasks (not their index within a vertex, which would put
+            // every task of a parallelism-1 pipeline on the first arbiter).
+            self.arbiters[number % self.arbiters.len()].spawn_fn(move || {
                 let _ = reply.send(spawn.spawn());
             });
             pending.push((number, rx));
