@@ -1,5 +1,6 @@
 //! Keyed state snapshots of 1 million (u64 -> u64) entries: capture alone (the time the task
-//! stops processing), capture + encode, and decode + restore. Prints the snapshot size.
+//! stops processing), capture + encode to task snapshot bytes (streamed, as checkpoints do, and
+//! through the structured `KeyedSnapshot`), and decode + restore. Prints the snapshot size.
 //! Run: `cargo bench --bench state_snapshot`.
 
 // criterion_group! generates an undocumented public function.
@@ -41,6 +42,13 @@ fn snapshot(c: &mut Criterion) {
     let mut g = c.benchmark_group("keyed_state_1M");
     g.sample_size(10);
     g.bench_function("capture", |bench| bench.iter(|| b.capture()));
+    g.bench_function("capture_and_encode_streamed", |bench| {
+        bench.iter(|| {
+            b.capture()
+                .encode_task_snapshot(&Default::default())
+                .expect("bytes")
+        })
+    });
     g.bench_function("capture_and_encode", |bench| {
         bench.iter(|| {
             let s = b.capture().encode().expect("encode");

@@ -106,12 +106,14 @@ impl LocalCheckpointStorage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove manifest", &manifest, e)),
         }
+        // Once the manifest's removal is durable, the rest need not be: files that come back
+        // after a crash form an incomplete checkpoint, never restored and removed as stale by
+        // the next commit's retention.
         match fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove checkpoint directory", &dir, e)),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove checkpoint directory", &dir, e)),
         }
-        storage::sync_dir(&self.dir)
     }
 
     fn apply_retention(&self, committed: CheckpointId) -> Result<()> {
@@ -150,11 +152,13 @@ impl CheckpointStorage for LocalCheckpointStorage {
             )));
         }
         storage::create_dir_durable(&dir)?;
+        // One pass over the payload: its checksum serves the handle and the envelope alike, and
+        // the header and payload are written without being copied into one buffer. The
+        // directory fsync that makes the rename durable is shared by every task's file: `commit`
+        // does it once, before the manifest that names the files is written.
         let handle = state_handle(task, bytes);
-        storage::write_atomic(
-            &dir.join(&handle.file),
-            &storage::encode_envelope(STATE_MAGIC, bytes),
-        )?;
+        let header = storage::envelope_header(STATE_MAGIC, bytes.len(), handle.crc32c);
+        storage::write_renamed(&dir.join(&handle.file), &[&header, bytes])?;
         Ok(handle)
     }
 
@@ -185,6 +189,9 @@ impl CheckpointStorage for LocalCheckpointStorage {
                 ));
             }
         }
+        // The state files were renamed into place without a directory fsync
+        // (`write_task_state`): one fsync here makes all of them durable before the manifest.
+        storage::sync_dir(&dir)?;
         storage::write_atomic(&dir.join(MANIFEST_FILE), &bytes)?;
         tracing::info!(job = %self.job, checkpoint = %id, tasks = manifest.tasks.len(),
             bytes = manifest.state_bytes(), "checkpoint complete");

@@ -307,7 +307,10 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// The job whose checkpoints this stores.
     fn job(&self) -> &str;
 
-    /// Stores one task's state for checkpoint `id`; durable when it returns.
+    /// Stores one task's state for checkpoint `id`. When it returns, the bytes are durable;
+    /// the file's directory entry may become durable only in `commit`, which must make every
+    /// state file it names durable before the manifest (so a storage can share one directory
+    /// sync among all the tasks of a checkpoint).
     fn write_task_state(
         &self,
         id: CheckpointId,

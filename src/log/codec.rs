@@ -1,7 +1,9 @@
 //! The codec layer: how typed values become the bytes that are stored.
 //!
-//! Every stored byte in snapflow (log payloads, state snapshots, manifests) is MessagePack
-//! written by rmp-serde. MessagePack integers are variable-width and never depend on the
+//! Every stored byte in snapflow (log payloads, state snapshots, manifests) is MessagePack in
+//! rmp-serde's format: written by [`encode`]/[`encode_into`] through snapflow's own writer
+//! (`log/msgpack.rs`, the bytes rmp-serde writes, faster), manifests by rmp-serde's named
+//! serializer, and all of it read by rmp-serde. MessagePack integers are variable-width and never depend on the
 //! platform's word size. Decoding is done from a bounded slice (the caller has already checked
 //! its length against a limit), so a corrupt length prefix inside the bytes cannot make the
 //! decoder allocate more than the slice could hold; every failure is an [`Error::Codec`].
@@ -15,9 +17,11 @@ use serde::Serialize;
 use super::{LogOffset, OffsetRange, PartitionId, ReplayableLog};
 use crate::error::{Error, Result};
 
-/// Encodes `value` as compact MessagePack (structs as arrays) onto the end of `out`.
+/// Encodes `value` as compact MessagePack (structs as arrays) onto the end of `out`: the bytes
+/// rmp-serde's default serializer writes, produced by a faster writer of our own
+/// (`log/msgpack.rs`).
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>, what: &str) -> Result<()> {
-    rmp_serde::encode::write(out, value).map_err(|e| Error::encode(what, e))
+    super::msgpack::write(value, out).map_err(|e| Error::encode(what, e))
 }
 
 /// Encodes `value` as compact MessagePack (structs as arrays).

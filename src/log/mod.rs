@@ -8,7 +8,7 @@
 //! Implementations:
 //! - [`FileLog`]: the embedded default, segment files with CRC32C-framed records, a sparse
 //!   offset index and a [`SyncPolicy`]; a torn tail is truncated on open, any other corruption
-//!   is reported as [`Error::LogCorrupt`](crate::Error::LogCorrupt) and never returned as data.
+//!   is reported as [`Error::LogCorrupt`] and never returned as data.
 //! - [`MemoryLog`]: the same contract in memory, for tests and examples.
 //! - [`GeneratorLog`]: read-only records computed from their position (benchmarks, tests).
 //!
@@ -21,6 +21,7 @@ mod file;
 mod frame;
 mod generator;
 mod memory;
+pub(crate) mod msgpack;
 mod writer;
 
 use std::fmt;

@@ -25,10 +25,10 @@ use crate::state::{
 };
 use crate::time::{TimeDomain, TimerService, Timestamp, WatermarkStatus, WatermarkStrategy};
 
-/// A task's state as captured at a barrier: the bytes are produced by `encode`, which may run
-/// on any thread.
+/// A task's state as captured at a barrier: the bytes (an encoded [`TaskSnapshot`]) are
+/// produced by `encode`, which may run on any thread.
 pub(crate) struct Capture {
-    pub(crate) encode: Box<dyn FnOnce() -> Result<TaskSnapshot> + Send>,
+    pub(crate) encode: Box<dyn FnOnce() -> Result<Vec<u8>> + Send>,
     pub(crate) key_groups: Option<KeyGroupRange>,
     pub(crate) sources: Vec<(PartitionId, LogOffset)>,
 }
@@ -328,10 +328,11 @@ fn operator_capture(state: &OperatorStateBackend) -> Result<Capture> {
     let operator = state.snapshot()?;
     Ok(Capture {
         encode: Box::new(move || {
-            Ok(TaskSnapshot {
+            TaskSnapshot {
                 keyed: None,
                 operator,
-            })
+            }
+            .to_bytes()
         }),
         key_groups: None,
         sources: Vec::new(),
@@ -518,12 +519,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
         let operator = self.operator.snapshot()?;
         let range = self.keyed.key_group_range();
         Ok(Capture {
-            encode: Box::new(move || {
-                Ok(TaskSnapshot {
-                    keyed: Some(keyed.encode()?),
-                    operator,
-                })
-            }),
+            encode: Box::new(move || keyed.encode_task_snapshot(&operator)),
             key_groups: Some(range),
             sources: Vec::new(),
         })

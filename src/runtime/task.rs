@@ -348,8 +348,7 @@ impl TaskActor {
         let sources = capture.sources;
         let encode = capture.encode;
         let write = move || -> Result<crate::checkpoint::StateHandle> {
-            let snapshot = encode()?;
-            let bytes = snapshot.to_bytes()?;
+            let bytes = encode()?;
             storage.write_task_state(id, &task, &bytes)
         };
         let event =

@@ -18,6 +18,7 @@
 //! front).
 
 use std::any::{Any, TypeId};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::key_group::{key_group_for, KeyGroup, KeyGroupRange, StableHash};
+use super::OperatorSnapshot;
 use crate::error::{Error, Result};
 use crate::log::codec;
 
@@ -93,6 +95,24 @@ struct GroupEntry {
     data: Vec<u8>,
 }
 
+/// A [`GroupEntry`] borrowing its parts: encodes to the same bytes.
+#[derive(Serialize)]
+struct GroupEntryRef<'a> {
+    name: &'a str,
+    kind: StateKind,
+    #[serde(with = "serde_bytes")]
+    data: &'a [u8],
+}
+
+/// A [`KeyGroupBlob`] borrowing its bytes: encodes to the same bytes.
+#[derive(Serialize)]
+struct KeyGroupBlobRef<'a> {
+    key_group: KeyGroup,
+    crc32c: u32,
+    #[serde(with = "serde_bytes")]
+    bytes: &'a [u8],
+}
+
 /// The state of one key group: a checksummed MessagePack blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyGroupBlob {
@@ -139,7 +159,9 @@ trait ErasedTable<K>: Send {
     fn value_type(&self) -> (TypeId, &'static str);
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    fn encode_group(&self, gi: usize) -> Result<Option<Vec<u8>>>;
+    /// Appends group `gi`'s entries (a MessagePack map) to `out`; false, and nothing
+    /// appended, when the group is empty.
+    fn encode_group_into(&self, gi: usize, out: &mut Vec<u8>) -> Result<bool>;
     /// Decodes one group's entries; checks each key's group when `check_keys` holds the
     /// max parallelism (restore has already checked them when it is `None`).
     fn restore_group(
@@ -153,6 +175,7 @@ trait ErasedTable<K>: Send {
     /// A copy sharing every group (copy-on-write): O(groups), whatever the entries.
     fn clone_box(&self) -> Box<dyn ErasedTable<K>>;
     fn entries(&self) -> usize;
+    fn group_is_empty(&self, gi: usize) -> bool;
 }
 
 struct Table<K, T> {
@@ -238,12 +261,13 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
-    fn encode_group(&self, gi: usize) -> Result<Option<Vec<u8>>> {
+    fn encode_group_into(&self, gi: usize, out: &mut Vec<u8>) -> Result<bool> {
         let g: &StateMap<K, T> = &self.groups[gi];
         if g.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
-        codec::encode(g, "keyed state").map(Some)
+        codec::encode_into(g, out, "keyed state")?;
+        Ok(true)
     }
     fn restore_group(
         &mut self,
@@ -288,6 +312,9 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
     }
     fn entries(&self) -> usize {
         self.groups.iter().map(|g| g.len()).sum()
+    }
+    fn group_is_empty(&self, gi: usize) -> bool {
+        self.groups[gi].is_empty()
     }
 }
 
@@ -833,45 +860,159 @@ impl<K> fmt::Debug for KeyedStateCapture<K> {
 impl<K: StateKey> KeyedStateCapture<K> {
     /// Encodes the captured state as one checksummed blob per non-empty key group.
     pub fn encode(&self) -> Result<KeyedSnapshot> {
+        let mut scratch = BlobScratch::default();
         let mut groups = Vec::new();
         for gi in 0..self.range.len() {
-            let kg = KeyGroup(self.range.start + gi as u16);
-            let mut entries = Vec::new();
-            for t in &self.tables {
-                if let Some(data) = t.encode_group(gi)? {
-                    entries.push(GroupEntry {
-                        name: t.name().to_string(),
-                        kind: t.kind(),
-                        data,
-                    });
-                }
+            if self.encode_blob(gi, &mut scratch)? {
+                let bytes = scratch.blob.clone();
+                groups.push(KeyGroupBlob {
+                    key_group: KeyGroup(self.range.start + gi as u16),
+                    crc32c: crc32c::crc32c(&bytes),
+                    bytes,
+                });
             }
-            for (name, pending) in &self.pending {
-                for (pgi, _, kind, data) in pending {
-                    if *pgi == gi {
-                        entries.push(GroupEntry {
-                            name: name.clone(),
-                            kind: *kind,
-                            data: data.clone(),
-                        });
-                    }
-                }
-            }
-            if entries.is_empty() {
-                continue;
-            }
-            let bytes = codec::encode(&entries, "key group blob")?;
-            groups.push(KeyGroupBlob {
-                key_group: kg,
-                crc32c: crc32c::crc32c(&bytes),
-                bytes,
-            });
         }
         Ok(KeyedSnapshot {
             max_parallelism: self.max_parallelism,
             range: self.range,
             groups,
         })
+    }
+
+    /// The bytes of `TaskSnapshot { keyed: Some(self.encode()?), operator }.to_bytes()`,
+    /// produced without building the blobs first: each key group is encoded into buffers
+    /// reused from group to group and then appended to the output, so the state is copied
+    /// once into the result instead of once per layer (entries, blob, task snapshot).
+    pub fn encode_task_snapshot(&self, operator: &OperatorSnapshot) -> Result<Vec<u8>> {
+        let streamed = StreamedKeyed {
+            capture: self,
+            error: RefCell::new(None),
+        };
+        let snapshot = TaskSnapshotRef {
+            keyed: Some(&streamed),
+            operator,
+        };
+        let mut out = Vec::new();
+        match codec::encode_into(&snapshot, &mut out, "task snapshot") {
+            Ok(()) => Ok(out),
+            // An error of the state's own encoding, kept whole rather than as text.
+            Err(e) => Err(streamed.error.into_inner().unwrap_or(e)),
+        }
+    }
+
+    /// Encodes key group `gi` (index in the range) into `scratch.blob`; false when the group
+    /// holds nothing.
+    fn encode_blob(&self, gi: usize, scratch: &mut BlobScratch) -> Result<bool> {
+        let BlobScratch { blob, data } = scratch;
+        data.resize_with(self.tables.len(), Vec::new);
+        let mut present = Vec::with_capacity(self.tables.len());
+        for (t, buf) in self.tables.iter().zip(data.iter_mut()) {
+            buf.clear();
+            present.push(t.encode_group_into(gi, buf)?);
+        }
+        let mut entries: Vec<GroupEntryRef<'_>> = self
+            .tables
+            .iter()
+            .zip(data.iter())
+            .zip(&present)
+            .filter(|(_, p)| **p)
+            .map(|((t, d), _)| GroupEntryRef {
+                name: t.name(),
+                kind: t.kind(),
+                data: d,
+            })
+            .collect();
+        for (name, pending) in &self.pending {
+            for (pgi, _, kind, d) in pending {
+                if *pgi == gi {
+                    entries.push(GroupEntryRef {
+                        name,
+                        kind: *kind,
+                        data: d,
+                    });
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Ok(false);
+        }
+        blob.clear();
+        codec::encode_into(&entries, blob, "key group blob")?;
+        Ok(true)
+    }
+
+    /// Whether key group `gi` (index in the range) holds anything to encode.
+    fn group_is_empty(&self, gi: usize) -> bool {
+        self.tables.iter().all(|t| t.group_is_empty(gi))
+            && self
+                .pending
+                .values()
+                .all(|p| p.iter().all(|(pgi, ..)| *pgi != gi))
+    }
+}
+
+/// Buffers reused from one key group to the next while encoding: the blob, and each state's
+/// entries.
+#[derive(Default)]
+struct BlobScratch {
+    blob: Vec<u8>,
+    data: Vec<Vec<u8>>,
+}
+
+/// Serializes like the [`TaskSnapshot`](super::TaskSnapshot) it stands for.
+#[derive(Serialize)]
+struct TaskSnapshotRef<'a, KS> {
+    keyed: Option<KS>,
+    operator: &'a OperatorSnapshot,
+}
+
+/// Serializes like the [`KeyedSnapshot`] that [`KeyedStateCapture::encode`] builds, one key
+/// group at a time. `error` keeps the first error of the state's own encoding.
+struct StreamedKeyed<'a, K> {
+    capture: &'a KeyedStateCapture<K>,
+    error: RefCell<Option<Error>>,
+}
+
+impl<K: StateKey> Serialize for StreamedKeyed<'_, K> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeSeq, SerializeStruct};
+        /// The blobs, each encoded just before it is written.
+        struct Groups<'b, 'a, K>(&'b StreamedKeyed<'a, K>);
+        impl<K: StateKey> Serialize for Groups<'_, '_, K> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                let c = self.0.capture;
+                let n = (0..c.range.len())
+                    .filter(|gi| !c.group_is_empty(*gi))
+                    .count();
+                let mut seq = s.serialize_seq(Some(n))?;
+                let mut scratch = BlobScratch::default();
+                for gi in 0..c.range.len() {
+                    match c.encode_blob(gi, &mut scratch) {
+                        Ok(false) => {}
+                        Ok(true) => seq.serialize_element(&KeyGroupBlobRef {
+                            key_group: KeyGroup(c.range.start + gi as u16),
+                            crc32c: crc32c::crc32c(&scratch.blob),
+                            bytes: &scratch.blob,
+                        })?,
+                        Err(e) => {
+                            let text = e.to_string();
+                            *self.0.error.borrow_mut() = Some(e);
+                            return Err(S::Error::custom(text));
+                        }
+                    }
+                }
+                seq.end()
+            }
+        }
+        let c = self.capture;
+        let mut st = s.serialize_struct("KeyedSnapshot", 3)?;
+        st.serialize_field("max_parallelism", &c.max_parallelism)?;
+        st.serialize_field("range", &c.range)?;
+        st.serialize_field("groups", &Groups(self))?;
+        st.end()
     }
 }
 

@@ -1,7 +1,9 @@
 //! Crash-consistent file primitives: the one place where the rules for durable writes live.
 //!
 //! Everything that must survive a crash is written through [`write_atomic`] (write a temp file
-//! in the same directory, fsync it, rename it over the target, fsync the directory) and wrapped
+//! in the same directory, fsync it, rename it over the target, fsync the directory), or through
+//! [`write_renamed`] (the same, with the directory fsync left to the caller, so that the files
+//! of one checkpoint share one directory fsync), and wrapped
 //! in a checksummed [envelope](encode_envelope), so a reader can tell a complete file from a
 //! torn or corrupted one and never decodes bad bytes. Names that reach the file system are
 //! checked by [`validate_name`].
@@ -24,13 +26,30 @@ pub(crate) const ENVELOPE_HEADER: usize = 20;
 /// length (u64, little endian), a CRC32C over the length and the payload, then the payload.
 pub(crate) fn encode_envelope(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ENVELOPE_HEADER + payload.len());
-    let len = (payload.len() as u64).to_le_bytes();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len), payload);
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&envelope_header(
+        magic,
+        payload.len(),
+        crc32c::crc32c(payload),
+    ));
     out.extend_from_slice(payload);
     out
+}
+
+/// The header [`encode_envelope`] puts before a payload of `len` bytes whose own CRC32C is
+/// `payload_crc`: lets a caller that already checksummed the payload write header and payload
+/// without copying the payload or reading it a second time.
+pub(crate) fn envelope_header(
+    magic: &[u8; 8],
+    len: usize,
+    payload_crc: u32,
+) -> [u8; ENVELOPE_HEADER] {
+    let len_bytes = (len as u64).to_le_bytes();
+    let crc = crc32c::crc32c_combine(crc32c::crc32c(&len_bytes), payload_crc, len);
+    let mut header = [0u8; ENVELOPE_HEADER];
+    header[..8].copy_from_slice(magic);
+    header[8..16].copy_from_slice(&len_bytes);
+    header[16..].copy_from_slice(&crc.to_le_bytes());
+    header
 }
 
 /// Checks an envelope made by [`encode_envelope`] and returns its payload, or a sentence saying
@@ -80,6 +99,17 @@ pub(crate) fn decode_envelope<'a>(
 /// the new one, never a mix: write `path.tmp`, fsync it, rename it over `path`, fsync the
 /// directory. Returns only once the new content is durable.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_renamed(path, &[bytes])?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The first three steps of [`write_atomic`], for the concatenation of `parts` (written one
+/// after the other, so a header and a large payload need not be copied into one buffer
+/// first): write a temp file, fsync it, rename it over `path`; the directory is not fsynced. The caller must [`sync_dir`] the directory before
+/// anything that depends on the new entry is made durable: this lets several files of one
+/// directory share a single directory fsync (a checkpoint's state files, synced once before
+/// the manifest that names them is written).
+pub(crate) fn write_renamed(path: &Path, parts: &[&[u8]]) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Config(format!("{} has no parent directory", path.display())))?;
@@ -93,13 +123,14 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .truncate(true)
             .open(&tmp)
             .map_err(|e| Error::io("create temp file", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write temp file", &tmp, e))?;
+        for part in parts {
+            f.write_all(part)
+                .map_err(|e| Error::io("write temp file", &tmp, e))?;
+        }
         f.sync_all()
             .map_err(|e| Error::io("fsync temp file", &tmp, e))?;
     }
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename temp file over", path, e))?;
-    sync_dir(dir)
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename temp file over", path, e))
 }
 
 /// Makes the directory entries of `dir` (files created, renamed or removed in it) durable.
@@ -194,6 +225,26 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envelope_crc_covers_length_then_payload_for_every_size() {
+        for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 4096, 100_003] {
+            let payload: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
+            let env = encode_envelope(b"SNAPTEST", &payload);
+            let mut covered = (n as u64).to_le_bytes().to_vec();
+            covered.extend_from_slice(&payload);
+            assert_eq!(
+                env[16..20],
+                crc32c::crc32c(&covered).to_le_bytes(),
+                "size {n}"
+            );
+            assert_eq!(&env[..8], b"SNAPTEST");
+            assert_eq!(
+                decode_envelope(b"SNAPTEST", &env, n as u64),
+                Ok(&payload[..])
+            );
+        }
+    }
 
     #[test]
     fn envelope_detects_every_truncation_and_flip() {
