@@ -7,8 +7,10 @@
 //! p = 1 and 2, checkpoints off / every 1 s / every 100 ms, each in its own process so that peak
 //! RSS is per configuration), plus a recovery run per K. One configuration:
 //! `-- --n N --k K --p P --ckpt MS|off [--fail-at-half]`. Checkpoint overhead alone (p = 2,
-//! off / 1 s / 100 ms, interleaved rounds, medians and best runs):
-//! `-- --overhead [--k K] [--n N] [--rounds R]`.
+//! off / 1 s / 100 ms, interleaved rounds; medians, best runs and the median of paired runs):
+//! `-- --overhead [--k K] [--n N] [--rounds R]`. Add `--memory-storage` to any of these to
+//! checkpoint to memory instead of a local directory (to tell the storage's I/O cost from the
+//! rest).
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -16,7 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use snapflow::checkpoint::{CheckpointId, CheckpointTiming, LocalCheckpointStorage};
+use snapflow::checkpoint::{
+    CheckpointId, CheckpointTiming, LocalCheckpointStorage, MemoryCheckpointStorage,
+};
 use snapflow::log::GeneratorLog;
 use snapflow::prelude::*;
 use snapflow::state::ValueState;
@@ -31,6 +35,11 @@ fn splitmix64(i: u64) -> u64 {
 /// Fails once: at the first event after half of the task's share, once a checkpoint taken
 /// after a quarter of it has completed.
 static FAILED: AtomicBool = AtomicBool::new(false);
+
+/// `--memory-storage`: checkpoints to `MemoryCheckpointStorage` instead of a local directory,
+/// to tell the cost of the storage's I/O from the rest of a checkpoint's cost. Not the standard
+/// workload (which checkpoints to a local directory); its lines say `storage=memory`.
+static MEMORY_STORAGE: AtomicBool = AtomicBool::new(false);
 
 /// (sum, count) per key; at the end, one (total of sums, keys) per task.
 #[derive(Clone)]
@@ -176,7 +185,12 @@ fn run(r: &Run) -> Result<()> {
     };
     let totals = Totals(Arc::new((AtomicU64::new(0), AtomicU64::new(0))));
     let job = JobBuilder::with_config("keyed-sum", config);
-    job.checkpoint_storage(Arc::new(LocalCheckpointStorage::new(&dir, "keyed-sum")?));
+    let memory = MEMORY_STORAGE.load(Ordering::Relaxed);
+    if memory {
+        job.checkpoint_storage(Arc::new(MemoryCheckpointStorage::new("keyed-sum")?));
+    } else {
+        job.checkpoint_storage(Arc::new(LocalCheckpointStorage::new(&dir, "keyed-sum")?));
+    }
     let k = r.k;
     let decode = move |b: &[u8]| -> Result<(u64, u64)> {
         let bytes: [u8; 8] = b
@@ -219,6 +233,12 @@ fn run(r: &Run) -> Result<()> {
         .collect();
     stalls.sort_by(f64::total_cmp);
     let stall = stalls.last().copied().unwrap_or(0.0);
+    let mut aligns: Vec<f64> = periodic
+        .iter()
+        .map(|c| c.max_alignment.as_secs_f64() * 1e3)
+        .collect();
+    aligns.sort_by(f64::total_cmp);
+    let align_median = aligns.get(aligns.len() / 2).copied().unwrap_or(0.0);
     let stall_median = stalls.get(stalls.len() / 2).copied().unwrap_or(0.0);
     let state_bytes = report
         .metrics
@@ -231,7 +251,7 @@ fn run(r: &Run) -> Result<()> {
         .map(|m| format!("{m}ms"))
         .unwrap_or_else(|| "off".into());
     println!(
-        "snapflow keyed-sum p={} ckpt={ckpt} N={} K={} events_per_s={:.0} wall_s={secs:.3} checkpoints={} ckpt_median_ms={:.1} ckpt_max_ms={:.1} ckpt_stall_median_ms={stall_median:.2} ckpt_stall_max_ms={stall:.2} state_bytes={state_bytes} peak_rss_mb={:.0} total={} keys={}{}",
+        "snapflow keyed-sum p={} ckpt={ckpt} N={} K={} events_per_s={:.0} wall_s={secs:.3} checkpoints={} ckpt_median_ms={:.1} ckpt_max_ms={:.1} ckpt_stall_median_ms={stall_median:.2} ckpt_stall_max_ms={stall:.2} align_median_ms={align_median:.2} state_bytes={state_bytes} peak_rss_mb={:.0} total={} keys={}{}{}",
         r.p,
         r.n,
         r.k,
@@ -250,7 +270,8 @@ fn run(r: &Run) -> Result<()> {
             )
         } else {
             String::new()
-        }
+        },
+        if memory { " storage=memory" } else { "" },
     );
     Ok(())
 }
@@ -278,6 +299,9 @@ fn child(n: u64, k: u64, p: u32, ckpt: &str, fail: bool) -> Result<String> {
     ]);
     if fail {
         cmd.arg("--fail-at-half");
+    }
+    if MEMORY_STORAGE.load(Ordering::Relaxed) {
+        cmd.arg("--memory-storage");
     }
     let out = cmd.output().map_err(|e| Error::Config(e.to_string()))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -315,9 +339,11 @@ fn recovery(n: u64, k: u64, rounds: usize) -> Result<()> {
 }
 
 /// Measures checkpoint overhead at p = 2: `rounds` interleaved rounds of checkpoints off, every
-/// 1 s and every 100 ms, then the overhead of each interval against off, from the medians and
-/// from the best runs. On a shared machine noise only ever slows a run down, so the best runs
-/// are the steadier estimate; both are printed.
+/// 1 s and every 100 ms (the order reversed every other round, so that neither setting always
+/// runs first), then the overhead of each interval against off three ways: from the medians,
+/// from the best runs (noise on a shared machine only ever slows a run down), and the median
+/// over rounds of each run against the off run of its own round (paired, so that a slow spell
+/// cancels out when it hits both runs of a round).
 fn overhead(n: u64, ks: &[u64], rounds: usize) -> Result<()> {
     let median = |mut v: Vec<f64>| -> f64 {
         v.sort_by(f64::total_cmp);
@@ -327,19 +353,33 @@ fn overhead(n: u64, ks: &[u64], rounds: usize) -> Result<()> {
     for &k in ks {
         let configs = ["off", "1000", "100"];
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
-        for _ in 0..rounds {
-            for (i, c) in configs.iter().enumerate() {
-                rates[i].push(field(&child(n, k, 2, c, false)?, "events_per_s"));
+        for round in 0..rounds {
+            let mut order: Vec<usize> = (0..configs.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let mut this_round = vec![0.0; configs.len()];
+            for i in order {
+                this_round[i] = field(&child(n, k, 2, configs[i], false)?, "events_per_s");
+            }
+            for (i, r) in this_round.into_iter().enumerate() {
+                rates[i].push(r);
             }
         }
         let (off_median, off_best) = (median(rates[0].clone()), best(&rates[0]));
         for (i, c) in configs.iter().enumerate().skip(1) {
+            let paired: Vec<f64> = rates[i]
+                .iter()
+                .zip(&rates[0])
+                .map(|(r, off)| (1.0 - r / off) * 100.0)
+                .collect();
             println!(
-                "overhead keyed-sum p=2 ckpt={c}ms N={n} K={k} rounds={rounds} median_events_per_s={:.0} off_median={off_median:.0} overhead_median_pct={:.1} best_events_per_s={:.0} off_best={off_best:.0} overhead_best_pct={:.1}",
+                "overhead keyed-sum p=2 ckpt={c}ms N={n} K={k} rounds={rounds} median_events_per_s={:.0} off_median={off_median:.0} overhead_median_pct={:.1} best_events_per_s={:.0} off_best={off_best:.0} overhead_best_pct={:.1} overhead_paired_median_pct={:.1} paired_pct={paired:.1?}",
                 median(rates[i].clone()),
                 (1.0 - median(rates[i].clone()) / off_median) * 100.0,
                 best(&rates[i]),
                 (1.0 - best(&rates[i]) / off_best) * 100.0,
+                median(paired.clone()),
             );
         }
     }
@@ -349,6 +389,10 @@ fn overhead(n: u64, ks: &[u64], rounds: usize) -> Result<()> {
 fn main() -> Result<()> {
     snapflow::chaos::quiet_chaos_panics();
     let args: Vec<String> = std::env::args().collect();
+    MEMORY_STORAGE.store(
+        args.iter().any(|a| a == "--memory-storage"),
+        Ordering::Relaxed,
+    );
     let n: u64 = arg(&args, "--n")
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000_000);
