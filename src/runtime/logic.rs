@@ -25,10 +25,12 @@ use crate::state::{
 };
 use crate::time::{TimeDomain, TimerService, Timestamp, WatermarkStatus, WatermarkStrategy};
 
-/// A task's state as captured at a barrier: the bytes (an encoded [`TaskSnapshot`]) are
-/// produced by `encode`, which may run on any thread.
+/// Appends a captured state's bytes (an encoded [`TaskSnapshot`]) to a buffer, on any thread.
+pub(crate) type EncodeSnapshot = Box<dyn FnOnce(&mut Vec<u8>) -> Result<()> + Send>;
+
+/// A task's state as captured at a barrier, and how to encode it.
 pub(crate) struct Capture {
-    pub(crate) encode: Box<dyn FnOnce() -> Result<Vec<u8>> + Send>,
+    pub(crate) encode: EncodeSnapshot,
     pub(crate) key_groups: Option<KeyGroupRange>,
     pub(crate) sources: Vec<(PartitionId, LogOffset)>,
 }
@@ -327,12 +329,12 @@ macro_rules! keyed_ctx {
 fn operator_capture(state: &OperatorStateBackend) -> Result<Capture> {
     let operator = state.snapshot()?;
     Ok(Capture {
-        encode: Box::new(move || {
-            TaskSnapshot {
+        encode: Box::new(move |out: &mut Vec<u8>| {
+            let snapshot = TaskSnapshot {
                 keyed: None,
                 operator,
-            }
-            .to_bytes()
+            };
+            codec::encode_into(&snapshot, out, "task snapshot")
         }),
         key_groups: None,
         sources: Vec::new(),
@@ -519,7 +521,9 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
         let operator = self.operator.snapshot()?;
         let range = self.keyed.key_group_range();
         Ok(Capture {
-            encode: Box::new(move || keyed.encode_task_snapshot(&operator)),
+            encode: Box::new(move |out: &mut Vec<u8>| {
+                keyed.encode_task_snapshot_into(&operator, out)
+            }),
             key_groups: Some(range),
             sources: Vec::new(),
         })

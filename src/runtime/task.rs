@@ -138,6 +138,10 @@ pub(crate) struct TaskActor {
     pub(crate) sends: VecDeque<(usize, Envelope)>,
     pub(crate) master: Addr<JobMaster>,
     pub(crate) storage: Arc<dyn CheckpointStorage>,
+    /// The buffer snapshots are encoded into, reused from one checkpoint to the next: one
+    /// allocation for the task's life instead of one per checkpoint, made on whichever
+    /// blocking thread encodes (each thread's allocator arena would keep its own).
+    pub(crate) snapshot_buf: Arc<std::sync::Mutex<Vec<u8>>>,
     pub(crate) metrics: Arc<JobMetrics>,
     pub(crate) counters: Arc<TaskCounters>,
     pub(crate) cancel: watch::Receiver<bool>,
@@ -347,9 +351,22 @@ impl TaskActor {
         let key_groups = capture.key_groups;
         let sources = capture.sources;
         let encode = capture.encode;
+        let buf = Arc::clone(&self.snapshot_buf);
         let write = move || -> Result<crate::checkpoint::StateHandle> {
-            let bytes = encode()?;
-            storage.write_task_state(id, &task, &bytes)
+            // Held for the encode and the write; a poisoned lock only means an earlier encode
+            // panicked, and the buffer is cleared anyway.
+            let mut bytes = buf
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            bytes.clear();
+            let written =
+                encode(&mut bytes).and_then(|()| storage.write_task_state(id, &task, &bytes));
+            // Keep the capacity for the next checkpoint unless the state has shrunk a lot.
+            if bytes.capacity() > 2 * bytes.len() + (1 << 20) {
+                bytes.clear();
+                bytes.shrink_to_fit();
+            }
+            written
         };
         let event =
             move |written: std::result::Result<Result<crate::checkpoint::StateHandle>, String>| {

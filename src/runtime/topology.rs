@@ -458,6 +458,7 @@ impl SpawnTask {
             sends: Default::default(),
             master: self.master,
             storage: self.storage,
+            snapshot_buf: Arc::new(std::sync::Mutex::new(Vec::new())),
             metrics: self.metrics,
             counters: self.counters,
             cancel: self.cancel,

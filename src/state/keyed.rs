@@ -884,6 +884,18 @@ impl<K: StateKey> KeyedStateCapture<K> {
     /// reused from group to group and then appended to the output, so the state is copied
     /// once into the result instead of once per layer (entries, blob, task snapshot).
     pub fn encode_task_snapshot(&self, operator: &OperatorSnapshot) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encode_task_snapshot_into(operator, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`encode_task_snapshot`](Self::encode_task_snapshot), appending to `out` (a buffer
+    /// reused from one checkpoint to the next). On error, `out` may hold part of the bytes.
+    pub fn encode_task_snapshot_into(
+        &self,
+        operator: &OperatorSnapshot,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let streamed = StreamedKeyed {
             capture: self,
             error: RefCell::new(None),
@@ -892,12 +904,9 @@ impl<K: StateKey> KeyedStateCapture<K> {
             keyed: Some(&streamed),
             operator,
         };
-        let mut out = Vec::new();
-        match codec::encode_into(&snapshot, &mut out, "task snapshot") {
-            Ok(()) => Ok(out),
+        codec::encode_into(&snapshot, out, "task snapshot")
             // An error of the state's own encoding, kept whole rather than as text.
-            Err(e) => Err(streamed.error.into_inner().unwrap_or(e)),
-        }
+            .map_err(|e| streamed.error.into_inner().unwrap_or(e))
     }
 
     /// Encodes key group `gi` (index in the range) into `scratch.blob`; false when the group
