@@ -304,6 +304,17 @@ fields!(
     SerializeStructVariant::serialize_field(&'static str)
 );
 
+/// Integer methods: widen, then write the smallest encoding (`sint` or `uint`).
+macro_rules! integers {
+    ($($method:ident($t:ty) => $write:ident($wide:ty)),*) => {$(
+        #[inline]
+        fn $method(self, v: $t) -> Result<()> {
+            self.$write(<$wide>::from(v));
+            Ok(())
+        }
+    )*};
+}
+
 impl<'a> ser::Serializer for &'a mut Encoder<'_> {
     type Ok = ();
     type Error = EncodeError;
@@ -324,51 +335,19 @@ impl<'a> ser::Serializer for &'a mut Encoder<'_> {
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result<()> {
-        self.sint(i64::from(v));
-        Ok(())
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<()> {
-        self.sint(i64::from(v));
-        Ok(())
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<()> {
-        self.sint(i64::from(v));
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_i64(self, v: i64) -> Result<()> {
-        self.sint(v);
-        Ok(())
-    }
+    integers!(
+        serialize_i8(i8) => sint(i64),
+        serialize_i16(i16) => sint(i64),
+        serialize_i32(i32) => sint(i64),
+        serialize_i64(i64) => sint(i64),
+        serialize_u8(u8) => uint(u64),
+        serialize_u16(u16) => uint(u64),
+        serialize_u32(u32) => uint(u64),
+        serialize_u64(u64) => uint(u64)
+    );
 
     fn serialize_i128(self, v: i128) -> Result<()> {
         self.bin(&v.to_be_bytes())
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<()> {
-        self.uint(u64::from(v));
-        Ok(())
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<()> {
-        self.uint(u64::from(v));
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_u32(self, v: u32) -> Result<()> {
-        self.uint(u64::from(v));
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_u64(self, v: u64) -> Result<()> {
-        self.uint(v);
-        Ok(())
     }
 
     fn serialize_u128(self, v: u128) -> Result<()> {
