@@ -308,3 +308,66 @@ async fn a_forward_pipeline_failure_restarts_only_its_region() {
         .collect();
     assert_eq!(counts, expected, "every record exactly once");
 }
+
+/// Fails in `open` once, on task 0; task 1's `open` is slow, so the failure is reported while
+/// the job's other tasks are still starting.
+#[derive(Clone)]
+struct OpenFailsOnce {
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Operator<(u64, u64), (u64, u64)> for OpenFailsOnce {
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<()> {
+        match ctx.task().task.index {
+            0 if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) => {
+                Err(Error::Internal("open failed once".into()))
+            }
+            1 => {
+                std::thread::sleep(Duration::from_millis(150));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn process(
+        &mut self,
+        r: (u64, u64),
+        _ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<(u64, u64)>,
+    ) -> Result<()> {
+        out.emit(r);
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn a_task_failing_while_the_job_starts_is_restarted_once_and_output_stays_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let (n, keys) = (20_000, 7);
+    let job = JobBuilder::with_config("open-fails", chaos_config(Threads::Arbiters(2)));
+    job.source(
+        "source",
+        LogSource::<(u64, u64)>::msgpack(counting_log(n, keys, 2)).bounded(),
+    )
+    .process(
+        "open-fails",
+        OpenFailsOnce {
+            failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        },
+    )
+    .key_by(|(k, _): &(u64, u64)| *k)
+    .reduce("sum", |a, b| (a.0, a.1 + b.1))
+    .sink(
+        "sink",
+        FileSink::new(&out, |(k, c): &(u64, u64), l: &mut String| {
+            l.push_str(&format!("{k} {c}"))
+        }),
+    );
+    let report = common::run_to_end(job)
+        .await
+        .expect("the job recovers and ends");
+    assert_eq!(report.restarts, 1, "{:?}", report.events);
+    assert_eq!(check_updates(&out, n, keys), (n, 0, 0));
+}

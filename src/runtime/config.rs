@@ -17,7 +17,8 @@ pub enum Threads {
     /// stays on the arbiter that starts the job. The job's tasks, numbered vertex by vertex,
     /// go to arbiter `number % n`: when every vertex's parallelism is a multiple of `n`, task
     /// `i` of every vertex is on arbiter `i % n` (a forward pipeline slice stays on one
-    /// thread), and a pipeline of parallelism 1 still uses every thread.
+    /// thread); otherwise the tasks still spread over the threads (a job of parallelism 1 with
+    /// at least `n` vertices uses all `n`), and a forward slice may cross threads.
     Arbiters(usize),
 }
 

@@ -367,7 +367,7 @@ impl JobMaster {
                     tasks: ids,
                     checkpoint: restored_from,
                 });
-                if self.down.is_empty() {
+                if self.down.is_empty() && self.registered {
                     self.to_coordinator(ToCoordinator::Hold(false));
                 }
                 if let Some((task, error)) = self.failed_while_down.remove(&r) {
@@ -376,10 +376,20 @@ impl JobMaster {
             }
             None => {
                 self.registered = true;
-                if self.down.is_empty() {
-                    self.to_coordinator(ToCoordinator::Hold(false));
-                }
                 self.emit(JobEvent::Started { restored_from });
+                // Failures reported while the job was starting: restart their regions now that
+                // every actor is known (the coordinator stays held meanwhile).
+                let early: Vec<(usize, Error)> =
+                    self.failed_while_down.drain().map(|(_, f)| f).collect();
+                if early.is_empty() {
+                    if self.down.is_empty() {
+                        self.to_coordinator(ToCoordinator::Hold(false));
+                    }
+                } else {
+                    for (task, error) in early {
+                        self.on_failure(ctx, task, error);
+                    }
+                }
             }
         }
     }
@@ -389,9 +399,10 @@ impl JobMaster {
             return;
         }
         let region = self.topo.regions[task];
-        if self.down.contains(&region) {
-            // A task of the incarnation being started failed before the region was up again
-            // (in open, say): handle it once the region is registered.
+        if self.down.contains(&region) || !self.registered {
+            // A task failed before its region (or, while the job starts, the job) was
+            // registered (in open, say): its actors are not all known yet, so none could be
+            // aborted. Handle it once they are (`register`).
             self.failed_while_down
                 .entry(region)
                 .or_insert((task, error));

@@ -353,14 +353,21 @@ impl TaskActor {
         let encode = capture.encode;
         let buf = Arc::clone(&self.snapshot_buf);
         let write = move || -> Result<crate::checkpoint::StateHandle> {
-            // Held for the encode and the write; a poisoned lock only means an earlier encode
-            // panicked, and the buffer is cleared anyway.
-            let mut bytes = buf
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            bytes.clear();
-            let written =
-                encode(&mut bytes).and_then(|()| storage.write_task_state(id, &task, &bytes));
+            use std::sync::TryLockError;
+            let write_with = |bytes: &mut Vec<u8>| {
+                bytes.clear();
+                encode(bytes).and_then(|()| storage.write_task_state(id, &task, bytes))
+            };
+            // Held for the encode and the write. If an earlier snapshot of this task is still
+            // being written (a checkpoint that timed out on slow storage), this one does not
+            // wait for it: it uses a buffer of its own. A poisoned lock only means an earlier
+            // encode panicked; the buffer is cleared anyway.
+            let mut bytes = match buf.try_lock() {
+                Ok(guard) => guard,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return write_with(&mut Vec::new()),
+            };
+            let written = write_with(&mut bytes);
             // Keep the capacity for the next checkpoint unless the state has shrunk a lot.
             if bytes.capacity() > 2 * bytes.len() + (1 << 20) {
                 bytes.clear();
