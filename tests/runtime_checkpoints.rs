@@ -84,27 +84,6 @@ async fn a_timed_out_checkpoint_is_aborted_and_the_next_completes() {
     assert!(report.metrics.checkpoints_aborted >= 1);
 }
 
-/// Passes records through; `open` takes a while (a large restore, a connection to set up).
-#[derive(Clone)]
-struct SlowOpen(Duration);
-
-impl Operator<(u64, u64), (u64, u64)> for SlowOpen {
-    fn open(&mut self, _ctx: &mut OperatorContext<'_>) -> Result<()> {
-        std::thread::sleep(self.0);
-        Ok(())
-    }
-
-    fn process(
-        &mut self,
-        r: (u64, u64),
-        _ctx: &mut OperatorContext<'_>,
-        out: &mut Collector<(u64, u64)>,
-    ) -> Result<()> {
-        out.emit(r);
-        Ok(())
-    }
-}
-
 #[actix_rt::test]
 async fn no_checkpoint_is_triggered_before_every_task_has_started() {
     // The coordinator's interval (2 ms) elapses many times while the tasks open (150 ms). A
@@ -124,7 +103,16 @@ async fn no_checkpoint_is_triggered_before_every_task_has_started() {
         "src",
         LogSource::<(u64, u64)>::msgpack(keyed_log(20_000, 2)).bounded(),
     )
-    .process("slow-open", SlowOpen(Duration::from_millis(150)))
+    .process(
+        "slow-open",
+        common::PassThrough {
+            // A large restore, a connection to set up.
+            on_open: Arc::new(|_| {
+                std::thread::sleep(Duration::from_millis(150));
+                Ok(())
+            }),
+        },
+    )
     .sink("out", CollectSink::new());
     let report = common::run_to_end(job).await.expect("run");
     assert_eq!(

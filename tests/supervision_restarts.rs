@@ -309,38 +309,6 @@ async fn a_forward_pipeline_failure_restarts_only_its_region() {
     assert_eq!(counts, expected, "every record exactly once");
 }
 
-/// Fails in `open` once, on task 0; task 1's `open` is slow, so the failure is reported while
-/// the job's other tasks are still starting.
-#[derive(Clone)]
-struct OpenFailsOnce {
-    failed: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Operator<(u64, u64), (u64, u64)> for OpenFailsOnce {
-    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<()> {
-        match ctx.task().task.index {
-            0 if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) => {
-                Err(Error::Internal("open failed once".into()))
-            }
-            1 => {
-                std::thread::sleep(Duration::from_millis(150));
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn process(
-        &mut self,
-        r: (u64, u64),
-        _ctx: &mut OperatorContext<'_>,
-        out: &mut Collector<(u64, u64)>,
-    ) -> Result<()> {
-        out.emit(r);
-        Ok(())
-    }
-}
-
 #[actix_rt::test]
 async fn a_task_failing_while_the_job_starts_is_restarted_once_and_output_stays_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -351,12 +319,23 @@ async fn a_task_failing_while_the_job_starts_is_restarted_once_and_output_stays_
         "source",
         LogSource::<(u64, u64)>::msgpack(counting_log(n, keys, 2)).bounded(),
     )
-    .process(
-        "open-fails",
-        OpenFailsOnce {
-            failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        },
-    )
+    .process("open-fails", {
+        // Task 0 fails in `open` once; task 1's `open` is slow, so the failure is reported
+        // while the job's other tasks are still starting.
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        common::PassThrough {
+            on_open: Arc::new(move |index| match index {
+                0 if !failed.swap(true, std::sync::atomic::Ordering::SeqCst) => {
+                    Err(Error::Internal("open failed once".into()))
+                }
+                1 => {
+                    std::thread::sleep(Duration::from_millis(150));
+                    Ok(())
+                }
+                _ => Ok(()),
+            }),
+        }
+    })
     .key_by(|(k, _): &(u64, u64)| *k)
     .reduce("sum", |a, b| (a.0, a.1 + b.1))
     .sink(

@@ -264,3 +264,28 @@ pub(crate) async fn run_to_end(job: snapflow::JobBuilder) -> Result<snapflow::Jo
         .wait()
         .await
 }
+
+/// What [`PassThrough`] does in `open`, given the task's index: fail, or take a while.
+pub(crate) type OnOpen = Arc<dyn Fn(u32) -> Result<()> + Send + Sync>;
+
+/// Passes records through; `on_open` runs in `open` (a slow start, a failing one).
+#[derive(Clone)]
+pub(crate) struct PassThrough {
+    pub(crate) on_open: OnOpen,
+}
+
+impl snapflow::prelude::Operator<(u64, u64), (u64, u64)> for PassThrough {
+    fn open(&mut self, ctx: &mut snapflow::prelude::OperatorContext<'_>) -> Result<()> {
+        (self.on_open)(ctx.task().task.index)
+    }
+
+    fn process(
+        &mut self,
+        r: (u64, u64),
+        _ctx: &mut snapflow::prelude::OperatorContext<'_>,
+        out: &mut snapflow::prelude::Collector<(u64, u64)>,
+    ) -> Result<()> {
+        out.emit(r);
+        Ok(())
+    }
+}
