@@ -54,7 +54,7 @@ use super::logic::{
 };
 use super::master::{JobMaster, Launch, TaskSlot};
 use super::metrics::JobMetrics;
-use super::operator::{Data, FilterOp, FlatMapOp, KeyedOperator, MapOp, Operator, ReduceOp};
+use super::operator::{Data, FlatMapOp, KeyedOperator, Operator, ReduceOp};
 use super::topology::{LogicFactory, Role, Topology, VertexSpec};
 use crate::chaos::{ChaosMonkey, MonkeyState};
 use crate::checkpoint::{CheckpointStorage, MemoryCheckpointStorage};
@@ -517,12 +517,16 @@ impl<T: Data> Stream<T> {
 
     /// One output per input.
     pub fn map<O: Data>(self, name: &str, f: impl Fn(T) -> O + Send + Sync + 'static) -> Stream<O> {
-        self.process(name, MapOp(Arc::new(f)))
+        self.flat_map(name, move |r, out| out.emit(f(r)))
     }
 
     /// Keeps the records `f` accepts.
     pub fn filter(self, name: &str, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> Stream<T> {
-        self.process(name, FilterOp(Arc::new(f)))
+        self.flat_map(name, move |r, out| {
+            if f(&r) {
+                out.emit(r);
+            }
+        })
     }
 
     /// Any number of outputs per input, emitted into the collector.

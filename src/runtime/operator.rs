@@ -217,54 +217,10 @@ pub trait KeyedOperator<K: StateKey, I, O>: Send + 'static {
     }
 }
 
-/// `map`: one output per input.
-pub(crate) struct MapOp<I, O>(pub(crate) Arc<dyn Fn(I) -> O + Send + Sync>);
-
-impl<I, O> Clone for MapOp<I, O> {
-    fn clone(&self) -> Self {
-        MapOp(Arc::clone(&self.0))
-    }
-}
-
-impl<I: Send + 'static, O: Clone + Send + 'static> Operator<I, O> for MapOp<I, O> {
-    fn process(
-        &mut self,
-        record: I,
-        _ctx: &mut OperatorContext<'_>,
-        out: &mut Collector<O>,
-    ) -> Result<()> {
-        out.emit((self.0)(record));
-        Ok(())
-    }
-}
-
-/// `filter`: keeps the records the predicate accepts.
-pub(crate) struct FilterOp<T>(pub(crate) Arc<dyn Fn(&T) -> bool + Send + Sync>);
-
-impl<T> Clone for FilterOp<T> {
-    fn clone(&self) -> Self {
-        FilterOp(Arc::clone(&self.0))
-    }
-}
-
-impl<T: Clone + Send + 'static> Operator<T, T> for FilterOp<T> {
-    fn process(
-        &mut self,
-        record: T,
-        _ctx: &mut OperatorContext<'_>,
-        out: &mut Collector<T>,
-    ) -> Result<()> {
-        if (self.0)(&record) {
-            out.emit(record);
-        }
-        Ok(())
-    }
-}
-
 /// The function of a `flat_map`.
 pub(crate) type FlatMapFn<I, O> = Arc<dyn Fn(I, &mut Collector<O>) + Send + Sync>;
 
-/// `flat_map`: any number of outputs per input.
+/// `flat_map`: any number of outputs per input (`map` and `filter` are flat maps too).
 pub(crate) struct FlatMapOp<I, O>(pub(crate) FlatMapFn<I, O>);
 
 impl<I, O> Clone for FlatMapOp<I, O> {
