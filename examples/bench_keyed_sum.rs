@@ -174,8 +174,7 @@ fn run(r: &Run) -> Result<()> {
         threads: Threads::Arbiters(r.p as usize),
         checkpoints: CheckpointTiming {
             interval: r.ckpt.map(Duration::from_millis),
-            timeout: Duration::from_secs(60),
-            min_pause: Duration::ZERO,
+            ..CheckpointTiming::default()
         },
         restart: RestartStrategy::FixedDelay {
             delay: Duration::ZERO,

@@ -30,11 +30,8 @@ fn child(root: &Path) -> Result<()> {
         Arc::new(FileLog::open(root.join("log"), common::corpus_options())?);
     let config = JobConfig {
         parallelism: 2,
-        checkpoints: CheckpointTiming {
-            interval: Some(Duration::from_millis(100)),
-            timeout: Duration::from_secs(10),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: CheckpointTiming::every(Duration::from_millis(100))
+            .with_timeout(Duration::from_secs(10)),
         ..JobConfig::default()
     };
     let job = JobBuilder::with_config("chaos-process", config);

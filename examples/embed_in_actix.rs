@@ -134,11 +134,7 @@ async fn main() -> Result<()> {
     // The job, started inside this System.
     let config = JobConfig {
         parallelism: 2,
-        checkpoints: CheckpointTiming {
-            interval: Some(Duration::from_millis(100)),
-            timeout: Duration::from_secs(30),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: CheckpointTiming::every(Duration::from_millis(100)),
         ..JobConfig::default()
     };
     let job = JobBuilder::with_config("clicks", config);

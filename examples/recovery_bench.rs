@@ -44,11 +44,7 @@ async fn measure(keys: u64, kills: u32) -> Result<Vec<Duration>> {
     let _ = std::fs::remove_dir_all(&dir);
     let config = JobConfig {
         parallelism: 2,
-        checkpoints: CheckpointTiming {
-            interval: Some(Duration::from_millis(200)),
-            timeout: Duration::from_secs(30),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: CheckpointTiming::every(Duration::from_millis(200)),
         restart: RestartStrategy::FixedDelay {
             delay: Duration::ZERO,
             max_attempts: u32::MAX,

@@ -81,11 +81,7 @@ fn main() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("snapflow-window-bench-{}", std::process::id()));
     let config = JobConfig {
         parallelism: 2,
-        checkpoints: CheckpointTiming {
-            interval: Some(Duration::from_secs(1)),
-            timeout: Duration::from_secs(60),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: CheckpointTiming::every(Duration::from_secs(1)),
         ..JobConfig::default()
     };
     let tally = Tally(Arc::new((AtomicU64::new(0), AtomicU64::new(0))));

@@ -152,11 +152,7 @@ fn main() -> Result<()> {
 
     let config = JobConfig {
         parallelism: 2,
-        checkpoints: CheckpointTiming {
-            interval: Some(Duration::from_millis(100)),
-            timeout: Duration::from_secs(30),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: CheckpointTiming::every(Duration::from_millis(100)),
         ..JobConfig::default()
     };
     let job = JobBuilder::with_config("clicks", config);

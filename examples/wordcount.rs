@@ -151,8 +151,7 @@ fn main() -> Result<()> {
         parallelism: 2,
         checkpoints: CheckpointTiming {
             interval: checkpoints.then_some(Duration::from_millis(200)),
-            timeout: Duration::from_secs(60),
-            min_pause: Duration::ZERO,
+            ..CheckpointTiming::default()
         },
         ..JobConfig::default()
     };

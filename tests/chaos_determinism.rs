@@ -20,11 +20,8 @@ fn deterministic_config() -> JobConfig {
         batch_size: 32,
         threads: Threads::Current,
         deterministic: true,
-        checkpoints: CheckpointTiming {
-            interval: Some(Duration::from_millis(2)),
-            timeout: Duration::from_millis(500),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: CheckpointTiming::every(Duration::from_millis(2))
+            .with_timeout(Duration::from_millis(500)),
         restart: RestartStrategy::FixedDelay {
             delay: Duration::from_millis(1),
             max_attempts: 1000,

@@ -96,11 +96,7 @@ fn check_seed(seed: u64) -> std::result::Result<usize, String> {
         } else {
             Threads::Current
         },
-        checkpoints: CheckpointTiming {
-            interval: Some(Duration::from_millis(1)),
-            timeout: Duration::from_secs(30),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: CheckpointTiming::every(Duration::from_millis(1)),
         ..JobConfig::default()
     };
     let storage = Arc::new(

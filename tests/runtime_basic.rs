@@ -24,11 +24,8 @@ fn config(threads: Threads) -> JobConfig {
         parallelism: 2,
         threads,
         batch_size: 4,
-        checkpoints: CheckpointTiming {
-            interval: Some(Duration::from_millis(20)),
-            timeout: Duration::from_secs(10),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: CheckpointTiming::every(Duration::from_millis(20))
+            .with_timeout(Duration::from_secs(10)),
         ..JobConfig::default()
     }
 }

@@ -29,11 +29,8 @@ fn keyed_log(n: u64, partitions: u32) -> Arc<dyn ReplayableLog> {
 }
 
 fn timing(interval_ms: u64, timeout_ms: u64) -> CheckpointTiming {
-    CheckpointTiming {
-        interval: Some(Duration::from_millis(interval_ms)),
-        timeout: Duration::from_millis(timeout_ms),
-        min_pause: Duration::ZERO,
-    }
+    CheckpointTiming::every(Duration::from_millis(interval_ms))
+        .with_timeout(Duration::from_millis(timeout_ms))
 }
 
 #[actix_rt::test]

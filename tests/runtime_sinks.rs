@@ -89,11 +89,7 @@ fn build(
     let config = JobConfig {
         parallelism: 1,
         batch_size: 100,
-        checkpoints: CheckpointTiming {
-            interval: Some(Duration::from_millis(5)),
-            timeout: Duration::from_secs(30),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: CheckpointTiming::every(Duration::from_millis(5)),
         ..JobConfig::default()
     };
     let job = JobBuilder::with_config("files", config);

@@ -37,6 +37,40 @@ impl Default for CheckpointTiming {
     }
 }
 
+impl CheckpointTiming {
+    /// Periodic checkpoints every `interval`, with the default timeout (60 s) and no minimum
+    /// pause.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use snapflow::checkpoint::CheckpointTiming;
+    ///
+    /// let t = CheckpointTiming::every(Duration::from_millis(100)).with_timeout(Duration::from_secs(10));
+    /// assert_eq!(t.interval, Some(Duration::from_millis(100)));
+    /// assert_eq!(t.timeout, Duration::from_secs(10));
+    /// assert_eq!(CheckpointTiming::off().interval, None);
+    /// ```
+    pub fn every(interval: Duration) -> Self {
+        CheckpointTiming {
+            interval: Some(interval),
+            ..CheckpointTiming::default()
+        }
+    }
+
+    /// No periodic checkpoints; on-demand and final checkpoints still run.
+    pub fn off() -> Self {
+        CheckpointTiming {
+            interval: None,
+            ..CheckpointTiming::default()
+        }
+    }
+
+    /// The same timing, aborting a checkpoint that is not complete after `timeout`.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        CheckpointTiming { timeout, ..self }
+    }
+}
+
 /// A checkpoint to trigger now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trigger {

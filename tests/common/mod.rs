@@ -240,11 +240,8 @@ pub(crate) fn chaos_config(threads: Threads) -> JobConfig {
         parallelism: 2,
         batch_size: 64,
         threads,
-        checkpoints: snapflow::checkpoint::CheckpointTiming {
-            interval: Some(Duration::from_millis(10)),
-            timeout: Duration::from_secs(5),
-            min_pause: Duration::ZERO,
-        },
+        checkpoints: snapflow::checkpoint::CheckpointTiming::every(Duration::from_millis(10))
+            .with_timeout(Duration::from_secs(5)),
         restart: snapflow::RestartStrategy::FixedDelay {
             delay: Duration::from_millis(5),
             max_attempts: 1000,
