@@ -25,7 +25,7 @@ fn filled() -> KeyedStateBackend<u64> {
 }
 
 fn snapshot(c: &mut Criterion) {
-    let b = filled();
+    let mut b = filled();
     let snap = b.snapshot().expect("snapshot");
     let bytes = TaskSnapshot {
         keyed: Some(snap.clone()),

@@ -239,6 +239,21 @@ fn run(r: &Run) -> Result<()> {
     aligns.sort_by(f64::total_cmp);
     let align_median = aligns.get(aligns.len() / 2).copied().unwrap_or(0.0);
     let stall_median = stalls.get(stalls.len() / 2).copied().unwrap_or(0.0);
+    // The encoding the keyed tasks did themselves (per checkpoint, the busiest task), and the
+    // longest single pause it caused (one key group).
+    let mut task_encode: Vec<f64> = periodic
+        .iter()
+        .map(|c| c.max_task_encoding.as_secs_f64() * 1e3)
+        .collect();
+    task_encode.sort_by(f64::total_cmp);
+    let task_encode_median = task_encode
+        .get(task_encode.len() / 2)
+        .copied()
+        .unwrap_or(0.0);
+    let encode_pause = periodic
+        .iter()
+        .map(|c| c.max_task_encoding_pause.as_secs_f64() * 1e3)
+        .fold(0.0, f64::max);
     let state_bytes = report
         .metrics
         .checkpoints
@@ -250,7 +265,7 @@ fn run(r: &Run) -> Result<()> {
         .map(|m| format!("{m}ms"))
         .unwrap_or_else(|| "off".into());
     println!(
-        "snapflow keyed-sum p={} ckpt={ckpt} N={} K={} events_per_s={:.0} wall_s={secs:.3} checkpoints={} ckpt_median_ms={:.1} ckpt_max_ms={:.1} ckpt_stall_median_ms={stall_median:.2} ckpt_stall_max_ms={stall:.2} align_median_ms={align_median:.2} state_bytes={state_bytes} peak_rss_mb={:.0} total={} keys={}{}{}",
+        "snapflow keyed-sum p={} ckpt={ckpt} N={} K={} events_per_s={:.0} wall_s={secs:.3} checkpoints={} ckpt_median_ms={:.1} ckpt_max_ms={:.1} ckpt_stall_median_ms={stall_median:.2} ckpt_stall_max_ms={stall:.2} task_encode_median_ms={task_encode_median:.2} task_encode_pause_max_ms={encode_pause:.2} align_median_ms={align_median:.2} state_bytes={state_bytes} peak_rss_mb={:.0} total={} keys={}{}{}",
         r.p,
         r.n,
         r.k,

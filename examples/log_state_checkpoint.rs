@@ -96,11 +96,11 @@ fn run(
 fn checkpoint(
     storage: &Arc<LocalCheckpointStorage>,
     id: CheckpointId,
-    tasks: &[Task],
+    tasks: &mut [Task],
     offsets: &[LogOffset],
 ) -> Result<Manifest> {
     let started = Instant::now();
-    let captures: Vec<_> = tasks.iter().map(|t| t.state.capture()).collect();
+    let captures: Vec<_> = tasks.iter_mut().map(|t| t.state.capture()).collect();
     let capture_time = started.elapsed();
     let storage2 = Arc::clone(storage);
     let handles = std::thread::spawn(move || -> Result<Vec<TaskStateEntry>> {
@@ -207,7 +207,7 @@ fn main() -> Result<()> {
     let half = EVENTS / u64::from(PARTITIONS) / 2;
     let n = run(&typed, &mut tasks, &mut offsets, half)?;
     println!("processed {n} purchases on 2 tasks");
-    checkpoint(&storage, CheckpointId(1), &tasks, &offsets)?;
+    checkpoint(&storage, CheckpointId(1), &mut tasks, &offsets)?;
     let n = run(&typed, &mut tasks, &mut offsets, half / 2)?;
     println!("processed {n} more purchases, then the process \"crashes\": in-memory state is lost");
     drop(tasks);
@@ -239,7 +239,7 @@ fn main() -> Result<()> {
     );
     let n = run(&typed, &mut tasks, &mut offsets, u64::MAX)?;
     println!("replayed {n} purchases on 3 tasks");
-    checkpoint(&storage, CheckpointId(2), &tasks, &offsets)?;
+    checkpoint(&storage, CheckpointId(2), &mut tasks, &offsets)?;
 
     // 4. Verify against the direct computation.
     let mut wrong = 0;

@@ -413,7 +413,7 @@ fn streamed_task_snapshot_bytes_equal_the_structured_encoding() {
     // Several sizes, a task owning part of the groups, and restored state nobody registered
     // again (carried as bytes): each must encode to exactly the bytes of the structured path.
     for n in [0u64, 1, 5, 300, 5_000] {
-        let (full, snap) = filled(n);
+        let (mut full, snap) = filled(n);
         let part = KeyGroupRange { start: 17, end: 90 };
         let mut restored = KeyedStateBackend::<String>::new(part, G).expect("backend");
         restored.restore([&snap]).expect("restore");
@@ -422,7 +422,7 @@ fn streamed_task_snapshot_bytes_equal_the_structured_encoding() {
         if part.contains(key_group_for(&"extra".to_string(), G)) {
             v.set(&mut restored, 7).expect("set");
         }
-        for b in [&full, &restored] {
+        for b in [&mut full, &mut restored] {
             let capture = b.capture();
             let structured = TaskSnapshot {
                 keyed: Some(capture.encode().expect("encode")),

@@ -44,6 +44,16 @@ pub(crate) fn write<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resu
     value.serialize(&mut Encoder { out })
 }
 
+/// Appends the header of an array of `len` elements (for values written part by part).
+pub(crate) fn write_array_len(out: &mut Vec<u8>, len: usize) -> Result<()> {
+    Encoder { out }.array_header(len)
+}
+
+/// Appends the header of a binary of `len` bytes (for bytes written part by part).
+pub(crate) fn write_bin_len(out: &mut Vec<u8>, len: usize) -> Result<()> {
+    Encoder { out }.header(&BIN, len)
+}
+
 /// The serializer: every method appends to `out`.
 struct Encoder<'a> {
     out: &'a mut Vec<u8>,

@@ -187,6 +187,8 @@ impl CoordinatorActor {
             bytes: 0,
             max_alignment: Duration::ZERO,
             max_capture: Duration::ZERO,
+            max_task_encoding: Duration::ZERO,
+            max_task_encoding_pause: Duration::ZERO,
             ack_latency: Vec::with_capacity(acks.len()),
             is_final,
         };
@@ -195,6 +197,9 @@ impl CoordinatorActor {
             stats.bytes += ack.state.size;
             stats.max_alignment = stats.max_alignment.max(ack.alignment);
             stats.max_capture = stats.max_capture.max(ack.capture);
+            stats.max_task_encoding = stats.max_task_encoding.max(ack.task_encoding.total);
+            stats.max_task_encoding_pause =
+                stats.max_task_encoding_pause.max(ack.task_encoding.longest);
             stats.ack_latency.push((
                 id.clone(),
                 ack.acked_at.saturating_duration_since(triggered_at),

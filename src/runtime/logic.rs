@@ -20,13 +20,15 @@ use crate::error::{Error, Result};
 use crate::log::{codec, LogOffset, PartitionId, ReplayableLog};
 use crate::sink::TwoPhaseCommitSink;
 use crate::state::{
-    redistribute, KeyGroup, KeyGroupRange, KeyedSnapshot, KeyedStateBackend, OperatorListState,
-    OperatorSnapshot, OperatorStateBackend, Redistribution, StateKey, TaskSnapshot,
+    redistribute, DeferredEncoding, KeyGroup, KeyGroupRange, KeyedSnapshot, KeyedStateBackend,
+    OperatorListState, OperatorSnapshot, OperatorStateBackend, Redistribution, StateKey,
+    TaskSnapshot,
 };
 use crate::time::{TimeDomain, TimerService, Timestamp, WatermarkStatus, WatermarkStrategy};
 
-/// Appends a captured state's bytes (an encoded [`TaskSnapshot`]) to a buffer, on any thread.
-pub(crate) type EncodeSnapshot = Box<dyn FnOnce(&mut Vec<u8>) -> Result<()> + Send>;
+/// Appends a captured state's bytes (an encoded [`TaskSnapshot`]) to a buffer, on any thread;
+/// returns how much of the encoding the task did itself meanwhile (keyed state).
+pub(crate) type EncodeSnapshot = Box<dyn FnOnce(&mut Vec<u8>) -> Result<DeferredEncoding> + Send>;
 
 /// A task's state as captured at a barrier, and how to encode it.
 pub(crate) struct Capture {
@@ -334,7 +336,8 @@ fn operator_capture(state: &OperatorStateBackend) -> Result<Capture> {
                 keyed: None,
                 operator,
             };
-            codec::encode_into(&snapshot, out, "task snapshot")
+            codec::encode_into(&snapshot, out, "task snapshot")?;
+            Ok(DeferredEncoding::default())
         }),
         key_groups: None,
         sources: Vec::new(),
@@ -522,7 +525,8 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
         let range = self.keyed.key_group_range();
         Ok(Capture {
             encode: Box::new(move |out: &mut Vec<u8>| {
-                keyed.encode_task_snapshot_into(&operator, out)
+                keyed.encode_task_snapshot_into(&operator, out)?;
+                Ok(keyed.deferred_encoding())
             }),
             key_groups: Some(range),
             sources: Vec::new(),

@@ -42,6 +42,8 @@ pub(crate) struct AckInfo {
     pub(crate) sources: Vec<(PartitionId, LogOffset)>,
     pub(crate) alignment: Duration,
     pub(crate) capture: Duration,
+    /// The keyed state the task encoded itself for this checkpoint.
+    pub(crate) task_encoding: crate::state::DeferredEncoding,
     pub(crate) acked_at: Instant,
 }
 
@@ -741,6 +743,7 @@ impl Handler<FromCoordinator> for JobMaster {
                     bytes = stats.bytes,
                     max_alignment_us = stats.max_alignment.as_micros() as u64,
                     max_capture_us = stats.max_capture.as_micros() as u64,
+                    max_task_encoding_us = stats.max_task_encoding.as_micros() as u64,
                     is_final,
                     "checkpoint completed"
                 );

@@ -24,6 +24,12 @@ pub struct CheckpointStats {
     pub max_alignment: Duration,
     /// The longest time a task spent capturing its state (not processing records).
     pub max_capture: Duration,
+    /// The most time one keyed task spent encoding captured key groups itself, before its
+    /// first write to each (see [`KeyedStateBackend::capture`](crate::state::KeyedStateBackend::capture)),
+    /// spread over the records it processed while the checkpoint was being written.
+    pub max_task_encoding: Duration,
+    /// The longest single such encoding (one key group): the longest pause it caused.
+    pub max_task_encoding_pause: Duration,
     /// Per task: time from the trigger to its acknowledgement.
     pub ack_latency: Vec<(TaskId, Duration)>,
     /// True for the final checkpoint of a bounded job or a graceful stop.

@@ -40,6 +40,7 @@ use super::operator::TaskInfo;
 use crate::chaos::{ChaosHooks, Moment};
 use crate::checkpoint::{Aligner, BarrierOutcome, CheckpointId, CheckpointMode, CheckpointStorage};
 use crate::error::{Error, Result};
+use crate::state::DeferredEncoding;
 use crate::time::{InputWatermarks, WatermarkChange, WatermarkStatus};
 
 /// How a source's pacing stream ticks.
@@ -352,11 +353,12 @@ impl TaskActor {
         let sources = capture.sources;
         let encode = capture.encode;
         let buf = Arc::clone(&self.snapshot_buf);
-        let write = move || -> Result<crate::checkpoint::StateHandle> {
+        let write = move || -> Result<(crate::checkpoint::StateHandle, DeferredEncoding)> {
             use std::sync::TryLockError;
             let write_with = |bytes: &mut Vec<u8>| {
                 bytes.clear();
-                encode(bytes).and_then(|()| storage.write_task_state(id, &task, bytes))
+                let by_task = encode(bytes)?;
+                Ok((storage.write_task_state(id, &task, bytes)?, by_task))
             };
             // Held for the encode and the write. If an earlier snapshot of this task is still
             // being written (a checkpoint that timed out on slow storage), this one does not
@@ -375,34 +377,37 @@ impl TaskActor {
             }
             written
         };
-        let event =
-            move |written: std::result::Result<Result<crate::checkpoint::StateHandle>, String>| {
-                let kind = match written {
-                    Ok(Ok(state)) => EventKind::Ack(AckInfo {
-                        checkpoint: id,
-                        task: number,
-                        state,
-                        key_groups,
-                        sources,
-                        alignment,
-                        capture: capture_time,
-                        acked_at: now(),
-                    }),
-                    Ok(Err(error)) => EventKind::Decline {
-                        checkpoint: id,
-                        reason: error.to_string(),
-                    },
-                    Err(join) => EventKind::Decline {
-                        checkpoint: id,
-                        reason: format!("snapshot writer failed: {join}"),
-                    },
-                };
-                master.do_send(TaskEvent {
+        let event = move |written: std::result::Result<
+            Result<(crate::checkpoint::StateHandle, DeferredEncoding)>,
+            String,
+        >| {
+            let kind = match written {
+                Ok(Ok((state, task_encoding))) => EventKind::Ack(AckInfo {
+                    checkpoint: id,
                     task: number,
-                    incarnation,
-                    kind,
-                });
+                    state,
+                    key_groups,
+                    sources,
+                    alignment,
+                    capture: capture_time,
+                    task_encoding,
+                    acked_at: now(),
+                }),
+                Ok(Err(error)) => EventKind::Decline {
+                    checkpoint: id,
+                    reason: error.to_string(),
+                },
+                Err(join) => EventKind::Decline {
+                    checkpoint: id,
+                    reason: format!("snapshot writer failed: {join}"),
+                },
             };
+            master.do_send(TaskEvent {
+                task: number,
+                incarnation,
+                kind,
+            });
+        };
         if self.settings.deterministic {
             event(Ok(write()));
             return;

@@ -18,13 +18,13 @@
 //! front).
 
 use std::any::{Any, TypeId};
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -104,15 +104,6 @@ struct GroupEntryRef<'a> {
     data: &'a [u8],
 }
 
-/// A [`KeyGroupBlob`] borrowing its bytes: encodes to the same bytes.
-#[derive(Serialize)]
-struct KeyGroupBlobRef<'a> {
-    key_group: KeyGroup,
-    crc32c: u32,
-    #[serde(with = "serde_bytes")]
-    bytes: &'a [u8],
-}
-
 /// The state of one key group: a checksummed MessagePack blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyGroupBlob {
@@ -154,14 +145,10 @@ pub struct RestoreStats {
 }
 
 trait ErasedTable<K>: Send {
-    fn name(&self) -> &str;
     fn kind(&self) -> StateKind;
     fn value_type(&self) -> (TypeId, &'static str);
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Appends group `gi`'s entries (a MessagePack map) to `out`; false, and nothing
-    /// appended, when the group is empty.
-    fn encode_group_into(&self, gi: usize, out: &mut Vec<u8>) -> Result<bool>;
     /// Decodes one group's entries; checks each key's group when `check_keys` holds the
     /// max parallelism (restore has already checked them when it is `None`).
     fn restore_group(
@@ -172,22 +159,57 @@ trait ErasedTable<K>: Send {
         check_keys: Option<u32>,
     ) -> Result<()>;
     fn clear(&mut self);
-    /// A copy sharing every group (copy-on-write): O(groups), whatever the entries.
-    fn clone_box(&self) -> Box<dyn ErasedTable<K>>;
+    /// Shares every group with a new capture: O(groups), whatever the entries. Replaces the
+    /// table's link to any earlier capture.
+    fn capture(&mut self, deferred: &Arc<DeferredStats>) -> Box<dyn CapturedGroups>;
     fn entries(&self) -> usize;
-    fn group_is_empty(&self, gi: usize) -> bool;
 }
 
 struct Table<K, T> {
     name: String,
     kind: StateKind,
-    /// Copy-on-write: a capture shares the groups; the first write to a shared group copies it.
+    /// Copy-on-write: a capture shares the groups. Before the first write to a group still
+    /// shared with the newest capture, the task encodes the group for it ([`Table::settle`]);
+    /// a write that still finds the group shared (an older capture, or one encoding the group
+    /// right now) copies it.
     groups: Vec<Arc<StateMap<K, T>>>,
+    /// The newest capture's share of the groups; dangling once that capture is dropped.
+    capture: Weak<CaptureSlots<K, T>>,
+    /// The groups the newest capture took while non-empty and the task has not written since.
+    captured: Vec<bool>,
+    /// Buffers for the encoded groups of the next capture.
+    pool: BufferPool,
 }
 
 impl<K: StateKey, T: StateValue> Table<K, T> {
+    /// Called before writing group `gi` when the table does not hold it alone: if the newest
+    /// capture still waits to encode the group, encodes it now, on this thread, and lets the
+    /// capture drop its share, so that the write that follows needs no copy. Keeps the cost of
+    /// a checkpoint to one encoding of the state, done by the task group by group as it first
+    /// writes them (each pause is one group's encoding), instead of a copy of every written
+    /// group plus an encoding on another thread.
+    #[cold]
+    #[inline(never)]
+    fn settle(&mut self, gi: usize) {
+        self.captured[gi] = false;
+        if let Some(capture) = self.capture.upgrade() {
+            capture.encode_group(gi, true);
+        }
+    }
+
+    /// Group `gi`, to be written: settled first if the newest capture may still hold it (a
+    /// flag, so that the common write costs no more than `Arc::make_mut`), copied if another
+    /// capture still holds it.
+    #[inline]
+    fn group_mut(&mut self, gi: usize) -> &mut StateMap<K, T> {
+        if self.captured[gi] {
+            self.settle(gi);
+        }
+        Arc::make_mut(&mut self.groups[gi])
+    }
+
     fn merge(&mut self, gi: usize, map: StateMap<K, T>) {
-        let slot = Arc::make_mut(&mut self.groups[gi]);
+        let slot = self.group_mut(gi);
         if slot.is_empty() {
             *slot = map;
         } else {
@@ -246,9 +268,6 @@ fn check_keys<K: StateKey>(bytes: &[u8], kg: KeyGroup, max_p: u32, name: &str) -
 }
 
 impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
-    fn name(&self) -> &str {
-        &self.name
-    }
     fn kind(&self) -> StateKind {
         self.kind
     }
@@ -260,14 +279,6 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
-    }
-    fn encode_group_into(&self, gi: usize, out: &mut Vec<u8>) -> Result<bool> {
-        let g: &StateMap<K, T> = &self.groups[gi];
-        if g.is_empty() {
-            return Ok(false);
-        }
-        codec::encode_into(g, out, "keyed state")?;
-        Ok(true)
     }
     fn restore_group(
         &mut self,
@@ -303,19 +314,185 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
             *g = Arc::new(StateMap::default());
         }
     }
-    fn clone_box(&self) -> Box<dyn ErasedTable<K>> {
-        Box::new(Table {
+    fn capture(&mut self, deferred: &Arc<DeferredStats>) -> Box<dyn CapturedGroups> {
+        let slots = Arc::new(CaptureSlots {
+            slots: self
+                .groups
+                .iter()
+                .map(|g| {
+                    let cell = SlotCell {
+                        pending: Mutex::new(None),
+                        encoded: OnceLock::new(),
+                    };
+                    if g.is_empty() {
+                        let _ = cell.encoded.set(Ok(Vec::new()));
+                    } else {
+                        *lock(&cell.pending) = Some(Arc::clone(g));
+                    }
+                    cell
+                })
+                .collect(),
+            deferred: Arc::clone(deferred),
+            pool: Arc::clone(&self.pool),
+        });
+        self.capture = Arc::downgrade(&slots);
+        for (flag, g) in self.captured.iter_mut().zip(&self.groups) {
+            *flag = !g.is_empty();
+        }
+        Box::new(CapturedTable {
             name: self.name.clone(),
             kind: self.kind,
-            groups: self.groups.clone(),
+            empty: self.groups.iter().map(|g| g.is_empty()).collect(),
+            slots,
         })
     }
     fn entries(&self) -> usize {
         self.groups.iter().map(|g| g.len()).sum()
     }
-    fn group_is_empty(&self, gi: usize) -> bool {
-        self.groups[gi].is_empty()
+}
+
+/// A captured key group of one state: the capture's share of the group until it is encoded,
+/// then its bytes, set once.
+struct SlotCell<K, T> {
+    /// The group as captured; taken (and the share dropped) by the encoding.
+    pending: Mutex<Option<Arc<StateMap<K, T>>>>,
+    /// The group's entries, encoded (empty for an empty group); or why the state's own
+    /// serialization failed. Set under `pending`'s lock, so a group is encoded once.
+    encoded: OnceLock<std::result::Result<Vec<u8>, String>>,
+}
+
+/// Byte buffers of encoded groups, handed back by dropped captures for the next one (so
+/// the encoding of every checkpoint does not fault in fresh pages).
+type BufferPool = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// One capture's share of one state's key groups, reached by the capture (on the thread that
+/// encodes it) and by the table (on the task, through a weak link).
+struct CaptureSlots<K, T> {
+    slots: Vec<SlotCell<K, T>>,
+    deferred: Arc<DeferredStats>,
+    pool: BufferPool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a panic while it was held; the data is still consistent
+    // (every update is a single assignment).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<K: StateKey, T: StateValue> CaptureSlots<K, T> {
+    /// The bytes of group `gi`, encoding it first if it is still pending (and dropping the
+    /// capture's share of it). `on_task` counts the time in the capture's
+    /// [`DeferredEncoding`].
+    fn encode_group(&self, gi: usize, on_task: bool) -> &std::result::Result<Vec<u8>, String> {
+        let cell = &self.slots[gi];
+        if let Some(done) = cell.encoded.get() {
+            return done;
+        }
+        let mut pending = lock(&cell.pending);
+        if let Some(map) = pending.take() {
+            let started = on_task.then(Instant::now);
+            let mut bytes = lock(&self.pool).pop().unwrap_or_default();
+            let result = match crate::log::msgpack::write(&*map, &mut bytes) {
+                Ok(()) => Ok(bytes),
+                Err(e) => Err(e.to_string()),
+            };
+            // Cannot fail: only the holder of the lock that took the map sets the cell.
+            let _ = cell.encoded.set(result);
+            if let Some(t) = started {
+                self.deferred.record(t.elapsed());
+            }
+        }
+        drop(pending);
+        cell.encoded
+            .get()
+            .expect("a group is encoded before its map is let go")
     }
+}
+
+impl<K, T> Drop for CaptureSlots<K, T> {
+    fn drop(&mut self) {
+        let mut pool = lock(&self.pool);
+        let keep = self.slots.len();
+        for cell in &mut self.slots {
+            if let Some(Ok(mut bytes)) = cell.encoded.take() {
+                if pool.len() < keep && bytes.capacity() > 0 {
+                    bytes.clear();
+                    pool.push(bytes);
+                }
+            }
+        }
+    }
+}
+
+/// A state's groups as a capture holds them.
+trait CapturedGroups: Send + Sync {
+    fn name(&self) -> &str;
+    fn kind(&self) -> StateKind;
+    /// Group `gi`'s entries (a MessagePack map), encoding them first if no one has yet; `None`
+    /// when the group is empty.
+    fn group_bytes(&self, gi: usize) -> Result<Option<&[u8]>>;
+    fn group_is_empty(&self, gi: usize) -> bool;
+}
+
+struct CapturedTable<K, T> {
+    name: String,
+    kind: StateKind,
+    /// Which groups were empty when captured.
+    empty: Vec<bool>,
+    slots: Arc<CaptureSlots<K, T>>,
+}
+
+impl<K: StateKey, T: StateValue> CapturedGroups for CapturedTable<K, T> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> StateKind {
+        self.kind
+    }
+    fn group_bytes(&self, gi: usize) -> Result<Option<&[u8]>> {
+        if self.empty[gi] {
+            return Ok(None);
+        }
+        match self.slots.encode_group(gi, false) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(reason) => Err(Error::encode(
+                format!("keyed state '{}'", self.name),
+                reason,
+            )),
+        }
+    }
+    fn group_is_empty(&self, gi: usize) -> bool {
+        self.empty[gi]
+    }
+}
+
+/// How much of a capture's encoding the task did itself ([`Table::settle`]).
+#[derive(Debug, Default)]
+struct DeferredStats {
+    groups: AtomicU64,
+    total_nanos: AtomicU64,
+    longest_nanos: AtomicU64,
+}
+
+impl DeferredStats {
+    fn record(&self, took: std::time::Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.total_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.longest_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
+}
+
+/// The part of a capture's encoding that the task did itself, group by group, before writing
+/// groups the capture had not encoded yet (see [`KeyedStateBackend::capture`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeferredEncoding {
+    /// Key groups (of any state) the task encoded.
+    pub groups: u64,
+    /// The time the task spent encoding them.
+    pub total: std::time::Duration,
+    /// The longest single group encoding: the longest pause of the task's processing it caused.
+    pub longest: std::time::Duration,
 }
 
 struct Current<K> {
@@ -621,6 +798,9 @@ impl<K: StateKey> KeyedStateBackend<K> {
             groups: (0..self.range.len())
                 .map(|_| Arc::new(StateMap::default()))
                 .collect(),
+            capture: Weak::new(),
+            captured: vec![false; self.range.len()],
+            pool: BufferPool::default(),
         };
         if let Some(pending) = self.pending.get(name) {
             for (gi, kg, stored_kind, data) in pending {
@@ -679,25 +859,36 @@ impl<K: StateKey> KeyedStateBackend<K> {
         let cur = self.current.as_ref().ok_or_else(|| Error::NoCurrentKey {
             name: table.name.clone(),
         })?;
-        Ok((Arc::make_mut(&mut table.groups[cur.gi]), &cur.key))
+        Ok((table.group_mut(cur.gi), &cur.key))
     }
 
     /// Captures the state so that it can be encoded while the task goes on changing it. The
     /// capture shares the tables' key groups (copy-on-write): it costs O(states x key groups),
-    /// whatever the number of entries; the first write to a group still shared with a capture
-    /// copies that group (so a capture held for a while costs at most one copy of the state,
-    /// paid by the writes, spread over time).
-    pub fn capture(&self) -> KeyedStateCapture<K> {
+    /// whatever the number of entries. Each group is then encoded once, by whichever side
+    /// needs it first: the capture's [`encode`](KeyedStateCapture::encode) (on any thread), or
+    /// this backend, just before the first write to a group the newest capture has not
+    /// encoded yet (so the write needs no copy; the capture's
+    /// [`deferred_encoding`](KeyedStateCapture::deferred_encoding) says how much of it the
+    /// task did). A write to a group shared with an older capture, or with the encoding in
+    /// progress, copies the group.
+    pub fn capture(&mut self) -> KeyedStateCapture<K> {
+        let deferred = Arc::new(DeferredStats::default());
         KeyedStateCapture {
             range: self.range,
             max_parallelism: self.max_parallelism,
-            tables: self.tables.iter().map(|t| t.clone_box()).collect(),
+            tables: self
+                .tables
+                .iter_mut()
+                .map(|t| t.capture(&deferred))
+                .collect(),
             pending: self.pending.clone(),
+            deferred,
+            _key: PhantomData,
         }
     }
 
     /// Captures and encodes in one step, on the calling thread.
-    pub fn snapshot(&self) -> Result<KeyedSnapshot> {
+    pub fn snapshot(&mut self) -> Result<KeyedSnapshot> {
         self.capture().encode()
     }
 
@@ -844,8 +1035,10 @@ impl<K: StateKey> KeyedStateBackend<K> {
 pub struct KeyedStateCapture<K> {
     range: KeyGroupRange,
     max_parallelism: u32,
-    tables: Vec<Box<dyn ErasedTable<K>>>,
+    tables: Vec<Box<dyn CapturedGroups>>,
     pending: HashMap<String, Pending>,
+    deferred: Arc<DeferredStats>,
+    _key: PhantomData<fn() -> K>,
 }
 
 impl<K> fmt::Debug for KeyedStateCapture<K> {
@@ -858,19 +1051,31 @@ impl<K> fmt::Debug for KeyedStateCapture<K> {
 }
 
 impl<K: StateKey> KeyedStateCapture<K> {
+    /// How much of this capture the task's backend encoded itself so far (final once the
+    /// capture has been encoded: every group is encoded by then).
+    pub fn deferred_encoding(&self) -> DeferredEncoding {
+        let d = &self.deferred;
+        DeferredEncoding {
+            groups: d.groups.load(Ordering::Relaxed),
+            total: std::time::Duration::from_nanos(d.total_nanos.load(Ordering::Relaxed)),
+            longest: std::time::Duration::from_nanos(d.longest_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Encodes the captured state as one checksummed blob per non-empty key group.
     pub fn encode(&self) -> Result<KeyedSnapshot> {
-        let mut scratch = BlobScratch::default();
         let mut groups = Vec::new();
         for gi in 0..self.range.len() {
-            if self.encode_blob(gi, &mut scratch)? {
-                let bytes = scratch.blob.clone();
-                groups.push(KeyGroupBlob {
-                    key_group: KeyGroup(self.range.start + gi as u16),
-                    crc32c: crc32c::crc32c(&bytes),
-                    bytes,
-                });
+            let entries = self.group_entries(gi)?;
+            if entries.is_empty() {
+                continue;
             }
+            let bytes = codec::encode(&entries, "key group blob")?;
+            groups.push(KeyGroupBlob {
+                key_group: KeyGroup(self.range.start + gi as u16),
+                crc32c: crc32c::crc32c(&bytes),
+                bytes,
+            });
         }
         Ok(KeyedSnapshot {
             max_parallelism: self.max_parallelism,
@@ -880,9 +1085,8 @@ impl<K: StateKey> KeyedStateCapture<K> {
     }
 
     /// The bytes of `TaskSnapshot { keyed: Some(self.encode()?), operator }.to_bytes()`,
-    /// produced without building the blobs first: each key group is encoded into buffers
-    /// reused from group to group and then appended to the output, so the state is copied
-    /// once into the result instead of once per layer (entries, blob, task snapshot).
+    /// produced without building the blobs first: each key group's blob is checksummed and
+    /// written from its parts (each state's encoded entries, copied once, into the result).
     pub fn encode_task_snapshot(&self, operator: &OperatorSnapshot) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         self.encode_task_snapshot_into(operator, &mut out)?;
@@ -896,58 +1100,80 @@ impl<K: StateKey> KeyedStateCapture<K> {
         operator: &OperatorSnapshot,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let streamed = StreamedKeyed {
-            capture: self,
-            error: RefCell::new(None),
+        use crate::log::msgpack::{write, write_array_len, write_bin_len, EncodeError};
+        let enc = |r: std::result::Result<(), EncodeError>| {
+            r.map_err(|e| Error::encode("task snapshot", e))
         };
-        let snapshot = TaskSnapshotRef {
-            keyed: Some(&streamed),
-            operator,
-        };
-        codec::encode_into(&snapshot, out, "task snapshot")
-            // An error of the state's own encoding, kept whole rather than as text.
-            .map_err(|e| streamed.error.into_inner().unwrap_or(e))
+        // As rmp-serde writes `TaskSnapshot { keyed: Some(KeyedSnapshot { max_parallelism,
+        // range, groups }), operator }`: structs as arrays of their fields, `Some(x)` as `x`.
+        enc(write_array_len(out, 2))?;
+        enc(write_array_len(out, 3))?;
+        enc(write(&self.max_parallelism, out))?;
+        enc(write(&self.range, out))?;
+        let groups = (0..self.range.len()).filter(|gi| !self.group_is_empty(*gi));
+        enc(write_array_len(out, groups.clone().count()))?;
+        // A blob is `[[name, kind, data], ...]`: `heads` holds its bytes other than the data,
+        // `ends[i]` where the part before entry i's data ends.
+        let (mut heads, mut ends) = (Vec::new(), Vec::new());
+        for gi in groups {
+            let entries = self.group_entries(gi)?;
+            heads.clear();
+            ends.clear();
+            enc(write_array_len(&mut heads, entries.len()))?;
+            for e in &entries {
+                enc(write_array_len(&mut heads, 3))?;
+                enc(write(e.name, &mut heads))?;
+                enc(write(&e.kind, &mut heads))?;
+                enc(write_bin_len(&mut heads, e.data.len()))?;
+                ends.push(heads.len());
+            }
+            let parts = || {
+                let starts = std::iter::once(0).chain(ends.iter().copied());
+                starts
+                    .zip(&ends)
+                    .zip(&entries)
+                    .flat_map(|((s, &e), entry)| [&heads[s..e], entry.data])
+            };
+            let crc = parts().fold(0, crc32c::crc32c_append);
+            let len = parts().map(<[u8]>::len).sum();
+            // KeyGroupBlob { key_group, crc32c, bytes }
+            enc(write_array_len(out, 3))?;
+            enc(write(&KeyGroup(self.range.start + gi as u16), out))?;
+            enc(write(&crc, out))?;
+            enc(write_bin_len(out, len))?;
+            out.reserve(len);
+            for part in parts() {
+                out.extend_from_slice(part);
+            }
+        }
+        enc(write(operator, out))
     }
 
-    /// Encodes key group `gi` (index in the range) into `scratch.blob`; false when the group
-    /// holds nothing.
-    fn encode_blob(&self, gi: usize, scratch: &mut BlobScratch) -> Result<bool> {
-        let BlobScratch { blob, data } = scratch;
-        data.resize_with(self.tables.len(), Vec::new);
-        let mut present = Vec::with_capacity(self.tables.len());
-        for (t, buf) in self.tables.iter().zip(data.iter_mut()) {
-            buf.clear();
-            present.push(t.encode_group_into(gi, buf)?);
+    /// The entries of key group `gi` (index in the range): each state's, encoding them if
+    /// the task has not, then the restored bytes of states not registered again.
+    fn group_entries(&self, gi: usize) -> Result<Vec<GroupEntryRef<'_>>> {
+        let mut entries = Vec::new();
+        for t in &self.tables {
+            if let Some(data) = t.group_bytes(gi)? {
+                entries.push(GroupEntryRef {
+                    name: t.name(),
+                    kind: t.kind(),
+                    data,
+                });
+            }
         }
-        let mut entries: Vec<GroupEntryRef<'_>> = self
-            .tables
-            .iter()
-            .zip(data.iter())
-            .zip(&present)
-            .filter(|(_, p)| **p)
-            .map(|((t, d), _)| GroupEntryRef {
-                name: t.name(),
-                kind: t.kind(),
-                data: d,
-            })
-            .collect();
         for (name, pending) in &self.pending {
-            for (pgi, _, kind, d) in pending {
+            for (pgi, _, kind, data) in pending {
                 if *pgi == gi {
                     entries.push(GroupEntryRef {
                         name,
                         kind: *kind,
-                        data: d,
+                        data,
                     });
                 }
             }
         }
-        if entries.is_empty() {
-            return Ok(false);
-        }
-        blob.clear();
-        codec::encode_into(&entries, blob, "key group blob")?;
-        Ok(true)
+        Ok(entries)
     }
 
     /// Whether key group `gi` (index in the range) holds anything to encode.
@@ -957,71 +1183,6 @@ impl<K: StateKey> KeyedStateCapture<K> {
                 .pending
                 .values()
                 .all(|p| p.iter().all(|(pgi, ..)| *pgi != gi))
-    }
-}
-
-/// Buffers reused from one key group to the next while encoding: the blob, and each state's
-/// entries.
-#[derive(Default)]
-struct BlobScratch {
-    blob: Vec<u8>,
-    data: Vec<Vec<u8>>,
-}
-
-/// Serializes like the [`TaskSnapshot`](super::TaskSnapshot) it stands for.
-#[derive(Serialize)]
-struct TaskSnapshotRef<'a, KS> {
-    keyed: Option<KS>,
-    operator: &'a OperatorSnapshot,
-}
-
-/// Serializes like the [`KeyedSnapshot`] that [`KeyedStateCapture::encode`] builds, one key
-/// group at a time. `error` keeps the first error of the state's own encoding.
-struct StreamedKeyed<'a, K> {
-    capture: &'a KeyedStateCapture<K>,
-    error: RefCell<Option<Error>>,
-}
-
-impl<K: StateKey> Serialize for StreamedKeyed<'_, K> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::{Error as _, SerializeSeq, SerializeStruct};
-        /// The blobs, each encoded just before it is written.
-        struct Groups<'b, 'a, K>(&'b StreamedKeyed<'a, K>);
-        impl<K: StateKey> Serialize for Groups<'_, '_, K> {
-            fn serialize<S: serde::Serializer>(
-                &self,
-                s: S,
-            ) -> std::result::Result<S::Ok, S::Error> {
-                let c = self.0.capture;
-                let n = (0..c.range.len())
-                    .filter(|gi| !c.group_is_empty(*gi))
-                    .count();
-                let mut seq = s.serialize_seq(Some(n))?;
-                let mut scratch = BlobScratch::default();
-                for gi in 0..c.range.len() {
-                    match c.encode_blob(gi, &mut scratch) {
-                        Ok(false) => {}
-                        Ok(true) => seq.serialize_element(&KeyGroupBlobRef {
-                            key_group: KeyGroup(c.range.start + gi as u16),
-                            crc32c: crc32c::crc32c(&scratch.blob),
-                            bytes: &scratch.blob,
-                        })?,
-                        Err(e) => {
-                            let text = e.to_string();
-                            *self.0.error.borrow_mut() = Some(e);
-                            return Err(S::Error::custom(text));
-                        }
-                    }
-                }
-                seq.end()
-            }
-        }
-        let c = self.capture;
-        let mut st = s.serialize_struct("KeyedSnapshot", 3)?;
-        st.serialize_field("max_parallelism", &c.max_parallelism)?;
-        st.serialize_field("range", &c.range)?;
-        st.serialize_field("groups", &Groups(self))?;
-        st.end()
     }
 }
 

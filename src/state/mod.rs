@@ -25,7 +25,7 @@ pub use key_group::{
     StableHasher, DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM,
 };
 pub use keyed::{
-    AggregatingState, Aggregator, KeyGroupBlob, KeyedSnapshot, KeyedStateBackend,
+    AggregatingState, Aggregator, DeferredEncoding, KeyGroupBlob, KeyedSnapshot, KeyedStateBackend,
     KeyedStateCapture, ListState, MapKey, MapState, ReducingState, RestoreStats, StateKey,
     StateKind, StateValue, ValueState,
 };
