@@ -76,11 +76,77 @@ fn a_committed_checkpoint_round_trips_with_its_state_and_offsets() {
     assert_eq!(c.manifest.sources[0].offset, LogOffset(100));
 }
 
+/// Where direct I/O can be tried: the usual temp directory and, when there is one, a tmpfs
+/// (which may refuse it, and then must fall back to buffered writes).
+fn direct_io_dirs() -> Vec<tempfile::TempDir> {
+    let mut dirs = vec![tempfile::tempdir().expect("tempdir")];
+    if let Ok(d) = tempfile::tempdir_in("/dev/shm") {
+        dirs.push(d);
+    }
+    dirs
+}
+
+#[test]
+fn state_files_written_with_direct_io_read_back_exactly_at_every_size_around_a_block() {
+    for dir in direct_io_dirs() {
+        let s = local(&dir).with_direct_io(Some(0));
+        let task = TaskId::new("count", 0).expect("task");
+        // Header (20 bytes) + payload around 4 KiB block boundaries, and a large one.
+        let sizes = [0usize, 1, 4075, 4076, 4077, 8172, 100_000, (1 << 20) + 3];
+        for (n, len) in sizes.into_iter().enumerate() {
+            let id = CheckpointId(n as u64 + 1);
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 31 + n) as u8).collect();
+            let handle = s.write_task_state(id, &task, &bytes).expect("write");
+            assert_eq!(handle.size, len as u64);
+            assert_eq!(
+                s.read_task_state(id, &handle).expect("read"),
+                bytes,
+                "len {len}"
+            );
+            let files = files_of(&s, id.0);
+            assert_eq!(files.len(), 1, "a temp file was left: {files:?}");
+            let on_disk = fs::metadata(&files[0]).expect("stat").len();
+            assert_eq!(
+                on_disk,
+                20 + len as u64,
+                "the block padding was not cut off"
+            );
+            // The same bytes given in parts (some empty) make the same file, directly or not.
+            let cuts = [0, len / 3, len / 3, (len / 2 + 1).min(len), len];
+            let parts: Vec<&[u8]> = cuts.windows(2).map(|w| &bytes[w[0]..w[1]]).collect();
+            for (k, storage) in [
+                local(&dir).with_direct_io(None),
+                local(&dir).with_direct_io(Some(0)),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let pid = CheckpointId(1000 + 10 * n as u64 + k as u64);
+                let h = storage
+                    .write_task_state_parts(pid, &task, &parts)
+                    .expect("write parts");
+                assert_eq!((h.size, h.crc32c), (handle.size, handle.crc32c));
+                assert_eq!(
+                    fs::read(&files_of(storage, pid.0)[0]).expect("read"),
+                    fs::read(&files[0]).expect("read"),
+                    "len {len}, direct {}",
+                    k == 1
+                );
+            }
+        }
+        // A whole checkpoint, committed and found again.
+        let m = write_checkpoint(&s, 100);
+        let c = s.latest_complete().expect("latest").expect("checkpoint");
+        assert_eq!(c.manifest, m, "in {}", dir.path().display());
+    }
+}
+
 #[test]
 fn every_truncation_and_sampled_byte_flips_of_a_state_file_or_manifest_fall_back_to_the_previous_checkpoint(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = local(&dir);
+    // State files written with direct I/O (every size), manifests buffered: both checked.
+    let s = local(&dir).with_direct_io(Some(0));
     write_checkpoint(&s, 1);
     write_checkpoint(&s, 2);
     let mut checked = 0;

@@ -11,9 +11,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use super::{
-    check_state, decode_manifest, encode_manifest, state_handle, CheckpointId, CheckpointStorage,
+    check_state, decode_manifest, encode_manifest, CheckpointId, CheckpointStorage,
     CompletedCheckpoint, Manifest, StateHandle, TaskId, MAX_MANIFEST_BYTES, STATE_MAGIC,
 };
 use crate::error::{Error, Result};
@@ -29,7 +31,16 @@ pub struct LocalCheckpointStorage {
     dir: PathBuf,
     retain: usize,
     max_state_bytes: u64,
+    /// State files of at least this many bytes are written with direct I/O.
+    direct_min_bytes: Option<u64>,
+    /// Set once the file system has refused direct I/O: every write is buffered after that.
+    direct_refused: AtomicBool,
+    /// Aligned buffers of direct writes, one per concurrent writer, kept for the next ones.
+    direct_bufs: Mutex<Vec<storage::AlignedBuf>>,
 }
+
+/// The default of [`LocalCheckpointStorage::with_direct_io`]: 1 MiB.
+pub const DEFAULT_DIRECT_IO_MIN_BYTES: u64 = 1 << 20;
 
 impl LocalCheckpointStorage {
     /// Storage for `job`'s checkpoints under `root/job`, keeping the newest 3 complete ones.
@@ -43,7 +54,51 @@ impl LocalCheckpointStorage {
             dir,
             retain: 3,
             max_state_bytes: 16 << 30,
+            direct_min_bytes: Some(DEFAULT_DIRECT_IO_MIN_BYTES),
+            direct_refused: AtomicBool::new(false),
+            direct_bufs: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Writes state files of at least `min_bytes` bytes with direct I/O (`O_DIRECT`, Linux):
+    /// from an aligned buffer to the device, without copying them into the kernel's page cache
+    /// first, which saves the writing thread about a third of a checkpoint's CPU cost for large
+    /// states (see `src/storage/direct.rs`). `None` writes every file through the page cache.
+    /// Default: [`DEFAULT_DIRECT_IO_MIN_BYTES`]. The durability protocol is the same either
+    /// way; on a file system that refuses direct I/O the storage logs it once and buffers
+    /// every write. Each concurrent writer keeps one buffer the size of its largest file.
+    pub fn with_direct_io(mut self, min_bytes: Option<u64>) -> Self {
+        self.direct_min_bytes = min_bytes;
+        self
+    }
+
+    /// Writes a state file (the envelope of the concatenation of `parts`) directly when it is
+    /// large enough and the file system allows it. Returns the payload's CRC32C if it was
+    /// computed, and whether the file was written.
+    fn write_state_direct(&self, path: &Path, parts: &[&[u8]]) -> Result<(Option<u32>, bool)> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let wanted = self.direct_min_bytes.is_some_and(|min| len as u64 >= min);
+        if !wanted || self.direct_refused.load(Ordering::Relaxed) {
+            return Ok((None, false));
+        }
+        // The pool holds only whole buffers: a poisoned lock is still consistent.
+        let pool = || self.direct_bufs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = pool().pop().unwrap_or_default();
+        let written = storage::write_enveloped_direct(path, STATE_MAGIC, parts, &mut buf);
+        {
+            let mut pool = pool();
+            if pool.len() < 64 && buf.capacity() > 0 {
+                pool.push(buf);
+            }
+        }
+        let (crc, done) = written?;
+        if !done && !self.direct_refused.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                dir = %self.dir.display(),
+                "the file system refuses direct I/O: checkpoint files are written through the page cache"
+            );
+        }
+        Ok((Some(crc), done))
     }
 
     /// Keeps the newest `k` complete checkpoints (at least 1).
@@ -144,6 +199,15 @@ impl CheckpointStorage for LocalCheckpointStorage {
         task: &TaskId,
         bytes: &[u8],
     ) -> Result<StateHandle> {
+        self.write_task_state_parts(id, task, &[bytes])
+    }
+
+    fn write_task_state_parts(
+        &self,
+        id: CheckpointId,
+        task: &TaskId,
+        parts: &[&[u8]],
+    ) -> Result<StateHandle> {
         storage::validate_name("vertex", &task.vertex)?;
         let dir = self.checkpoint_dir(id);
         if dir.join(MANIFEST_FILE).exists() {
@@ -152,14 +216,27 @@ impl CheckpointStorage for LocalCheckpointStorage {
             )));
         }
         storage::create_dir_durable(&dir)?;
-        // One pass over the payload: its checksum serves the handle and the envelope alike, and
-        // the header and payload are written without being copied into one buffer. The
-        // directory fsync that makes the rename durable is shared by every task's file: `commit`
-        // does it once, before the manifest that names the files is written.
-        let handle = state_handle(task, bytes);
-        let header = storage::envelope_header(STATE_MAGIC, bytes.len(), handle.crc32c);
-        storage::write_renamed(&dir.join(&handle.file), &[&header, bytes])?;
-        Ok(handle)
+        // The parts are written as they are, never joined: into the aligned buffer of a direct
+        // write (checksummed as they are copied), or one after the other after the header of a
+        // buffered one. The directory fsync that makes the rename durable is shared by every
+        // task's file: `commit` does it once, before the manifest that names the files.
+        let file = task.state_file_name();
+        let path = dir.join(&file);
+        let size = parts.iter().map(|p| p.len()).sum::<usize>();
+        let (crc, written) = self.write_state_direct(&path, parts)?;
+        let crc = crc.unwrap_or_else(|| parts.iter().fold(0, |c, p| crc32c::crc32c_append(c, p)));
+        if !written {
+            let header = storage::envelope_header(STATE_MAGIC, size, crc);
+            let mut all = Vec::with_capacity(parts.len() + 1);
+            all.push(&header[..]);
+            all.extend_from_slice(parts);
+            storage::write_renamed(&path, &all)?;
+        }
+        Ok(StateHandle {
+            file,
+            size: size as u64,
+            crc32c: crc,
+        })
     }
 
     fn commit(&self, manifest: &Manifest) -> Result<()> {

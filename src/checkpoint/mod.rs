@@ -33,7 +33,7 @@ use crate::storage;
 
 pub use barrier::{Aligner, BarrierOutcome, CheckpointMode};
 pub use coordinator::{AckOutcome, CheckpointCoordinator, CheckpointTiming, Trigger};
-pub use local::LocalCheckpointStorage;
+pub use local::{LocalCheckpointStorage, DEFAULT_DIRECT_IO_MIN_BYTES};
 pub use memory::MemoryCheckpointStorage;
 
 /// The number of a checkpoint. Checkpoint ids only grow within a job.
@@ -317,6 +317,20 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
         task: &TaskId,
         bytes: &[u8],
     ) -> Result<StateHandle>;
+
+    /// Stores one task's state given as parts whose concatenation is the state's bytes: the
+    /// same as [`write_task_state`](Self::write_task_state) of the joined parts, which is what
+    /// this default does. A storage that can write the parts without joining them first
+    /// overrides it (checkpoints of keyed state hand over each key group's encoded bytes this
+    /// way).
+    fn write_task_state_parts(
+        &self,
+        id: CheckpointId,
+        task: &TaskId,
+        parts: &[&[u8]],
+    ) -> Result<StateHandle> {
+        self.write_task_state(id, task, &parts.concat())
+    }
 
     /// Makes checkpoint `manifest.checkpoint` complete by writing its manifest atomically, after
     /// checking that the manifest is consistent (safe names; exactly the tasks `0..p` of every

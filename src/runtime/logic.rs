@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::channel::{Collector, Envelope, Origin, OutputEdge, Route};
 use super::operator::{Data, KeyedContext, KeyedOperator, Operator, OperatorContext, TaskInfo};
-use crate::checkpoint::CheckpointId;
+use crate::checkpoint::{CheckpointId, CheckpointStorage, StateHandle, TaskId};
 use crate::error::{Error, Result};
 use crate::log::{codec, LogOffset, PartitionId, ReplayableLog};
 use crate::sink::TwoPhaseCommitSink;
@@ -26,9 +26,18 @@ use crate::state::{
 };
 use crate::time::{TimeDomain, TimerService, Timestamp, WatermarkStatus, WatermarkStrategy};
 
-/// Appends a captured state's bytes (an encoded [`TaskSnapshot`]) to a buffer, on any thread;
-/// returns how much of the encoding the task did itself meanwhile (keyed state).
-pub(crate) type EncodeSnapshot = Box<dyn FnOnce(&mut Vec<u8>) -> Result<DeferredEncoding> + Send>;
+/// Encodes a captured state (as a [`TaskSnapshot`]) and stores it as the task's state of a
+/// checkpoint, on any thread, using the buffer given if it needs one; returns the stored
+/// state's handle and how much of the encoding the task did itself meanwhile (keyed state).
+pub(crate) type EncodeSnapshot = Box<
+    dyn FnOnce(
+            &dyn CheckpointStorage,
+            CheckpointId,
+            &TaskId,
+            &mut Vec<u8>,
+        ) -> Result<(StateHandle, DeferredEncoding)>
+        + Send,
+>;
 
 /// A task's state as captured at a barrier, and how to encode it.
 pub(crate) struct Capture {
@@ -331,13 +340,14 @@ macro_rules! keyed_ctx {
 fn operator_capture(state: &OperatorStateBackend) -> Result<Capture> {
     let operator = state.snapshot()?;
     Ok(Capture {
-        encode: Box::new(move |out: &mut Vec<u8>| {
+        encode: Box::new(move |storage, id, task, out| {
             let snapshot = TaskSnapshot {
                 keyed: None,
                 operator,
             };
             codec::encode_into(&snapshot, out, "task snapshot")?;
-            Ok(DeferredEncoding::default())
+            let handle = storage.write_task_state(id, task, out)?;
+            Ok((handle, DeferredEncoding::default()))
         }),
         key_groups: None,
         sources: Vec::new(),
@@ -524,9 +534,13 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
         let operator = self.operator.snapshot()?;
         let range = self.keyed.key_group_range();
         Ok(Capture {
-            encode: Box::new(move |out: &mut Vec<u8>| {
-                keyed.encode_task_snapshot_into(&operator, out)?;
-                Ok(keyed.deferred_encoding())
+            // The keyed state's parts go to the storage as they are, never joined into the
+            // buffer: each key group's encoded bytes are copied once, by the storage.
+            encode: Box::new(move |storage, id, task, _buf| {
+                let parts = keyed.task_snapshot_parts(&operator)?;
+                let parts: Vec<&[u8]> = parts.iter().collect();
+                let handle = storage.write_task_state_parts(id, task, &parts)?;
+                Ok((handle, keyed.deferred_encoding()))
             }),
             key_groups: Some(range),
             sources: Vec::new(),

@@ -357,8 +357,7 @@ impl TaskActor {
             use std::sync::TryLockError;
             let write_with = |bytes: &mut Vec<u8>| {
                 bytes.clear();
-                let by_task = encode(bytes)?;
-                Ok((storage.write_task_state(id, &task, bytes)?, by_task))
+                encode(&*storage, id, &task, bytes)
             };
             // Held for the encode and the write. If an earlier snapshot of this task is still
             // being written (a checkpoint that timed out on slow storage), this one does not

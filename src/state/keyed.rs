@@ -200,7 +200,7 @@ impl<K: StateKey, T: StateValue> Table<K, T> {
     /// Group `gi`, to be written: settled first if the newest capture may still hold it (a
     /// flag, so that the common write costs no more than `Arc::make_mut`), copied if another
     /// capture still holds it.
-    #[inline]
+    #[inline(always)]
     fn group_mut(&mut self, gi: usize) -> &mut StateMap<K, T> {
         if self.captured[gi] {
             self.settle(gi);
@@ -1100,18 +1100,35 @@ impl<K: StateKey> KeyedStateCapture<K> {
         operator: &OperatorSnapshot,
         out: &mut Vec<u8>,
     ) -> Result<()> {
+        let parts = self.task_snapshot_parts(operator)?;
+        out.reserve(parts.len());
+        for part in parts.iter() {
+            out.extend_from_slice(part);
+        }
+        Ok(())
+    }
+
+    /// The bytes of [`encode_task_snapshot`](Self::encode_task_snapshot) as parts whose
+    /// concatenation they are: the headers, written into one small buffer, and each key
+    /// group's encoded entries, borrowed from the capture. Checkpoints hand the parts to the
+    /// storage, which writes them without joining them first.
+    pub(crate) fn task_snapshot_parts(
+        &self,
+        operator: &OperatorSnapshot,
+    ) -> Result<SnapshotParts<'_>> {
         use crate::log::msgpack::{write, write_array_len, write_bin_len, EncodeError};
         let enc = |r: std::result::Result<(), EncodeError>| {
             r.map_err(|e| Error::encode("task snapshot", e))
         };
+        let mut out = SnapshotParts::default();
         // As rmp-serde writes `TaskSnapshot { keyed: Some(KeyedSnapshot { max_parallelism,
         // range, groups }), operator }`: structs as arrays of their fields, `Some(x)` as `x`.
-        enc(write_array_len(out, 2))?;
-        enc(write_array_len(out, 3))?;
-        enc(write(&self.max_parallelism, out))?;
-        enc(write(&self.range, out))?;
+        enc(write_array_len(&mut out.small, 2))?;
+        enc(write_array_len(&mut out.small, 3))?;
+        enc(write(&self.max_parallelism, &mut out.small))?;
+        enc(write(&self.range, &mut out.small))?;
         let groups = (0..self.range.len()).filter(|gi| !self.group_is_empty(*gi));
-        enc(write_array_len(out, groups.clone().count()))?;
+        enc(write_array_len(&mut out.small, groups.clone().count()))?;
         // A blob is `[[name, kind, data], ...]`: `heads` holds its bytes other than the data,
         // `ends[i]` where the part before entry i's data ends.
         let (mut heads, mut ends) = (Vec::new(), Vec::new());
@@ -1127,26 +1144,31 @@ impl<K: StateKey> KeyedStateCapture<K> {
                 enc(write_bin_len(&mut heads, e.data.len()))?;
                 ends.push(heads.len());
             }
-            let parts = || {
-                let starts = std::iter::once(0).chain(ends.iter().copied());
-                starts
+            let starts = || std::iter::once(0).chain(ends.iter().copied());
+            let blob = || {
+                starts()
                     .zip(&ends)
                     .zip(&entries)
                     .flat_map(|((s, &e), entry)| [&heads[s..e], entry.data])
             };
-            let crc = parts().fold(0, crc32c::crc32c_append);
-            let len = parts().map(<[u8]>::len).sum();
+            let crc = blob().fold(0, crc32c::crc32c_append);
+            let len = blob().map(<[u8]>::len).sum();
             // KeyGroupBlob { key_group, crc32c, bytes }
-            enc(write_array_len(out, 3))?;
-            enc(write(&KeyGroup(self.range.start + gi as u16), out))?;
-            enc(write(&crc, out))?;
-            enc(write_bin_len(out, len))?;
-            out.reserve(len);
-            for part in parts() {
-                out.extend_from_slice(part);
+            enc(write_array_len(&mut out.small, 3))?;
+            enc(write(
+                &KeyGroup(self.range.start + gi as u16),
+                &mut out.small,
+            ))?;
+            enc(write(&crc, &mut out.small))?;
+            enc(write_bin_len(&mut out.small, len))?;
+            for ((s, &e), entry) in starts().zip(&ends).zip(&entries) {
+                out.small.extend_from_slice(&heads[s..e]);
+                out.borrowed(entry.data);
             }
         }
-        enc(write(operator, out))
+        enc(write(operator, &mut out.small))?;
+        out.seal();
+        Ok(out)
     }
 
     /// The entries of key group `gi` (index in the range): each state's, encoding them if
@@ -1183,6 +1205,52 @@ impl<K: StateKey> KeyedStateCapture<K> {
                 .pending
                 .values()
                 .all(|p| p.iter().all(|(pgi, ..)| *pgi != gi))
+    }
+}
+
+/// Bytes as a sequence of parts: runs of `small` (headers) between borrowed slices.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotParts<'a> {
+    small: Vec<u8>,
+    /// Where the run of `small` not yet in `parts` starts.
+    sealed: usize,
+    parts: Vec<Part<'a>>,
+}
+
+#[derive(Debug)]
+enum Part<'a> {
+    Small(std::ops::Range<usize>),
+    Borrowed(&'a [u8]),
+}
+
+impl<'a> SnapshotParts<'a> {
+    /// Ends the current run of `small` (if any) as a part.
+    fn seal(&mut self) {
+        if self.sealed < self.small.len() {
+            self.parts.push(Part::Small(self.sealed..self.small.len()));
+            self.sealed = self.small.len();
+        }
+    }
+
+    /// Appends a borrowed slice after what `small` holds so far.
+    fn borrowed(&mut self, bytes: &'a [u8]) {
+        self.seal();
+        if !bytes.is_empty() {
+            self.parts.push(Part::Borrowed(bytes));
+        }
+    }
+
+    /// The parts, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.parts.iter().map(|p| match p {
+            Part::Small(r) => &self.small[r.clone()],
+            Part::Borrowed(b) => b,
+        })
+    }
+
+    /// The length of the concatenation.
+    pub(crate) fn len(&self) -> usize {
+        self.iter().map(<[u8]>::len).sum()
     }
 }
 

@@ -3,7 +3,8 @@
 //! Everything that must survive a crash is written through [`write_atomic`] (write a temp file
 //! in the same directory, fsync it, rename it over the target, fsync the directory), or through
 //! [`write_renamed`] (the same, with the directory fsync left to the caller, so that the files
-//! of one checkpoint share one directory fsync), and wrapped
+//! of one checkpoint share one directory fsync; [`write_enveloped_direct`] is its variant that
+//! bypasses the page cache for large files), and wrapped
 //! in a checksummed [envelope](encode_envelope), so a reader can tell a complete file from a
 //! torn or corrupted one and never decodes bad bytes. Names that reach the file system are
 //! checked by [`validate_name`].
@@ -18,6 +19,9 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+
+mod direct;
+pub(crate) use direct::{write_enveloped_direct, AlignedBuf};
 
 /// Size of the envelope header: magic (8) + payload length (8) + CRC32C (4).
 pub(crate) const ENVELOPE_HEADER: usize = 20;
@@ -110,27 +114,38 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// directory share a single directory fsync (a checkpoint's state files, synced once before
 /// the manifest that names them is written).
 pub(crate) fn write_renamed(path: &Path, parts: &[&[u8]]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::Config(format!("{} has no parent directory", path.display())))?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
+    let tmp = temp_path(path)?;
     {
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)
             .map_err(|e| Error::io("create temp file", &tmp, e))?;
+        // Small parts (headers between large ones) are gathered; parts larger than the buffer
+        // go straight to the file.
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
         for part in parts {
-            f.write_all(part)
+            w.write_all(part)
                 .map_err(|e| Error::io("write temp file", &tmp, e))?;
         }
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io("write temp file", &tmp, e.into_error()))?;
         f.sync_all()
             .map_err(|e| Error::io("fsync temp file", &tmp, e))?;
     }
     fs::rename(&tmp, path).map_err(|e| Error::io("rename temp file over", path, e))
+}
+
+/// The temp file a write of `path` goes through: `path.tmp`, in the same directory.
+fn temp_path(path: &Path) -> Result<std::path::PathBuf> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Config(format!("{} has no parent directory", path.display())))?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    Ok(dir.join(tmp_name))
 }
 
 /// Makes the directory entries of `dir` (files created, renamed or removed in it) durable.
