@@ -9,10 +9,10 @@
 //!   Per-partition maxima are part of the source's checkpointed state, so a restored source
 //!   resumes its watermark where the checkpoint left it.
 //! - A task's watermark is the minimum over its input channels that are not idle
-//!   ([`InputWatermarks`]); it never goes back. When it advances, keyed operators fire their
+//!   (`InputWatermarks`); it never goes back. When it advances, keyed operators fire their
 //!   event-time timers up to it in timestamp order, then the watermark goes downstream.
 //! - Timers are keyed state (one sorted list of timestamps per key and time domain, checkpointed
-//!   by key group), with an in-memory index by time rebuilt on restore ([`TimerService`]).
+//!   by key group), with an in-memory index by time rebuilt on restore (`TimerService`).
 //! - Windows ([`WindowAssigner`]: tumbling, sliding, session) are keyed operators built on map
 //!   state and event-time timers (`src/runtime/window.rs`).
 
