@@ -342,7 +342,6 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
         Box::new(CapturedTable {
             name: self.name.clone(),
             kind: self.kind,
-            empty: self.groups.iter().map(|g| g.is_empty()).collect(),
             slots,
         })
     }
@@ -437,8 +436,6 @@ trait CapturedGroups: Send + Sync {
 struct CapturedTable<K, T> {
     name: String,
     kind: StateKind,
-    /// Which groups were empty when captured.
-    empty: Vec<bool>,
     slots: Arc<CaptureSlots<K, T>>,
 }
 
@@ -450,10 +447,9 @@ impl<K: StateKey, T: StateValue> CapturedGroups for CapturedTable<K, T> {
         self.kind
     }
     fn group_bytes(&self, gi: usize) -> Result<Option<&[u8]>> {
-        if self.empty[gi] {
-            return Ok(None);
-        }
         match self.slots.encode_group(gi, false) {
+            // Only an empty group encodes to nothing (a map has a header at least).
+            Ok(bytes) if bytes.is_empty() => Ok(None),
             Ok(bytes) => Ok(Some(bytes)),
             Err(reason) => Err(Error::encode(
                 format!("keyed state '{}'", self.name),
@@ -462,7 +458,8 @@ impl<K: StateKey, T: StateValue> CapturedGroups for CapturedTable<K, T> {
         }
     }
     fn group_is_empty(&self, gi: usize) -> bool {
-        self.empty[gi]
+        // Empty groups are captured already encoded, as nothing.
+        matches!(self.slots.slots[gi].encoded.get(), Some(Ok(b)) if b.is_empty())
     }
 }
 
