@@ -28,7 +28,7 @@ pub enum ErrorClass {
 }
 
 /// Every error snapflow reports.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An I/O call failed.
@@ -38,9 +38,9 @@ pub enum Error {
         op: &'static str,
         /// The file or directory involved.
         path: PathBuf,
-        /// The underlying error.
+        /// The underlying error (shared, so that an `Error` can be cloned).
         #[source]
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
 
     /// A log record failed its checksum or framing check, and is not a torn tail that can be
@@ -232,9 +232,35 @@ pub enum Error {
     #[error("invalid job graph: {0}")]
     InvalidGraph(String),
 
-    /// The job was cancelled.
-    #[error("the job was cancelled")]
-    Cancelled,
+    /// Checkpoints kept failing for a reason of their own (storage errors, timeouts, tasks
+    /// declining), more times in a row than the job tolerates
+    /// ([`JobConfig::tolerable_failed_checkpoints`](crate::JobConfig)). Aborts caused by task
+    /// failures do not count.
+    #[error("{failures} checkpoints failed in a row (the job tolerates {tolerable}); the last, checkpoint {checkpoint}: {reason}")]
+    CheckpointsFailing {
+        /// Consecutive failures.
+        failures: u32,
+        /// How many the job tolerates.
+        tolerable: u32,
+        /// The last checkpoint that failed.
+        checkpoint: CheckpointId,
+        /// Why it failed.
+        reason: String,
+        /// The error behind the last failure, when there was one (a storage error).
+        #[source]
+        source: Option<Box<Error>>,
+    },
+
+    /// Checkpoints exist, but none of them verifies: restoring is impossible, and starting over
+    /// from the beginning of the log would repeat output that was already committed. Starting
+    /// over must be asked for ([`JobConfig::when_no_checkpoint_verifies`](crate::JobConfig)).
+    #[error("no checkpoint of job '{job}' verifies ({}); starting over would commit output twice, so the job does not start over unless asked to", .rejected.iter().map(|(id, why)| format!("checkpoint {id}: {why}")).collect::<Vec<_>>().join("; "))]
+    NoValidCheckpoint {
+        /// The job.
+        job: String,
+        /// Every checkpoint that was tried, newest first, with why it was rejected.
+        rejected: Vec<(CheckpointId, String)>,
+    },
 
     /// A broken internal invariant: a bug in snapflow.
     #[error("internal error (a bug in snapflow): {0}")]
@@ -273,7 +299,10 @@ impl Error {
             Error::Panic { .. } | Error::TaskStopped { .. } | Error::Internal(_) => {
                 ErrorClass::Restart
             }
-            Error::InvalidGraph(_) | Error::Cancelled => ErrorClass::Fatal,
+            Error::CheckpointsFailing { source, .. } => {
+                source.as_ref().map_or(ErrorClass::Restart, |e| e.class())
+            }
+            Error::InvalidGraph(_) | Error::NoValidCheckpoint { .. } => ErrorClass::Fatal,
             Error::RecordTooLarge { .. }
             | Error::OffsetOutOfRange { .. }
             | Error::UnknownPartition { .. }
@@ -306,7 +335,7 @@ impl Error {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            source: std::sync::Arc::new(source),
         }
     }
 

@@ -60,8 +60,8 @@ pub use log::{
     RecordBatch, ReplayableLog, SyncPolicy, TypedLog,
 };
 pub use runtime::{
-    Collector, Job, JobBuilder, JobConfig, JobEvent, JobHandle, JobReport, KeyedOperator,
-    KeyedStream, LogSource, Operator, Stream, Threads,
+    Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport, KeyedOperator,
+    KeyedStream, LogSource, NoValidCheckpoint, Operator, Stream, Threads,
 };
 pub use sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
 pub use storage::validate_name;
@@ -76,8 +76,9 @@ pub mod prelude {
         TypedLog,
     };
     pub use crate::runtime::{
-        Collector, Job, JobBuilder, JobConfig, JobEvent, JobHandle, JobReport, KeyedContext,
-        KeyedOperator, KeyedStream, LogSource, Operator, OperatorContext, Stream, Threads,
+        Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport,
+        KeyedContext, KeyedOperator, KeyedStream, LogSource, Operator, OperatorContext, Stream,
+        Threads,
     };
     pub use crate::runtime::{WindowAggregator, WindowResult};
     pub use crate::sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};

@@ -22,6 +22,19 @@ pub enum Threads {
     Arbiters(usize),
 }
 
+/// What a restore does when the checkpoint storage holds checkpoints but none of them verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoValidCheckpoint {
+    /// Fail with [`Error::NoValidCheckpoint`], naming every checkpoint and why it was rejected
+    /// (the default): starting over would replay the log from its beginning, and an
+    /// exactly-once sink would commit output that is already committed a second time.
+    #[default]
+    Fail,
+    /// Start from the beginning of the log with empty state, as if there were no checkpoint.
+    /// Choose this only where repeating committed output is acceptable.
+    StartOver,
+}
+
 /// Settings of a job. `JobConfig::default()` suits most jobs.
 #[derive(Debug, Clone)]
 pub struct JobConfig {
@@ -48,6 +61,19 @@ pub struct JobConfig {
     /// Resume from the latest complete checkpoint in the checkpoint storage when the job
     /// starts (the default), or start from the beginning of the log with empty state.
     pub restore_on_start: bool,
+    /// What a restore does when checkpoints exist but none of them verifies (all corrupt or
+    /// missing files). Default: [`NoValidCheckpoint::Fail`].
+    pub when_no_checkpoint_verifies: NoValidCheckpoint,
+    /// Consecutive checkpoint failures tolerated before the job fails with the last one's
+    /// error ([`Error::CheckpointsFailing`]). Only failures of the checkpoint itself count: a
+    /// storage error, a timeout, a task that could not write its state; not an abort caused by
+    /// a task failure. A completed checkpoint resets the count. Default: 10 (Flink's
+    /// `tolerable-failed-checkpoints`).
+    pub tolerable_failed_checkpoints: u32,
+    /// After the `k`-th consecutive checkpoint failure nothing is triggered for this long times
+    /// `2^(k-1)`, at most 64 times it (so a failing final checkpoint is not retried in a tight
+    /// loop). Default: 100 ms (then 0.2 s, 0.4 s, ... up to 6.4 s).
+    pub checkpoint_failure_backoff: Duration,
     /// What to do when a task fails.
     pub restart: RestartStrategy,
     /// Event-time sources emit their watermark at most this often.
@@ -79,6 +105,9 @@ impl Default for JobConfig {
             threads: Threads::Arbiters(cores),
             source_idle_poll: Duration::from_millis(10),
             restore_on_start: true,
+            when_no_checkpoint_verifies: NoValidCheckpoint::Fail,
+            tolerable_failed_checkpoints: 10,
+            checkpoint_failure_backoff: Duration::from_millis(100),
             restart: RestartStrategy::default(),
             watermark_interval: Duration::from_millis(10),
             idle_timeout: Duration::from_millis(200),

@@ -6,6 +6,22 @@ use actix::Message;
 
 use crate::checkpoint::{CheckpointId, TaskId};
 
+/// Why a job that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobEnd {
+    /// Every source reached the end of its input (a bounded job): end-of-input ran, the final
+    /// checkpoint completed and every sink committed it.
+    InputEnded,
+    /// [`JobHandle::stop`](super::JobHandle::stop): the final checkpoint completed and every sink committed it, without
+    /// end-of-input (the input did not end). Resuming from that checkpoint continues where the
+    /// job stopped.
+    Stopped,
+    /// [`JobHandle::cancel`](super::JobHandle::cancel): stopped at once, without a final checkpoint. Output of epochs
+    /// whose checkpoint had not completed stays uncommitted, and is produced again by a job
+    /// that resumes from the latest checkpoint.
+    Cancelled,
+}
+
 /// Something that happened to a job. A job sends every event to the `Recipient` given to
 /// [`JobBuilder::events`](super::JobBuilder::events), logs it with `tracing`, and lists it in
 /// its [`JobReport`](super::JobReport).
@@ -16,6 +32,13 @@ pub enum JobEvent {
     Started {
         /// The checkpoint restored, if any.
         restored_from: Option<CheckpointId>,
+    },
+    /// A checkpoint was triggered: its barriers are being injected at the sources.
+    CheckpointTriggered {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// True for a final checkpoint (end of input, or a stop).
+        is_final: bool,
     },
     /// A checkpoint's manifest was written.
     CheckpointCompleted {
@@ -63,14 +86,23 @@ pub enum JobEvent {
     },
     /// The checkpoint coordinator failed and was restarted.
     CoordinatorRestarted {
-        /// The latest complete checkpoint it resumed after.
+        /// The largest checkpoint id in the storage (complete or not) when it restarted: its ids
+        /// continue above it.
         resumed_after: Option<CheckpointId>,
     },
+    /// [`JobHandle::stop`](super::JobHandle::stop) was called: the final checkpoint follows.
+    StopRequested,
+    /// [`JobHandle::cancel`](super::JobHandle::cancel) was called: the job ends once every
+    /// checkpoint write it started has ended.
+    CancelRequested,
     /// The job ended with an error.
     JobFailed {
         /// The error.
         error: String,
     },
-    /// The job ended successfully.
-    JobFinished,
+    /// The job ended without failing.
+    JobFinished {
+        /// Why.
+        end: JobEnd,
+    },
 }

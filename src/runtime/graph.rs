@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use serde::de::DeserializeOwned;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use super::channel::Collector;
 use super::config::{JobConfig, Threads};
@@ -812,7 +812,7 @@ impl Job {
         let first = crate::checkpoint::CheckpointId(
             max_id.max(restored_from).map(|c| c.0 + 1).unwrap_or(1),
         );
-        let (done_tx, done_rx) = oneshot::channel();
+        let (done_tx, done_rx) = watch::channel(None);
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let seed = chaos.as_ref().map(|c| c.seed).unwrap_or(0);
         let master = JobMaster {
@@ -837,6 +837,7 @@ impl Job {
             completed: 0,
             final_requested: false,
             stop_requested: false,
+            final_trigger: None,
             events: Vec::new(),
             event_sink: events,
             monkey: chaos.map(MonkeyState::new),
@@ -844,7 +845,7 @@ impl Job {
             failure_at: HashMap::new(),
             failed_while_down: HashMap::new(),
             metrics: Arc::clone(&metrics),
-            done: Some(done_tx),
+            done: done_tx,
             arbiters,
             cancel: cancel_tx,
             cancel_rx,

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
-use super::events::JobEvent;
+use super::events::{JobEnd, JobEvent};
 use super::master::{Command, JobMaster};
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use crate::checkpoint::CheckpointId;
@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 pub struct JobReport {
     /// The job's name.
     pub job: String,
+    /// Why it ended.
+    pub end: JobEnd,
     /// Checkpoints completed during this run.
     pub checkpoints_completed: u64,
     /// The last checkpoint completed, if any.
@@ -35,20 +37,34 @@ pub struct JobReport {
     pub events: Vec<JobEvent>,
 }
 
-/// A running job. Dropping the handle does not stop the job.
-#[derive(Debug)]
+/// A running job. Cheap to clone: every clone follows and controls the same job, and any
+/// number of them may [`wait`](Self::wait) at once. Dropping the handles does not stop the job.
+#[derive(Debug, Clone)]
 pub struct JobHandle {
     pub(crate) master: Addr<JobMaster>,
-    pub(crate) result: oneshot::Receiver<Result<JobReport>>,
+    pub(crate) result: watch::Receiver<Option<Result<JobReport>>>,
     pub(crate) metrics: Arc<JobMetrics>,
 }
 
 impl JobHandle {
-    /// Waits for the job to end: `Ok` once a bounded job's final checkpoint is committed (or a
-    /// graceful stop completed), `Err` with the failure that ended it otherwise.
-    pub async fn wait(self) -> Result<JobReport> {
-        match self.result.await {
-            Ok(r) => r,
+    /// Waits for the job to end and returns how it ended: `Ok` with a report once a bounded
+    /// job's final checkpoint is committed ([`JobEnd::InputEnded`]), once a
+    /// [`stop`](Self::stop) completed ([`JobEnd::Stopped`]), or once a
+    /// [`cancel`](Self::cancel) took effect ([`JobEnd::Cancelled`]); `Err` with the failure
+    /// that ended the job otherwise.
+    ///
+    /// It returns only after every checkpoint write the job started (task state, manifests,
+    /// removals) has ended: once it has returned, nothing the job wrote can appear in its
+    /// checkpoint storage any more, so a new job may start on the same storage.
+    ///
+    /// Takes `&self`: wait with a timeout (`tokio::time::timeout(d, handle.wait())`) and still
+    /// cancel or stop the job afterwards; call it again, or from clones, for the same answer.
+    pub async fn wait(&self) -> Result<JobReport> {
+        let mut rx = self.result.clone();
+        let outcome = rx.wait_for(Option::is_some).await.map(|r| r.clone());
+        match outcome {
+            Ok(Some(result)) => result,
+            Ok(None) => Err(Error::Internal("a job result was empty".into())),
             Err(_) => Err(Error::ActorGone {
                 actor: "JobMaster",
                 reason: "the job master stopped without a result (was its System stopped?)".into(),
@@ -56,19 +72,28 @@ impl JobHandle {
         }
     }
 
+    /// Whether the job has ended (its [`wait`](Self::wait) would return at once).
+    pub fn is_finished(&self) -> bool {
+        self.result.borrow().is_some()
+    }
+
     /// Asks for a checkpoint now (after the one in flight, if any).
     pub fn trigger_checkpoint(&self) {
         self.master.do_send(Command::TriggerCheckpoint);
     }
 
-    /// Asks the job to stop gracefully: the sources stop reading, a final checkpoint is taken,
-    /// sinks commit it, then the job ends with `Ok`. Follow with [`wait`](Self::wait).
+    /// Asks the job to stop gracefully: the sources stop reading, a final checkpoint is taken
+    /// and every sink commits it, then the job ends with [`JobEnd::Stopped`]. A stop is not an
+    /// end of input: operators' end-of-input hooks do not run, and a job resumed from the
+    /// final checkpoint carries on exactly where this one stopped (Flink's stop-with-savepoint
+    /// without draining). Follow with [`wait`](Self::wait).
     pub fn stop(&self) {
         self.master.do_send(Command::Stop);
     }
 
-    /// Stops the job at once, without a final checkpoint. The job ends with
-    /// [`Error::Cancelled`]; output not yet committed stays uncommitted.
+    /// Stops the job at once, without a final checkpoint: [`wait`](Self::wait) then returns a
+    /// report with [`JobEnd::Cancelled`]. Output of epochs whose checkpoint had not completed
+    /// stays uncommitted.
     pub fn cancel(&self) {
         self.master.do_send(Command::Cancel);
     }

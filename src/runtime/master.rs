@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::coordinator::{now, CoordinatorActor, FromCoordinator, ToCoordinator};
-use super::events::JobEvent;
+use super::events::{JobEnd, JobEvent};
 use super::handle::JobReport;
 use super::logic::RestoreState;
 use super::metrics::JobMetrics;
@@ -127,6 +127,9 @@ pub(crate) struct JobMaster {
     pub(crate) completed: u64,
     pub(crate) final_requested: bool,
     pub(crate) stop_requested: bool,
+    /// The final checkpoint triggered last, and whether its sources ended their input first
+    /// (end of input) or not (a stop).
+    pub(crate) final_trigger: Option<(CheckpointId, bool)>,
     pub(crate) events: Vec<JobEvent>,
     pub(crate) event_sink: Option<Recipient<JobEvent>>,
     pub(crate) monkey: Option<MonkeyState>,
@@ -134,7 +137,7 @@ pub(crate) struct JobMaster {
     pub(crate) failure_at: HashMap<usize, Instant>,
     pub(crate) failed_while_down: HashMap<usize, (usize, Error)>,
     pub(crate) metrics: Arc<JobMetrics>,
-    pub(crate) done: Option<oneshot::Sender<Result<JobReport>>>,
+    pub(crate) done: watch::Sender<Option<Result<JobReport>>>,
     pub(crate) arbiters: Vec<Arbiter>,
     pub(crate) cancel: watch::Sender<bool>,
     pub(crate) cancel_rx: watch::Receiver<bool>,
@@ -156,9 +159,10 @@ impl JobMaster {
         self.events.push(event);
     }
 
-    fn report(&self) -> JobReport {
+    fn report(&self, end: JobEnd) -> JobReport {
         JobReport {
             job: self.topo.name.clone(),
+            end,
             checkpoints_completed: self.completed,
             last_checkpoint: self.last_completed,
             restored_from: self.restored_from,
@@ -174,7 +178,7 @@ impl JobMaster {
         self.monkey.as_ref().map(|m| m.kills).unwrap_or(0)
     }
 
-    fn finish(&mut self, ctx: &mut Context<Self>, result: Result<JobReport>) {
+    fn finish(&mut self, ctx: &mut Context<Self>, result: Result<JobEnd>) {
         if self.ending {
             return;
         }
@@ -192,10 +196,10 @@ impl JobMaster {
             arbiter.stop();
         }
         let result = match result {
-            Ok(_) => {
-                self.emit(JobEvent::JobFinished);
-                tracing::info!(job = %self.job(), checkpoints = self.completed, restarts = self.tracker.restarts(), "job finished");
-                Ok(self.report())
+            Ok(end) => {
+                self.emit(JobEvent::JobFinished { end });
+                tracing::info!(job = %self.job(), end = ?end, checkpoints = self.completed, restarts = self.tracker.restarts(), "job finished");
+                Ok(self.report(end))
             }
             Err(e) => {
                 self.emit(JobEvent::JobFailed {
@@ -205,9 +209,7 @@ impl JobMaster {
                 Err(e)
             }
         };
-        if let Some(tx) = self.done.take() {
-            let _ = tx.send(result);
-        }
+        self.done.send_replace(Some(result));
         ctx.stop();
     }
 
@@ -701,6 +703,15 @@ impl Handler<FromCoordinator> for JobMaster {
                 is_final,
             } => {
                 self.last_triggered = Some(checkpoint);
+                self.emit(JobEvent::CheckpointTriggered {
+                    checkpoint,
+                    is_final,
+                });
+                // Which final checkpoint this is: for now every final checkpoint ends the
+                // input first, a stop's too.
+                if is_final {
+                    self.final_trigger = Some((checkpoint, !self.stop_requested));
+                }
                 // A source that is not running cannot take the barrier: say so at once rather
                 // than let the checkpoint wait for its timeout (a trigger sent just before a
                 // region went down).
@@ -764,10 +775,15 @@ impl Handler<FromCoordinator> for JobMaster {
                 let replies = futures::future::join_all(
                     addrs.into_iter().map(move |a| a.send(Complete(checkpoint))),
                 );
-                ctx.spawn(replies.into_actor(self).map(|replies, act, ctx| {
+                ctx.spawn(replies.into_actor(self).map(move |replies, act, ctx| {
                     if act.down.is_empty() && replies.iter().all(|r| matches!(r, Ok(true))) {
-                        let report = act.report();
-                        act.finish(ctx, Ok(report));
+                        // The sources of the final checkpoint ended their input first, or (a
+                        // stop) they did not.
+                        let end = match act.final_trigger {
+                            Some((id, false)) if id == checkpoint => JobEnd::Stopped,
+                            _ => JobEnd::InputEnded,
+                        };
+                        act.finish(ctx, Ok(end));
                     } else {
                         // A task failed while committing: its failure report restarts its
                         // region, which recovers (commits) this checkpoint, and the input's end
@@ -787,12 +803,23 @@ impl Handler<Command> for JobMaster {
         match msg {
             Command::TriggerCheckpoint => self.to_coordinator(ToCoordinator::RequestNow),
             Command::Stop => {
+                if self.ending || self.stop_requested {
+                    return;
+                }
                 tracing::info!(job = %self.job(), "graceful stop requested: taking the final checkpoint");
+                self.emit(JobEvent::StopRequested);
                 self.stop_requested = true;
                 self.final_requested = true;
                 self.to_coordinator(ToCoordinator::RequestFinal);
             }
-            Command::Cancel => self.finish(ctx, Err(Error::Cancelled)),
+            Command::Cancel => {
+                if self.ending {
+                    return;
+                }
+                tracing::info!(job = %self.job(), "cancel requested");
+                self.emit(JobEvent::CancelRequested);
+                self.finish(ctx, Ok(JobEnd::Cancelled));
+            }
         }
     }
 }

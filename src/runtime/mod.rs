@@ -26,8 +26,8 @@ mod topology;
 mod window;
 
 pub use channel::Collector;
-pub use config::{JobConfig, Threads};
-pub use events::JobEvent;
+pub use config::{JobConfig, NoValidCheckpoint, Threads};
+pub use events::{JobEnd, JobEvent};
 pub use graph::{Job, JobBuilder, KeyedStream, LogSource, Stream};
 pub use handle::{JobHandle, JobReport};
 pub use logic::DeadLetter;
