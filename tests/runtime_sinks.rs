@@ -189,3 +189,51 @@ async fn the_file_sink_commits_only_completed_epochs_and_a_resumed_job_completes
     assert!(report.restored_from.is_some());
     assert_eq!(committed(&out), (0..n).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_transaction_whose_file_name_is_not_the_sinks_is_refused_on_commit_and_recover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sink = FileSink::new(dir.path(), line);
+    sink.open(&info()).expect("open");
+    // Names as a damaged or forged checkpoint could hold them: an empty name (the sink
+    // directory itself), paths, hidden files, other shapes.
+    for bad in [
+        "",
+        ".txt",
+        "../out=0=00000000000000000001=0.txt",
+        "a/b=0=00000000000000000001=0.txt",
+        ".pending=0=00000000000000000001=0.txt",
+        "out=0=1=0.txt",
+        "out=0=00000000000000000001=0",
+        "out=x=00000000000000000001=0.txt",
+        "out=0=00000000000000000001=0=9.txt",
+    ] {
+        for records in [0, 3] {
+            let txn = snapflow::sink::FileTxn {
+                epoch: 1,
+                file: bad.to_string(),
+                records,
+            };
+            assert!(
+                matches!(sink.commit(&txn), Err(Error::InvalidName { .. })),
+                "commit accepted {bad:?} ({records} records)"
+            );
+            assert!(
+                matches!(
+                    sink.recover(std::slice::from_ref(&txn)),
+                    Err(Error::InvalidName { .. })
+                ),
+                "recover accepted {bad:?} ({records} records)"
+            );
+        }
+    }
+    // The sink's own names pass.
+    sink.begin(CheckpointId(4)).expect("begin");
+    sink.write("x".to_string()).expect("write");
+    let txn = sink.pre_commit(CheckpointId(4)).expect("pre-commit");
+    sink.commit(&txn).expect("the sink's own name");
+    assert_eq!(
+        FileSink::<String>::read_committed(dir.path()).expect("read"),
+        vec!["x"]
+    );
+}

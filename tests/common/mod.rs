@@ -286,3 +286,183 @@ impl snapflow::prelude::Operator<(u64, u64), (u64, u64)> for PassThrough {
         Ok(())
     }
 }
+
+/// A storage that delegates to another, and can hold a manifest commit until the test
+/// releases it, or fail every state write. The latch makes races reproducible without sleeps:
+/// the test waits until the write has started ([`LatchedStorage::entered`]), does what it must
+/// while the write is blocked, then releases it.
+pub(crate) struct LatchedStorage {
+    pub(crate) inner: Arc<dyn CheckpointStorage>,
+    /// Hold the commit of the first manifest this accepts (`None`: hold none).
+    hold: std::sync::Mutex<Option<Box<dyn Fn(&Manifest) -> bool + Send + Sync>>>,
+    released: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+    entered: tokio::sync::watch::Sender<u32>,
+    /// Fail every state write with an I/O error.
+    pub(crate) fail_state_writes: std::sync::atomic::AtomicBool,
+    /// Every manifest commit takes this many milliseconds longer (slow storage).
+    pub(crate) commit_delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for LatchedStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatchedStorage")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl LatchedStorage {
+    pub(crate) fn new(inner: Arc<dyn CheckpointStorage>) -> Self {
+        LatchedStorage {
+            inner,
+            hold: std::sync::Mutex::new(None),
+            released: std::sync::Mutex::new(false),
+            wake: std::sync::Condvar::new(),
+            entered: tokio::sync::watch::channel(0).0,
+            fail_state_writes: std::sync::atomic::AtomicBool::new(false),
+            commit_delay_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Holds the commit of the first manifest `which` accepts until [`release`](Self::release).
+    pub(crate) fn hold_commit(&self, which: impl Fn(&Manifest) -> bool + Send + Sync + 'static) {
+        *self.hold.lock().expect("hold") = Some(Box::new(which));
+    }
+
+    /// Waits until the held commit has started (and is blocked).
+    pub(crate) async fn entered(&self) {
+        let mut rx = self.entered.subscribe();
+        tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|n| *n > 0))
+            .await
+            .expect("the held manifest commit never started")
+            .expect("entered");
+    }
+
+    /// Lets the held commit go on.
+    pub(crate) fn release(&self) {
+        *self.released.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    /// Releases the held commit when dropped, also when the test panics first (a blocked
+    /// storage thread would otherwise keep the runtime from shutting down).
+    pub(crate) fn release_on_drop(self: &Arc<Self>) -> ReleaseOnDrop {
+        ReleaseOnDrop(Arc::clone(self))
+    }
+}
+
+/// See [`LatchedStorage::release_on_drop`].
+pub(crate) struct ReleaseOnDrop(Arc<LatchedStorage>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl CheckpointStorage for LatchedStorage {
+    fn job(&self) -> &str {
+        self.inner.job()
+    }
+    fn write_task_state(
+        &self,
+        id: CheckpointId,
+        task: &TaskId,
+        bytes: &[u8],
+    ) -> Result<StateHandle> {
+        if self
+            .fail_state_writes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Error::Io {
+                op: "write state file",
+                path: format!("checkpoint {id}").into(),
+                source: Arc::new(std::io::Error::other("injected EIO: the disk is gone")),
+            });
+        }
+        self.inner.write_task_state(id, task, bytes)
+    }
+    fn commit(&self, manifest: &Manifest) -> Result<()> {
+        let held = {
+            let mut hold = self.hold.lock().expect("hold");
+            let matches = hold.as_ref().is_some_and(|f| f(manifest));
+            if matches {
+                *hold = None;
+            }
+            matches
+        };
+        if held {
+            self.entered.send_modify(|n| *n += 1);
+            let mut released = self.released.lock().expect("released");
+            while !*released {
+                released = self.wake.wait(released).expect("wait");
+            }
+        }
+        let delay = self
+            .commit_delay_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        self.inner.commit(manifest)
+    }
+    fn abort(&self, id: CheckpointId) -> Result<()> {
+        self.inner.abort(id)
+    }
+    fn completed_ids(&self) -> Result<Vec<CheckpointId>> {
+        self.inner.completed_ids()
+    }
+    fn max_id(&self) -> Result<Option<CheckpointId>> {
+        self.inner.max_id()
+    }
+    fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
+        self.inner.verify(id)
+    }
+    fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
+        self.inner.read_task_state(id, handle)
+    }
+}
+
+/// Receives a job's lifecycle events ([`JobBuilder::events`]) for a test to wait on.
+pub(crate) struct EventTap(tokio::sync::mpsc::UnboundedSender<JobEvent>);
+
+impl actix::Actor for EventTap {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<JobEvent> for EventTap {
+    type Result = ();
+    fn handle(&mut self, e: JobEvent, _: &mut Self::Context) {
+        let _ = self.0.send(e);
+    }
+}
+
+/// The events of one job, in order.
+pub(crate) struct Events(tokio::sync::mpsc::UnboundedReceiver<JobEvent>);
+
+impl Events {
+    /// A tap to give to [`JobBuilder::events`] and the events it receives.
+    pub(crate) fn tap() -> (actix::Recipient<JobEvent>, Events) {
+        use actix::Actor;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (EventTap(tx).start().recipient(), Events(rx))
+    }
+
+    /// Waits for the next event `pred` accepts (60 s at most: a hang fails the test).
+    pub(crate) async fn until(&mut self, what: &str, pred: impl Fn(&JobEvent) -> bool) -> JobEvent {
+        let wait = async {
+            while let Some(e) = self.0.recv().await {
+                if pred(&e) {
+                    return Some(e);
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(Duration::from_secs(60), wait).await {
+            Ok(Some(e)) => e,
+            Ok(None) => panic!("the job's events ended before {what}"),
+            Err(_) => panic!("no {what} within 60 s"),
+        }
+    }
+}
