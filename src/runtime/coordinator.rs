@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
+use super::fence::WriteFence;
 use super::master::{AckInfo, JobMaster};
 use super::metrics::CheckpointStats;
 use crate::chaos::{ChaosHooks, Moment};
@@ -86,6 +87,8 @@ pub(crate) struct CoordinatorActor {
     pub(crate) inline_io: bool,
     pub(crate) chaos: Arc<ChaosHooks>,
     pub(crate) manifest_gate: Arc<tokio::sync::Mutex<()>>,
+    /// The job's write fence: a manifest write or a removal holds a permit while it runs.
+    pub(crate) fence: Arc<WriteFence>,
     /// The checkpoint whose manifest is being written: it can no longer be aborted, only
     /// completed or failed by the write.
     pub(crate) writing: Option<CheckpointId>,
@@ -107,6 +110,7 @@ impl CoordinatorActor {
         inline_io: bool,
         chaos: Arc<ChaosHooks>,
         manifest_gate: Arc<tokio::sync::Mutex<()>>,
+        fence: Arc<WriteFence>,
     ) -> Self {
         CoordinatorActor {
             job,
@@ -120,6 +124,7 @@ impl CoordinatorActor {
             inline_io,
             chaos,
             manifest_gate,
+            fence,
             writing: None,
             held: false,
         }
@@ -137,16 +142,26 @@ impl CoordinatorActor {
             checkpoint: id,
             reason,
         });
+        let Some(permit) = self.fence.begin() else {
+            return;
+        };
         let storage = Arc::clone(&self.storage);
         if self.inline_io {
-            if let Err(e) = storage.abort(id) {
+            let removed = storage.abort(id);
+            drop(permit);
+            if let Err(e) = removed {
                 tracing::warn!(job = %self.job, checkpoint = %id, error = %e, "could not remove an aborted checkpoint's files");
             }
             return;
         }
         let job = self.job.clone();
         actix::spawn(async move {
-            let removed = tokio::task::spawn_blocking(move || storage.abort(id)).await;
+            let removed = tokio::task::spawn_blocking(move || {
+                let removed = storage.abort(id);
+                drop(permit);
+                removed
+            })
+            .await;
             if let Ok(Err(e)) = removed {
                 tracing::warn!(job = %job, checkpoint = %id, error = %e, "could not remove an aborted checkpoint's files");
             }
@@ -217,11 +232,16 @@ impl CoordinatorActor {
                 key_groups: ack.key_groups,
             });
         }
+        let Some(permit) = self.fence.begin() else {
+            // The job is ending: no manifest is written after that.
+            return;
+        };
         let storage = Arc::clone(&self.storage);
         let killed = self.chaos.fire(Moment::CoordinatorManifestWrite);
         self.writing = Some(checkpoint);
         if self.inline_io && killed.is_none() {
             let result = storage.commit(&manifest);
+            drop(permit);
             stats.duration = now().saturating_duration_since(triggered_at);
             self.on_written(checkpoint, is_final, result, stats);
             return;
@@ -234,6 +254,7 @@ impl CoordinatorActor {
             tokio::task::spawn_blocking(move || {
                 let written = storage.commit(&manifest);
                 drop(guard);
+                drop(permit);
                 written
             })
             .await

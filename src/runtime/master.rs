@@ -178,11 +178,14 @@ impl JobMaster {
         self.monkey.as_ref().map(|m| m.kills).unwrap_or(0)
     }
 
+    /// Ends the job: stops every actor, fences off checkpoint writes, and reports `result`
+    /// once every write the job started has ended (the fence's invariant).
     fn finish(&mut self, ctx: &mut Context<Self>, result: Result<JobEnd>) {
         if self.ending {
             return;
         }
         self.ending = true;
+        self.topo.fence.close();
         let _ = self.cancel.send(true);
         for t in &self.tasks {
             if let Some(a) = &t.addr {
@@ -209,8 +212,22 @@ impl JobMaster {
                 Err(e)
             }
         };
-        self.done.send_replace(Some(result));
-        ctx.stop();
+        let fence = Arc::clone(&self.topo.fence);
+        let writes = fence.in_flight();
+        if writes > 0 {
+            tracing::info!(job = %self.job(), writes, "waiting for the job's checkpoint writes to end");
+        }
+        ctx.spawn(
+            async move {
+                fence.drained().await;
+                result
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                act.done.send_replace(Some(result));
+                ctx.stop();
+            }),
+        );
     }
 
     fn live(&self, task: usize) -> bool {
@@ -245,6 +262,7 @@ impl JobMaster {
             topo.config.deterministic,
             Arc::clone(&topo.chaos),
             Arc::clone(&topo.manifest_gate),
+            Arc::clone(&topo.fence),
         );
         let cctx: Context<CoordinatorActor> = Context::new();
         let addr = cctx.address();

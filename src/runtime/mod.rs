@@ -15,6 +15,7 @@ mod channel;
 mod config;
 mod coordinator;
 mod events;
+mod fence;
 mod graph;
 mod handle;
 mod logic;

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc::error::TrySendError, watch};
 
 use super::channel::{Envelope, Gate, Input, Sender};
 use super::coordinator::{now, processing_time};
+use super::fence::WriteFence;
 use super::logic::{SourcePoll, TaskLogic};
 use super::master::{AckInfo, EventKind, JobMaster, TaskEvent};
 use super::metrics::{JobMetrics, TaskCounters};
@@ -149,6 +150,8 @@ pub(crate) struct TaskActor {
     pub(crate) pace: Rc<Cell<Pace>>,
     pub(crate) settings: TaskSettings,
     pub(crate) chaos: Arc<ChaosHooks>,
+    /// The job's write fence: a snapshot write holds a permit while it runs.
+    pub(crate) fence: Arc<WriteFence>,
     pub(crate) flush_scheduled: bool,
     /// True while a `ctx.wait` send of queued envelopes is in progress.
     pub(crate) waiting: bool,
@@ -345,6 +348,10 @@ impl TaskActor {
         if self.chaos_at(ctx, Moment::AfterCaptureBeforeAck) {
             return;
         }
+        let Some(permit) = self.fence.begin() else {
+            // The job is ending: nothing more is written.
+            return;
+        };
         let storage = Arc::clone(&self.storage);
         let master = self.master.clone();
         let task = self.info.task.clone();
@@ -369,6 +376,7 @@ impl TaskActor {
                 Err(TryLockError::WouldBlock) => return write_with(&mut Vec::new()),
             };
             let written = write_with(&mut bytes);
+            drop(permit);
             // Keep the capacity for the next checkpoint unless the state has shrunk a lot.
             if bytes.capacity() > 2 * bytes.len() + (1 << 20) {
                 bytes.clear();

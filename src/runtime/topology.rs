@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::channel::{Gate, GatedInput, Receiver, Sender};
 use super::config::JobConfig;
+use super::fence::WriteFence;
 use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
 use super::master::JobMaster;
 use super::metrics::JobMetrics;
@@ -95,6 +96,8 @@ pub(crate) struct Topology {
     /// reads the latest checkpoint: a restore never decides on "the latest complete
     /// checkpoint" while one is being completed, nor reads files retention is deleting.
     pub(crate) manifest_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Every checkpoint-storage write of this run holds a permit of it; see [`WriteFence`].
+    pub(crate) fence: Arc<WriteFence>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -215,6 +218,7 @@ impl Topology {
             metrics,
             chaos: Arc::new(ChaosHooks::default()),
             manifest_gate: Arc::new(tokio::sync::Mutex::new(())),
+            fence: Arc::new(WriteFence::default()),
         })
     }
 
@@ -395,6 +399,7 @@ impl Topology {
                 cancel: cancel.clone(),
                 settings: self.settings.clone(),
                 chaos: Arc::clone(&self.chaos),
+                fence: Arc::clone(&self.fence),
             };
             let (reply, rx) = oneshot::channel();
             // Round-robin over the job's tasks (not their index within a vertex, which would put
@@ -425,6 +430,7 @@ struct SpawnTask {
     cancel: watch::Receiver<bool>,
     settings: TaskSettings,
     chaos: Arc<ChaosHooks>,
+    fence: Arc<WriteFence>,
 }
 
 impl SpawnTask {
@@ -465,6 +471,7 @@ impl SpawnTask {
             pace,
             settings: self.settings,
             chaos: self.chaos,
+            fence: self.fence,
             flush_scheduled: false,
             waiting: false,
             failed: false,
