@@ -725,10 +725,10 @@ impl Handler<FromCoordinator> for JobMaster {
                     checkpoint,
                     is_final,
                 });
-                // Which final checkpoint this is: for now every final checkpoint ends the
-                // input first, a stop's too.
+                // A stop ends no input: its final checkpoint is taken without end-of-input.
+                let end_input = is_final && !self.stop_requested;
                 if is_final {
-                    self.final_trigger = Some((checkpoint, !self.stop_requested));
+                    self.final_trigger = Some((checkpoint, end_input));
                 }
                 // A source that is not running cannot take the barrier: say so at once rather
                 // than let the checkpoint wait for its timeout (a trigger sent just before a
@@ -746,6 +746,7 @@ impl Handler<FromCoordinator> for JobMaster {
                             a.do_send(Trigger {
                                 checkpoint,
                                 is_final,
+                                end_input,
                             });
                         }
                     }

@@ -17,7 +17,8 @@
 //!   task failure and the task stops; no other actor or thread is affected.
 //! - A source has no inputs: a pacing stream ticks it; each tick reads one batch from the log.
 //!   `Trigger(n)` from the master (its mailbox, never behind data) makes it emit `Barrier(n)`;
-//!   a final trigger makes it emit `End` first.
+//!   a final trigger halts it for good, and at the end of input (not for a stop) makes it emit
+//!   `End` first.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -95,7 +96,11 @@ pub(crate) fn pace_stream(pace: Rc<Cell<Pace>>, deterministic: bool) -> impl Str
 #[rtype(result = "()")]
 pub(crate) struct Trigger {
     pub(crate) checkpoint: CheckpointId,
+    /// The final checkpoint: the source reads nothing after its barrier.
     pub(crate) is_final: bool,
+    /// With `is_final`: end the input first (`End` before the barrier, so downstream tasks run
+    /// their end-of-input hooks). False for a stop, which ends no input.
+    pub(crate) end_input: bool,
 }
 
 /// Master → task: a checkpoint is complete. Replies whether the task handled it.
@@ -157,6 +162,8 @@ pub(crate) struct TaskActor {
     pub(crate) waiting: bool,
     pub(crate) failed: bool,
     pub(crate) end_sent: bool,
+    /// A source that took a final barrier: it reads nothing more.
+    pub(crate) halted: bool,
     pub(crate) at_end_reported: bool,
     pub(crate) first_record_reported: bool,
 }
@@ -586,7 +593,7 @@ impl StreamHandler<Input> for TaskActor {
 
 impl StreamHandler<Tick> for TaskActor {
     fn handle(&mut self, _tick: Tick, ctx: &mut Self::Context) {
-        if self.failed || self.end_sent {
+        if self.failed || self.end_sent || self.halted {
             self.pace.set(Pace::Halt);
             return;
         }
@@ -628,9 +635,12 @@ impl Handler<Trigger> for TaskActor {
         if self.failed {
             return;
         }
-        if msg.is_final && !self.end_sent {
+        if msg.is_final {
+            self.halted = true;
             self.pace.set(Pace::Halt);
-            self.send_end(ctx);
+            if msg.end_input && !self.end_sent {
+                self.send_end(ctx);
+            }
         }
         self.checkpoint(ctx, msg.checkpoint, Duration::ZERO);
     }

@@ -476,6 +476,7 @@ impl SpawnTask {
             waiting: false,
             failed: false,
             end_sent: false,
+            halted: false,
             at_end_reported: false,
             first_record_reported: false,
         };

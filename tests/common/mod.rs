@@ -287,6 +287,9 @@ impl snapflow::prelude::Operator<(u64, u64), (u64, u64)> for PassThrough {
     }
 }
 
+/// Which manifests a [`LatchedStorage`] holds.
+type ManifestFilter = Box<dyn Fn(&Manifest) -> bool + Send + Sync>;
+
 /// A storage that delegates to another, and can hold a manifest commit until the test
 /// releases it, or fail every state write. The latch makes races reproducible without sleeps:
 /// the test waits until the write has started ([`LatchedStorage::entered`]), does what it must
@@ -294,7 +297,7 @@ impl snapflow::prelude::Operator<(u64, u64), (u64, u64)> for PassThrough {
 pub(crate) struct LatchedStorage {
     pub(crate) inner: Arc<dyn CheckpointStorage>,
     /// Hold the commit of the first manifest this accepts (`None`: hold none).
-    hold: std::sync::Mutex<Option<Box<dyn Fn(&Manifest) -> bool + Send + Sync>>>,
+    hold: std::sync::Mutex<Option<ManifestFilter>>,
     released: std::sync::Mutex<bool>,
     wake: std::sync::Condvar,
     entered: tokio::sync::watch::Sender<u32>,
