@@ -7,6 +7,17 @@
 //! the interval has passed since the previous trigger, and the minimum pause has passed since
 //! the previous checkpoint ended.
 //!
+//! Failures: an abort caused by the checkpoint itself ([`CheckpointCoordinator::fail`]: a
+//! storage error, a timeout, a task that could not write its state) counts; one caused by a task
+//! failure ([`CheckpointCoordinator::abort`]) does not. After `k` consecutive counted failures
+//! nothing is triggered for `backoff * 2^(k-1)` (at most 64 times `backoff`), and the failure
+//! after the tolerated number tells the driver to give up. A completed checkpoint resets the
+//! count.
+//!
+//! Final checkpoints: after a final checkpoint completes nothing more is triggered, unless the
+//! request it answered was withdrawn ([`CheckpointCoordinator::cancel_final`]) or renewed
+//! ([`CheckpointCoordinator::rearm`]) while it was in flight: then its completion ends nothing.
+//!
 //! The job master (an actor) owns a coordinator, feeds it the current time and the acks, and
 //! carries its answers out ([`AckOutcome`], [`Trigger`]).
 
@@ -100,10 +111,32 @@ pub enum AckOutcome<A> {
     },
 }
 
+/// What a counted checkpoint failure leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// The checkpoint was not in flight: nothing changed.
+    Stale,
+    /// Tolerated: the next checkpoint is triggered no earlier than `after` from now.
+    Retry {
+        /// Consecutive failures so far.
+        failures: u32,
+        /// The back-off before the next trigger.
+        after: Duration,
+    },
+    /// More consecutive failures than tolerated: the job should fail.
+    GiveUp {
+        /// Consecutive failures.
+        failures: u32,
+    },
+}
+
 #[derive(Debug)]
 struct InFlight<A> {
     id: CheckpointId,
     is_final: bool,
+    /// False once the final request this checkpoint answers was withdrawn or renewed while it
+    /// was in flight: its completion then ends nothing.
+    ends_job: bool,
     triggered_at: Instant,
     acks: BTreeMap<usize, A>,
     all_acked: bool,
@@ -122,6 +155,10 @@ pub struct CheckpointCoordinator<A> {
     on_demand: bool,
     final_requested: bool,
     finished: bool,
+    tolerable_failures: u32,
+    backoff: Duration,
+    failures: u32,
+    not_before: Option<Instant>,
 }
 
 impl<A> CheckpointCoordinator<A> {
@@ -137,7 +174,25 @@ impl<A> CheckpointCoordinator<A> {
             on_demand: false,
             final_requested: false,
             finished: false,
+            tolerable_failures: u32::MAX,
+            backoff: Duration::ZERO,
+            failures: 0,
+            not_before: None,
         }
+    }
+
+    /// Tolerates `tolerable` consecutive counted failures (the next one gives up), backing off
+    /// `backoff * 2^(k-1)` after the `k`-th (at most 64 times `backoff`). Without it: every
+    /// failure is tolerated, with no back-off.
+    pub fn with_failure_policy(mut self, tolerable: u32, backoff: Duration) -> Self {
+        self.tolerable_failures = tolerable;
+        self.backoff = backoff;
+        self
+    }
+
+    /// Consecutive counted failures since the last completed checkpoint.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures
     }
 
     /// The checkpoint in flight, if any.
@@ -161,18 +216,36 @@ impl<A> CheckpointCoordinator<A> {
     pub fn cancel_final(&mut self) {
         self.final_requested = false;
         self.finished = false;
+        self.supersede_final();
     }
 
     /// Allows triggers again after a final checkpoint completed (a task failed before every
-    /// task had committed it, and its region is being restored).
+    /// task had committed it, and its region is being restored). A final checkpoint still in
+    /// flight no longer ends anything when it completes: the request stands, and another final
+    /// checkpoint follows it.
     pub fn rearm(&mut self) {
         self.finished = false;
+        self.supersede_final();
+    }
+
+    fn supersede_final(&mut self) {
+        if let Some(f) = self.in_flight.as_mut() {
+            f.ends_job = false;
+        }
+    }
+
+    /// True once a final checkpoint has completed (and nothing renewed the request since).
+    pub fn is_finished(&self) -> bool {
+        self.finished
     }
 
     /// Whether a checkpoint should be triggered at `now`, and if so which. Call it on every
     /// timer tick; it starts the checkpoint it returns.
     pub fn poll_trigger(&mut self, now: Instant) -> Option<Trigger> {
         if self.in_flight.is_some() || self.finished {
+            return None;
+        }
+        if self.not_before.is_some_and(|t| now < t) {
             return None;
         }
         if self
@@ -198,6 +271,7 @@ impl<A> CheckpointCoordinator<A> {
         self.in_flight = Some(InFlight {
             id,
             is_final,
+            ends_job: is_final,
             triggered_at: now,
             acks: BTreeMap::new(),
             all_acked: false,
@@ -240,15 +314,39 @@ impl<A> CheckpointCoordinator<A> {
     /// The manifest of `checkpoint` is written: it is complete.
     pub fn complete(&mut self, checkpoint: CheckpointId, now: Instant) {
         if let Some(f) = self.in_flight.as_ref().filter(|f| f.id == checkpoint) {
-            // After the final checkpoint nothing more is triggered.
-            self.finished = f.is_final;
+            // After the final checkpoint nothing more is triggered, unless its request was
+            // withdrawn or renewed meanwhile.
+            self.finished = f.ends_job;
             self.in_flight = None;
             self.last_end = Some(now);
+            self.failures = 0;
+            self.not_before = None;
         }
     }
 
-    /// Aborts `checkpoint` if it is in flight; returns true if it was. A final checkpoint that
-    /// is aborted is requested again.
+    /// Aborts `checkpoint` for a reason of its own (storage error, timeout, a task that could
+    /// not write its state): counted against the tolerance, and followed by a back-off.
+    pub fn fail(&mut self, checkpoint: CheckpointId, now: Instant) -> FailOutcome {
+        if !self.abort(checkpoint, now) {
+            return FailOutcome::Stale;
+        }
+        self.failures = self.failures.saturating_add(1);
+        if self.failures > self.tolerable_failures {
+            return FailOutcome::GiveUp {
+                failures: self.failures,
+            };
+        }
+        let after = self.backoff * (1u32 << (self.failures - 1).min(6));
+        self.not_before = Some(now + after);
+        FailOutcome::Retry {
+            failures: self.failures,
+            after,
+        }
+    }
+
+    /// Aborts `checkpoint` if it is in flight, for a cause outside the checkpoint (a task
+    /// failed): not counted as a checkpoint failure. Returns true if it was in flight. A final
+    /// checkpoint that is aborted is requested again.
     pub fn abort(&mut self, checkpoint: CheckpointId, now: Instant) -> bool {
         if self.in_flight.as_ref().is_some_and(|f| f.id == checkpoint) {
             self.in_flight = None;
@@ -354,5 +452,97 @@ mod tests {
                 is_final: true
             })
         );
+    }
+
+    #[test]
+    fn a_final_checkpoint_whose_request_was_withdrawn_in_flight_ends_nothing() {
+        let t = Instant::now();
+        for withdraw in ["cancel_final", "rearm"] {
+            let mut c = CheckpointCoordinator::<()>::new(timing(100), 1, CheckpointId(1));
+            c.request_final();
+            let f = c.poll_trigger(t).expect("final");
+            assert!(f.is_final);
+            assert!(matches!(
+                c.on_ack(f.checkpoint, 0, ()),
+                AckOutcome::AllAcked { .. }
+            ));
+            // A task fails while the manifest is written: the request is withdrawn (the input
+            // must be read again) or renewed (a stop stands).
+            match withdraw {
+                "cancel_final" => c.cancel_final(),
+                _ => c.rearm(),
+            }
+            c.complete(f.checkpoint, t);
+            assert!(!c.is_finished(), "{withdraw}: the completion ended the job");
+            c.request_final();
+            let again = c
+                .poll_trigger(t + Duration::from_millis(60))
+                .unwrap_or_else(|| panic!("{withdraw}: no new final checkpoint"));
+            assert!(again.is_final);
+            c.on_ack(again.checkpoint, 0, ());
+            c.complete(again.checkpoint, t);
+            assert!(c.is_finished(), "{withdraw}");
+            assert_eq!(c.poll_trigger(t + Duration::from_secs(9)), None);
+        }
+    }
+
+    #[test]
+    fn counted_failures_back_off_and_give_up_after_the_tolerance_and_a_success_resets() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        // No minimum pause: only the back-off holds triggers back.
+        let quick = CheckpointTiming {
+            interval: Some(ms(1)),
+            timeout: ms(500),
+            min_pause: Duration::ZERO,
+        };
+        let mut c = CheckpointCoordinator::<()>::new(quick, 1, CheckpointId(1))
+            .with_failure_policy(2, ms(10));
+        let mut now = t;
+        let first = c.poll_trigger(now).expect("trigger");
+        assert_eq!(
+            c.fail(first.checkpoint, now),
+            FailOutcome::Retry {
+                failures: 1,
+                after: ms(10)
+            }
+        );
+        assert_eq!(c.poll_trigger(now + ms(9)), None, "backing off");
+        now += ms(10);
+        let second = c.poll_trigger(now).expect("after the back-off");
+        assert_eq!(
+            c.fail(second.checkpoint, now),
+            FailOutcome::Retry {
+                failures: 2,
+                after: ms(20)
+            }
+        );
+        assert_eq!(c.poll_trigger(now + ms(19)), None, "the back-off doubles");
+        // An abort caused by a task failure is not counted, and adds no back-off.
+        now += ms(20);
+        let third = c.poll_trigger(now).expect("trigger");
+        assert!(c.abort(third.checkpoint, now));
+        assert_eq!(c.consecutive_failures(), 2);
+        now += ms(1);
+        let fourth = c.poll_trigger(now).expect("trigger");
+        assert_eq!(
+            c.fail(fourth.checkpoint, now),
+            FailOutcome::GiveUp { failures: 3 }
+        );
+        assert_eq!(c.fail(fourth.checkpoint, now), FailOutcome::Stale);
+        // A completed checkpoint resets the count.
+        let mut c = CheckpointCoordinator::<()>::new(quick, 1, CheckpointId(1))
+            .with_failure_policy(1, ms(1));
+        let a = c.poll_trigger(t).expect("trigger");
+        c.fail(a.checkpoint, t);
+        let b = c.poll_trigger(t + ms(60)).expect("trigger");
+        c.on_ack(b.checkpoint, 0, ());
+        c.complete(b.checkpoint, t + ms(60));
+        assert_eq!(c.consecutive_failures(), 0);
+        let d = c.poll_trigger(t + ms(120)).expect("trigger");
+        assert!(matches!(
+            c.fail(d.checkpoint, t + ms(120)),
+            FailOutcome::Retry { .. }
+        ));
     }
 }

@@ -32,7 +32,7 @@ use crate::state::KeyGroupRange;
 use crate::storage;
 
 pub use barrier::{Aligner, BarrierOutcome, CheckpointMode};
-pub use coordinator::{AckOutcome, CheckpointCoordinator, CheckpointTiming, Trigger};
+pub use coordinator::{AckOutcome, CheckpointCoordinator, CheckpointTiming, FailOutcome, Trigger};
 pub use local::{LocalCheckpointStorage, DEFAULT_DIRECT_IO_MIN_BYTES};
 pub use memory::MemoryCheckpointStorage;
 

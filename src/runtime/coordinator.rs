@@ -19,8 +19,8 @@ use super::master::{AckInfo, JobMaster};
 use super::metrics::CheckpointStats;
 use crate::chaos::{ChaosHooks, Moment};
 use crate::checkpoint::{
-    AckOutcome, CheckpointCoordinator, CheckpointId, CheckpointStorage, CheckpointTiming, Manifest,
-    SourceOffset, TaskId, TaskStateEntry,
+    AckOutcome, CheckpointCoordinator, CheckpointId, CheckpointStorage, CheckpointTiming,
+    FailOutcome, Manifest, SourceOffset, TaskId, TaskStateEntry,
 };
 use crate::error::{Error, Result};
 
@@ -41,9 +41,13 @@ pub(crate) fn processing_time() -> crate::time::Timestamp {
 #[rtype(result = "()")]
 pub(crate) enum ToCoordinator {
     Ack(AckInfo),
+    /// A task could not take part. `error` is `Some` when the checkpoint itself failed (the
+    /// task could not write its state): that counts against the tolerance; `None` when the
+    /// cause lies outside it (a source that is not running).
     Decline {
         checkpoint: CheckpointId,
         reason: String,
+        error: Option<Error>,
     },
     RequestNow,
     RequestFinal,
@@ -73,6 +77,8 @@ pub(crate) enum FromCoordinator {
         checkpoint: CheckpointId,
         reason: String,
     },
+    /// More checkpoints failed in a row than the job tolerates: the job fails with `error`.
+    Failing { error: Error },
 }
 
 pub(crate) struct CoordinatorActor {
@@ -84,6 +90,7 @@ pub(crate) struct CoordinatorActor {
     pub(crate) parallelism: BTreeMap<String, u32>,
     pub(crate) max_parallelism: u32,
     pub(crate) tick: Duration,
+    pub(crate) timeout: Duration,
     pub(crate) inline_io: bool,
     pub(crate) chaos: Arc<ChaosHooks>,
     pub(crate) manifest_gate: Arc<tokio::sync::Mutex<()>>,
@@ -111,16 +118,19 @@ impl CoordinatorActor {
         chaos: Arc<ChaosHooks>,
         manifest_gate: Arc<tokio::sync::Mutex<()>>,
         fence: Arc<WriteFence>,
+        (tolerable_failures, failure_backoff): (u32, Duration),
     ) -> Self {
         CoordinatorActor {
             job,
-            core: CheckpointCoordinator::new(timing, tasks.len(), first),
+            core: CheckpointCoordinator::new(timing, tasks.len(), first)
+                .with_failure_policy(tolerable_failures, failure_backoff),
             storage,
             master,
             tasks,
             parallelism,
             max_parallelism,
             tick: Duration::from_millis(5),
+            timeout: timing.timeout,
             inline_io,
             chaos,
             manifest_gate,
@@ -130,18 +140,44 @@ impl CoordinatorActor {
         }
     }
 
-    fn abort(&mut self, id: CheckpointId, reason: String) {
+    /// Aborts checkpoint `id` if it is in flight. `failure` is `Some` (with the error behind
+    /// it, if any) when the checkpoint failed for a reason of its own, which counts against the
+    /// tolerance; `None` for an abort caused by a task failure.
+    fn abort(&mut self, id: CheckpointId, reason: String, failure: Option<Option<Error>>) {
         if self.writing == Some(id) {
             tracing::debug!(job = %self.job, checkpoint = %id, reason = %reason, "not aborting: its manifest is being written");
             return;
         }
-        if !self.core.abort(id, now()) {
-            return;
-        }
+        let t = now();
+        let give_up = match failure {
+            None => {
+                if !self.core.abort(id, t) {
+                    return;
+                }
+                None
+            }
+            Some(error) => match self.core.fail(id, t) {
+                FailOutcome::Stale => return,
+                FailOutcome::Retry { failures, after } => {
+                    tracing::warn!(job = %self.job, checkpoint = %id, failures, backoff = ?after, "checkpoint failed; retrying after a back-off");
+                    None
+                }
+                FailOutcome::GiveUp { failures } => Some(Error::CheckpointsFailing {
+                    failures,
+                    tolerable: failures - 1,
+                    checkpoint: id,
+                    reason: reason.clone(),
+                    source: error.map(Box::new),
+                }),
+            },
+        };
         self.master.do_send(FromCoordinator::Aborted {
             checkpoint: id,
             reason,
         });
+        if let Some(error) = give_up {
+            self.master.do_send(FromCoordinator::Failing { error });
+        }
         let Some(permit) = self.fence.begin() else {
             return;
         };
@@ -171,7 +207,12 @@ impl CoordinatorActor {
     fn on_tick(&mut self) {
         let t = now();
         if let Some(id) = self.core.timed_out(t) {
-            self.abort(id, "timed out".to_string());
+            let timeout = self.timeout;
+            self.abort(
+                id,
+                format!("not complete after its timeout of {timeout:?}"),
+                Some(None),
+            );
         }
         if self.held {
             return;
@@ -293,7 +334,11 @@ impl CoordinatorActor {
                     stats,
                 });
             }
-            Err(e) => self.abort(checkpoint, format!("manifest write failed: {e}")),
+            Err(e) => self.abort(
+                checkpoint,
+                format!("manifest write failed: {e}"),
+                Some(Some(e)),
+            ),
         }
     }
 }
@@ -326,7 +371,14 @@ impl Handler<ToCoordinator> for CoordinatorActor {
                     } => self.on_all_acked(ctx, checkpoint, is_final, acks, triggered_at),
                 }
             }
-            ToCoordinator::Decline { checkpoint, reason } => self.abort(checkpoint, reason),
+            ToCoordinator::Decline {
+                checkpoint,
+                reason,
+                error,
+            } => {
+                let failure = error.map(Some);
+                self.abort(checkpoint, reason, failure)
+            }
             ToCoordinator::RequestNow => self.core.request_now(),
             ToCoordinator::RequestFinal => self.core.request_final(),
             ToCoordinator::CancelFinal => self.core.cancel_final(),
@@ -334,7 +386,7 @@ impl Handler<ToCoordinator> for CoordinatorActor {
             ToCoordinator::Hold(h) => self.held = h,
             ToCoordinator::AbortInFlight { reason } => {
                 if let Some(id) = self.core.in_flight() {
-                    self.abort(id, reason);
+                    self.abort(id, reason, None);
                 }
             }
         }

@@ -51,9 +51,10 @@ pub(crate) struct AckInfo {
 #[derive(Debug)]
 pub(crate) enum EventKind {
     Ack(AckInfo),
+    /// The task could not write its state for `checkpoint`.
     Decline {
         checkpoint: CheckpointId,
-        reason: String,
+        error: Error,
     },
     Failed {
         error: Error,
@@ -263,6 +264,10 @@ impl JobMaster {
             Arc::clone(&topo.chaos),
             Arc::clone(&topo.manifest_gate),
             Arc::clone(&topo.fence),
+            (
+                topo.config.tolerable_failed_checkpoints,
+                topo.config.checkpoint_failure_backoff,
+            ),
         );
         let cctx: Context<CoordinatorActor> = Context::new();
         let addr = cctx.address();
@@ -667,9 +672,16 @@ impl Handler<TaskEvent> for JobMaster {
         let task = msg.task;
         match msg.kind {
             EventKind::Ack(ack) => self.to_coordinator(ToCoordinator::Ack(ack)),
-            EventKind::Decline { checkpoint, reason } => {
-                let reason = format!("task {} declined: {reason}", self.topo.tasks[task].id);
-                self.to_coordinator(ToCoordinator::Decline { checkpoint, reason });
+            EventKind::Decline { checkpoint, error } => {
+                let reason = format!(
+                    "task {} could not write its state: {error}",
+                    self.topo.tasks[task].id
+                );
+                self.to_coordinator(ToCoordinator::Decline {
+                    checkpoint,
+                    reason,
+                    error: Some(error.in_task(&self.topo.tasks[task].id)),
+                });
             }
             EventKind::Failed { error } => self.on_failure(ctx, task, error),
             EventKind::SourceAtEnd => {
@@ -737,7 +749,11 @@ impl Handler<FromCoordinator> for JobMaster {
                     .find(|&t| self.topo.tasks[t].is_source && !self.live(t))
                 {
                     let reason = format!("source {} is not running", self.topo.tasks[t].id);
-                    self.to_coordinator(ToCoordinator::Decline { checkpoint, reason });
+                    self.to_coordinator(ToCoordinator::Decline {
+                        checkpoint,
+                        reason,
+                        error: None,
+                    });
                     return;
                 }
                 for (t, spec) in self.topo.tasks.iter().enumerate() {
@@ -751,6 +767,10 @@ impl Handler<FromCoordinator> for JobMaster {
                         }
                     }
                 }
+            }
+            FromCoordinator::Failing { error } => {
+                tracing::error!(job = %self.job(), error = %error, "too many checkpoint failures in a row");
+                self.finish(ctx, Err(error));
             }
             FromCoordinator::Aborted { checkpoint, reason } => {
                 self.metrics

@@ -409,11 +409,11 @@ impl TaskActor {
                 }),
                 Ok(Err(error)) => EventKind::Decline {
                     checkpoint: id,
-                    reason: error.to_string(),
+                    error,
                 },
                 Err(join) => EventKind::Decline {
                     checkpoint: id,
-                    reason: format!("snapshot writer failed: {join}"),
+                    error: Error::Internal(format!("snapshot writer failed: {join}")),
                 },
             };
             master.do_send(TaskEvent {
