@@ -500,5 +500,13 @@ fn memory_storage_detects_tampering_and_falls_back() {
         Some(CheckpointId(1))
     );
     assert!(s.tamper(CheckpointId(1), "_manifest", |b| b.truncate(10)));
-    assert_eq!(s.latest_complete().expect("latest"), None);
+    // Every checkpoint is corrupt: an error naming each, never a silent start from scratch.
+    match s.latest_complete() {
+        Err(Error::NoValidCheckpoint { job, rejected }) => {
+            assert_eq!(job, JOB);
+            let ids: Vec<CheckpointId> = rejected.iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, vec![CheckpointId(2), CheckpointId(1)]);
+        }
+        other => panic!("expected NoValidCheckpoint, got {other:?}"),
+    }
 }

@@ -358,19 +358,30 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>>;
 
     /// The newest checkpoint that verifies. A checkpoint that does not verify is skipped for
-    /// the previous one, with an error logged naming what failed. `None` when no checkpoint
-    /// verifies (start from the beginning of the log with empty state).
+    /// the previous one, with an error logged naming what failed. `Ok(None)` when there is no
+    /// complete checkpoint at all (start from the beginning of the log with empty state);
+    /// [`Error::NoValidCheckpoint`], naming every checkpoint and why it was rejected, when
+    /// there are complete checkpoints but none of them verifies: starting over then would
+    /// repeat committed output, so it is never done silently.
     fn latest_complete(&self) -> Result<Option<CompletedCheckpoint>> {
+        let mut rejected = Vec::new();
         for id in self.completed_ids()?.into_iter().rev() {
             match self.verify(id) {
                 Ok(c) => return Ok(Some(c)),
                 Err(e) => {
                     tracing::error!(job = self.job(), checkpoint = %id, error = %e,
                         "checkpoint does not verify; falling back to the previous one");
+                    rejected.push((id, e.to_string()));
                 }
             }
         }
-        Ok(None)
+        if rejected.is_empty() {
+            return Ok(None);
+        }
+        Err(Error::NoValidCheckpoint {
+            job: self.job().to_string(),
+            rejected,
+        })
     }
 }
 

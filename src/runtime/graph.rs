@@ -770,6 +770,7 @@ impl Job {
                 names,
                 all,
                 config.deterministic,
+                config.when_no_checkpoint_verifies,
             )
             .await
         } else {

@@ -508,6 +508,7 @@ impl JobMaster {
             names,
             triples,
             topo.config.deterministic,
+            topo.config.when_no_checkpoint_verifies,
         );
         ctx.spawn(
             plan.into_actor(self)
@@ -639,18 +640,20 @@ impl Handler<CoordinatorExited> for JobMaster {
         self.coordinator = None;
         let storage = Arc::clone(&self.topo.storage);
         let inline = self.topo.config.deterministic;
+        // The new coordinator's ids must be above every id the storage holds (complete or
+        // not), so that none is reused; no checkpoint needs to be read for that.
         let read = async move {
             if inline {
-                storage.latest_complete()
+                storage.max_id()
             } else {
-                tokio::task::spawn_blocking(move || storage.latest_complete())
+                tokio::task::spawn_blocking(move || storage.max_id())
                     .await
                     .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
             }
         };
         ctx.spawn(read.into_actor(self).map(|latest, act, ctx| {
             let latest = match latest {
-                Ok(l) => l.map(|c| c.id()),
+                Ok(l) => l,
                 Err(e) => return act.finish(ctx, Err(e)),
             };
             let after = latest.max(act.last_triggered).map(|c| c.0).unwrap_or(0);

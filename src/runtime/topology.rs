@@ -10,7 +10,7 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::channel::{Gate, GatedInput, Receiver, Sender};
-use super::config::JobConfig;
+use super::config::{JobConfig, NoValidCheckpoint};
 use super::fence::WriteFence;
 use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
 use super::master::JobMaster;
@@ -239,13 +239,23 @@ impl Topology {
         names: Vec<(String, u32)>,
         tasks: Vec<(usize, usize, u32)>,
         inline: bool,
+        when_none_verifies: NoValidCheckpoint,
     ) -> Result<(Option<CheckpointId>, HashMap<usize, RestoreState>)> {
         let _no_manifest_write = gate.lock_owned().await;
         let s = Arc::clone(&storage);
         let latest = if inline {
-            s.latest_complete()?
+            s.latest_complete()
         } else {
-            blocking(move || s.latest_complete()).await?
+            blocking(move || s.latest_complete()).await
+        };
+        let latest = match latest {
+            Err(e @ Error::NoValidCheckpoint { .. })
+                if when_none_verifies == NoValidCheckpoint::StartOver =>
+            {
+                tracing::error!(error = %e, "starting over from the beginning of the log with empty state, as configured");
+                None
+            }
+            other => other?,
         };
         let mut out = HashMap::new();
         let Some(latest) = latest else {
