@@ -339,18 +339,20 @@ fn a_corrupt_index_entry_falls_back_to_scanning_the_segment() {
     let seg = segment_files(src.path(), 0)[0].clone();
     let idx = seg.with_extension("idx");
     let entries = fs::read(&idx).expect("read index");
-    assert_eq!(entries.len(), 4 * 8, "one entry per sync");
+    assert_eq!(entries.len(), 4 * INDEX_ENTRY, "one entry per sync");
     assert_eq!(
-        &entries[8..12],
+        &entries[INDEX_ENTRY..INDEX_ENTRY + 4],
         &6u32.to_le_bytes(),
         "entry 1 is for offset 6"
     );
     let pos = |i: u64| 16 + i * 56;
-    // Entry 1 (offset 6) moved onto the frame of offset 7, or into the middle of its frame:
-    // both still between their neighbours, so the index loads them.
+    // Entry 1 (offset 6) moved onto the frame of offset 7, or into the middle of its frame,
+    // with a checksum that matches (as a bug writing the index would leave it): both still
+    // between their neighbours, so the index loads them, and reads check them against the
+    // frames.
     for wrong in [pos(7), pos(6) + 1] {
         let work = copy_with(src.path(), &idx, |b| {
-            b[12..16].copy_from_slice(&(wrong as u32).to_le_bytes())
+            b[INDEX_ENTRY..2 * INDEX_ENTRY].copy_from_slice(&index_entry(6, wrong as u32))
         });
         let log = FileLog::open(work.path(), o.clone()).expect("open");
         for from in 0..12u64 {

@@ -6,7 +6,8 @@
 //!                               written atomically
 //! p-00000/
 //!   00000000000000000000.log    segment: "SNAPSEG1" + base offset (u64le), then frames
-//!   00000000000000000000.idx    index: (offset - base: u32le, position: u32le) entries
+//!   00000000000000000000.idx    index: (offset - base: u32le, position: u32le,
+//!                               crc32c of those 8 bytes: u32le) entries
 //!   00000000000000052311.log    next segment, named by its base offset
 //! ```
 //! Only the newest segment of a partition (the *active* one) is appended to. It is rolled when
@@ -22,8 +23,11 @@
 //! segment's fsync succeeded, and the index file is then fsynced: every durable index entry
 //! points into durable data, in whatever order the operating system writes pages out.
 //!
-//! The index is a cache for seeking: entries are checked against the offsets stored in the
-//! frames they point at. A read whose seek entry does not match scans its segment from the
+//! The index is a cache for seeking: every entry carries a checksum, and entries are checked
+//! against the offsets stored in the frames they point at. An entry that fails its checksum
+//! (a torn index write, garbage) ends the index as loaded: what follows it is rebuilt by
+//! scanning the segment. An index file is read only up to the size its segment can need
+//! (one entry per frame header), never whole. A read whose seek entry does not match scans its segment from the
 //! start instead (logged), and a missing or stale index of a sealed segment is rebuilt on open.
 //! Seeking reads at most one index interval of frames before the first record asked for;
 //! opening reads only the tail of the active segment after its last index entry.
@@ -65,7 +69,7 @@ const SEGMENT_MAGIC: &[u8; 8] = b"SNAPSEG1";
 const SEGMENT_HEADER: u64 = 16;
 const META_MAGIC: &[u8; 8] = b"SNAPLOGM";
 const META_FILE: &str = "log.meta";
-const INDEX_ENTRY: usize = 8;
+const INDEX_ENTRY: usize = 12;
 const READ_CHUNK: usize = 256 * 1024;
 /// The largest segment size accepted: index positions are u32.
 const MAX_SEGMENT_BYTES: u64 = 1 << 30;
@@ -237,6 +241,31 @@ pub struct FileLog {
 struct IndexEntry {
     rel: u32,
     pos: u32,
+}
+
+impl IndexEntry {
+    fn crc(rel: u32, pos: u32) -> u32 {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&rel.to_le_bytes());
+        b[4..].copy_from_slice(&pos.to_le_bytes());
+        crc32c::crc32c(&b)
+    }
+
+    /// Appends the entry's [`INDEX_ENTRY`] bytes.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.rel.to_le_bytes());
+        out.extend_from_slice(&self.pos.to_le_bytes());
+        out.extend_from_slice(&IndexEntry::crc(self.rel, self.pos).to_le_bytes());
+    }
+
+    /// The entry stored in `chunk` ([`INDEX_ENTRY`] bytes), or `None` when its checksum fails.
+    fn decode(chunk: &[u8]) -> Option<IndexEntry> {
+        let word = |i: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(chunk.get(i..i + 4)?.try_into().ok()?))
+        };
+        let (rel, pos, crc) = (word(0)?, word(4)?, word(8)?);
+        (IndexEntry::crc(rel, pos) == crc).then_some(IndexEntry { rel, pos })
+    }
 }
 
 #[derive(Debug)]
@@ -741,8 +770,7 @@ impl Partition {
             let marked = seg.len > SEGMENT_HEADER && push_entry(&mut seg.index, mark);
             let mut bytes = Vec::new();
             for e in seg.index.get(written..).unwrap_or_default() {
-                bytes.extend_from_slice(&e.rel.to_le_bytes());
-                bytes.extend_from_slice(&e.pos.to_le_bytes());
+                e.encode(&mut bytes);
             }
             (seg.base, bytes, seg.index.len(), marked)
         };
@@ -972,18 +1000,35 @@ struct LoadedIndex {
     clean: bool,
 }
 
+/// The most index bytes a segment of `seg_len` bytes can need: entries are strictly increasing
+/// in position, each at a frame (at least a frame header long) or at the end of the segment.
+fn index_read_limit(seg_len: u64) -> u64 {
+    (seg_len.saturating_sub(SEGMENT_HEADER) / FRAME_HEADER as u64 + 2) * INDEX_ENTRY as u64
+}
+
+/// Reads at most `limit` bytes of the index file at `path`; returns them and whether the
+/// file was read to its end. `None` when it cannot be read at all.
+fn read_index_file(path: &Path, limit: u64) -> Option<(Vec<u8>, bool)> {
+    use std::io::Read;
+    let file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let mut bytes = Vec::with_capacity(len.min(limit) as usize);
+    file.take(limit).read_to_end(&mut bytes).ok()?;
+    Some((bytes, len <= limit))
+}
+
 /// Loads the index file of a segment. Entries are verified again on use.
 fn load_index(dir: &Path, base: u64, seg_len: u64, max_rel: Option<u64>) -> LoadedIndex {
     let ipath = index_path(dir, base);
-    let (bytes, read) = match fs::read(&ipath) {
-        Ok(bytes) => (bytes, true),
-        Err(_) => (Vec::new(), false),
-    };
+    let (bytes, whole) = read_index_file(&ipath, index_read_limit(seg_len)).unwrap_or_default();
+    let read = whole;
     let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY);
     let mut beyond = None;
     for chunk in bytes.chunks_exact(INDEX_ENTRY) {
-        let rel = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        let pos = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+        let Some(IndexEntry { rel, pos }) = IndexEntry::decode(chunk) else {
+            // A torn or damaged entry: nothing after it is trusted.
+            break;
+        };
         let plausible = u64::from(pos) >= SEGMENT_HEADER
             && max_rel.is_none_or(|m| u64::from(rel) <= m)
             && entries
@@ -1075,8 +1120,7 @@ fn scan_frames(
 fn write_index(dir: &Path, base: u64, index: &[IndexEntry]) -> Result<()> {
     let mut bytes = Vec::with_capacity(index.len() * INDEX_ENTRY);
     for e in index {
-        bytes.extend_from_slice(&e.rel.to_le_bytes());
-        bytes.extend_from_slice(&e.pos.to_le_bytes());
+        e.encode(&mut bytes);
     }
     storage::write_atomic(&index_path(dir, base), &bytes)
 }

@@ -151,6 +151,40 @@ impl<T> FileSink<T> {
     }
 }
 
+/// Checks a transaction's file name, which may come back from a checkpoint: it must have the
+/// shape `<vertex>=<task>=<epoch:020>=<attempt>.txt` this sink gives its files, with a valid
+/// vertex name. Anything else (an empty name, a path, a hidden file) would make a commit rename
+/// the wrong file, or nothing at all while reporting success.
+pub(crate) fn check_file_name(name: &str) -> Result<()> {
+    let refuse = |reason| {
+        Err(Error::InvalidName {
+            kind: "sink transaction file",
+            name: name.to_string(),
+            reason,
+        })
+    };
+    let Some(stem) = name.strip_suffix(".txt") else {
+        return refuse("it does not end in .txt");
+    };
+    let parts: Vec<&str> = stem.split('=').collect();
+    let [vertex, task, epoch, attempt] = parts[..] else {
+        return refuse("it is not <vertex>=<task>=<epoch>=<attempt>.txt");
+    };
+    if storage::validate_name("vertex", vertex).is_err() {
+        return refuse("its vertex part is not a valid vertex name");
+    }
+    let digits = |s: &str, len: Option<usize>| {
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && len.is_none_or(|l| s.len() == l)
+            && s.len() <= 20
+    };
+    if !digits(task, None) || !digits(epoch, Some(20)) || !digits(attempt, None) {
+        return refuse("its task, epoch or attempt part is not a number of the right form");
+    }
+    Ok(())
+}
+
 impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
     type Txn = FileTxn;
 
@@ -224,15 +258,9 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
     }
 
     fn commit(&mut self, txn: &FileTxn) -> Result<()> {
+        check_file_name(&txn.file)?;
         if txn.records == 0 {
             return Ok(());
-        }
-        if txn.file.contains(['/', '\\', '\0']) || txn.file.starts_with('.') {
-            return Err(Error::InvalidName {
-                kind: "sink file",
-                name: txn.file.clone(),
-                reason: "not a plain file name",
-            });
         }
         let src = self.pending_dir().join(format!("{}{PART}", txn.file));
         let dst = self.dir.join(&txn.file);
@@ -255,6 +283,10 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for FileSink<T> {
     }
 
     fn recover(&mut self, committed: &[FileTxn]) -> Result<()> {
+        // Names come back from a checkpoint: check them all before acting on any.
+        for txn in committed {
+            check_file_name(&txn.file)?;
+        }
         for txn in committed {
             self.commit(txn)?;
         }
