@@ -29,13 +29,6 @@ pub(crate) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// The processing-time clock of timers: milliseconds of [`now`] since the first call.
-pub(crate) fn processing_time() -> crate::time::Timestamp {
-    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(now);
-    now().saturating_duration_since(origin).as_millis() as crate::time::Timestamp
-}
-
 /// Master → coordinator.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

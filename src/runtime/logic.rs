@@ -497,11 +497,14 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
             self.keyed.restore(restore.iter())?;
         }
         self.timers = Some(TimerService::open(&mut self.keyed)?);
+        self.processing_time = crate::time::processing_time();
         let mut ctx = keyed_ctx!(self);
         self.op.open(&mut ctx)
     }
 
     fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
+        // One clock reading per batch: `current_processing_time` is that of the batch.
+        self.processing_time = crate::time::processing_time();
         let mut ctx = keyed_ctx!(self);
         for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
             let kept = self.dead_letter.as_ref().map(|_| r.clone());

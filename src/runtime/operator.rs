@@ -94,7 +94,11 @@ impl<K: StateKey> KeyedContext<'_, K> {
         self.watermark
     }
 
-    /// The task's processing-time clock in milliseconds (monotonic; its origin is arbitrary).
+    /// Processing time: wall-clock milliseconds since the Unix epoch, read when the task's
+    /// current batch (or timer tick) began. It means the same in every process, so a
+    /// processing-time timer restored from a checkpoint fires at the intended moment (at once
+    /// if that has passed), and it never goes backwards within a process. It advances with
+    /// tokio's clock, so a test that pauses that clock controls it.
     pub fn current_processing_time(&self) -> Timestamp {
         self.processing_time
     }

@@ -33,7 +33,7 @@ use futures::Stream;
 use tokio::sync::{mpsc::error::TrySendError, watch};
 
 use super::channel::{Envelope, Gate, Input, Sender};
-use super::coordinator::{now, processing_time};
+use super::coordinator::now;
 use super::fence::WriteFence;
 use super::logic::{SourcePoll, TaskLogic};
 use super::master::{AckInfo, EventKind, JobMaster, TaskEvent};
@@ -43,7 +43,7 @@ use crate::chaos::{ChaosHooks, Moment};
 use crate::checkpoint::{Aligner, BarrierOutcome, CheckpointId, CheckpointMode, CheckpointStorage};
 use crate::error::{Error, Result};
 use crate::state::DeferredEncoding;
-use crate::time::{InputWatermarks, WatermarkChange, WatermarkStatus};
+use crate::time::{processing_time, InputWatermarks, WatermarkChange, WatermarkStatus};
 
 /// How a source's pacing stream ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

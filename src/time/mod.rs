@@ -15,6 +15,11 @@
 //!   by key group), with an in-memory index by time rebuilt on restore (`TimerService`).
 //! - Windows ([`WindowAssigner`]: tumbling, sliding, session) are keyed operators built on map
 //!   state and event-time timers (`src/runtime/window.rs`).
+//! - Processing time (`clock`) is wall-clock milliseconds since the Unix epoch, read through
+//!   tokio's clock and never going backwards within a process, so processing-time timers in a
+//!   checkpoint mean the same in the process that restores them.
+
+mod clock;
 
 use std::collections::BTreeMap;
 
@@ -22,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::state::{KeyedStateBackend, StateKey, ValueState};
+
+pub(crate) use clock::processing_time;
 
 /// Event time in milliseconds.
 pub type Timestamp = i64;
