@@ -75,13 +75,13 @@ async fn life_cycle(seed: u64) {
     let out = dir.path().join("out");
     let (n, keys) = (4_000, 16);
     let log = counting_log(n, keys, 2);
-    // Slow manifest commits (up to 300 ms) widen the windows in which a cancel or a stop can
+    // Slow manifest commits (up to 120 ms) widen the windows in which a cancel or a stop can
     // land during a manifest write.
     let slow = LatchedStorage::new(Arc::new(
         LocalCheckpointStorage::new(dir.path().join("checkpoints"), "life").expect("storage"),
     ));
     slow.commit_delay_ms
-        .store(splitmix(&mut rng) % 301, Ordering::Relaxed);
+        .store(splitmix(&mut rng) % 121, Ordering::Relaxed);
     let storage: Arc<dyn CheckpointStorage> = Arc::new(slow);
     let interrupted = 1 + splitmix(&mut rng) % 8;
     for run in 0..=interrupted {
@@ -154,6 +154,11 @@ async fn start_restart_checkpoint_stop_cancel_resume_stays_exact_under_load() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
+    if std::env::var_os("SNAPFLOW_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("SNAPFLOW_LOG"))
+            .try_init();
+    }
     snapflow::chaos::quiet_chaos_panics();
     let _burner = Burner::start();
     for seed in 0..seeds {

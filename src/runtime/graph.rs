@@ -839,6 +839,7 @@ impl Job {
             final_requested: false,
             stop_requested: false,
             final_trigger: None,
+            final_done: None,
             events: Vec::new(),
             event_sink: events,
             monkey: chaos.map(MonkeyState::new),

@@ -131,6 +131,8 @@ pub(crate) struct JobMaster {
     /// The final checkpoint triggered last, and whether its sources ended their input first
     /// (end of input) or not (a stop).
     pub(crate) final_trigger: Option<(CheckpointId, bool)>,
+    /// The newest final checkpoint that completed.
+    pub(crate) final_done: Option<CheckpointId>,
     pub(crate) events: Vec<JobEvent>,
     pub(crate) event_sink: Option<Recipient<JobEvent>>,
     pub(crate) monkey: Option<MonkeyState>,
@@ -399,6 +401,8 @@ impl JobMaster {
                 }
                 if let Some((task, error)) = self.failed_while_down.remove(&r) {
                     self.on_failure(ctx, task, error);
+                } else if let Some(done) = restored_from.filter(|c| Some(*c) == self.final_done) {
+                    self.finish_after_final(ctx, done);
                 }
             }
             None => {
@@ -519,6 +523,43 @@ impl JobMaster {
                     Err(e) => act.finish(ctx, Err(e)),
                 }),
         );
+    }
+
+    /// The final checkpoint `checkpoint` is complete: once every task is running, asks each to
+    /// commit it and ends the job when all have. Called when it completes, and again when a
+    /// region that failed meanwhile has been restored from it (its sinks committed it in their
+    /// recovery), so that a failure after the final manifest was written does not need another
+    /// final checkpoint, which under steady failures might never complete in time.
+    fn finish_after_final(&mut self, ctx: &mut Context<Self>, checkpoint: CheckpointId) {
+        if self.ending || !self.down.is_empty() || self.final_done != Some(checkpoint) {
+            return;
+        }
+        let Some(addrs) = self
+            .tasks
+            .iter()
+            .map(|t| t.addr.clone())
+            .collect::<Option<Vec<Addr<TaskActor>>>>()
+        else {
+            return;
+        };
+        let replies =
+            futures::future::join_all(addrs.into_iter().map(move |a| a.send(Complete(checkpoint))));
+        ctx.spawn(replies.into_actor(self).map(move |replies, act, ctx| {
+            if act.down.is_empty() && replies.iter().all(|r| matches!(r, Ok(true))) {
+                // The sources of the final checkpoint ended their input first, or (a stop)
+                // they did not.
+                let end = match act.final_trigger {
+                    Some((id, false)) if id == checkpoint => JobEnd::Stopped,
+                    _ => JobEnd::InputEnded,
+                };
+                act.finish(ctx, Ok(end));
+            } else {
+                // A task failed while committing: its region is restored (from this
+                // checkpoint, whose transactions its sinks then commit), and this is tried
+                // again; or a newer final checkpoint ends the job.
+                tracing::warn!(job = %act.job(), "a task failed to commit the final checkpoint; waiting for its recovery");
+            }
+        }));
     }
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
@@ -813,26 +854,8 @@ impl Handler<FromCoordinator> for JobMaster {
                     }
                     return;
                 }
-                // The final checkpoint: wait until every task (every sink) has committed.
-                let replies = futures::future::join_all(
-                    addrs.into_iter().map(move |a| a.send(Complete(checkpoint))),
-                );
-                ctx.spawn(replies.into_actor(self).map(move |replies, act, ctx| {
-                    if act.down.is_empty() && replies.iter().all(|r| matches!(r, Ok(true))) {
-                        // The sources of the final checkpoint ended their input first, or (a
-                        // stop) they did not.
-                        let end = match act.final_trigger {
-                            Some((id, false)) if id == checkpoint => JobEnd::Stopped,
-                            _ => JobEnd::InputEnded,
-                        };
-                        act.finish(ctx, Ok(end));
-                    } else {
-                        // A task failed while committing: its failure report restarts its
-                        // region, which recovers (commits) this checkpoint, and the input's end
-                        // is reached again.
-                        tracing::warn!(job = %act.job(), "a task failed to commit the final checkpoint; waiting for its recovery");
-                    }
-                }));
+                self.final_done = Some(checkpoint);
+                self.finish_after_final(ctx, checkpoint);
             }
         }
     }
