@@ -42,6 +42,8 @@
 pub mod chaos;
 pub mod checkpoint;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log;
 pub mod runtime;
 pub mod sink;

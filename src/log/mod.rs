@@ -18,7 +18,7 @@
 
 pub mod codec;
 mod file;
-mod frame;
+pub(crate) mod frame;
 mod generator;
 mod memory;
 pub(crate) mod msgpack;

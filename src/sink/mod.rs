@@ -28,6 +28,7 @@ use crate::runtime::TaskInfo;
 
 pub use actor::{ActorSink, SinkOutput};
 pub use collect::CollectSink;
+pub(crate) use file::check_file_name;
 pub use file::{FileSink, FileTxn};
 
 /// What a sink guarantees about its output after failures.
