@@ -468,3 +468,106 @@ async fn all_checkpoints_corrupt_fails_instead_of_starting_over() {
     assert_eq!(report.restored_from, None);
     assert_eq!(check_updates(&dir.path().join("again"), n, keys), (n, 0, 0));
 }
+
+/// A latch that an operator's `open` blocks on (on its task's thread) until the test releases
+/// it, noting that it was entered and when it left.
+#[derive(Default)]
+struct OpenLatch {
+    released: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+    entered: AtomicBool,
+    left: AtomicBool,
+}
+
+impl OpenLatch {
+    fn block(&self) {
+        self.entered.store(true, Ordering::SeqCst);
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        while !*released {
+            released = self.wake.wait(released).unwrap_or_else(|p| p.into_inner());
+        }
+        self.left.store(true, Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        *self.released.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Defect 8 (seed 15 of the life-cycle test): `wait()` of a cancelled job returned while one
+/// of its task actors was still opening on its arbiter thread; that task's sink recovery then
+/// ran beside the next job on the same output folder and deleted the next job's pending file
+/// as uncommitted, whose checkpoint then could never be restored (endless restarts, a stop
+/// that never ended). `wait()` must return only once every task actor of the job has stopped.
+#[actix_rt::test]
+async fn wait_returns_only_after_every_task_of_the_job_has_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let (n, keys) = (5_000, 10);
+    let log = counting_log(n, keys, 2);
+    let storage = local(dir.path(), "zombie");
+    let latch = Arc::new(OpenLatch::default());
+    let blocking = {
+        let latch = Arc::clone(&latch);
+        common::PassThrough {
+            on_open: Arc::new(move |index| {
+                if index == 0 {
+                    latch.block();
+                }
+                Ok(())
+            }),
+        }
+    };
+    // Release the latch whatever happens, so that a failing assertion cannot hang the test.
+    struct Release(Arc<OpenLatch>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+    let _release = Release(Arc::clone(&latch));
+    let timing = CheckpointTiming::every(Duration::from_millis(10));
+    let job = keyed_job(
+        "zombie",
+        config(timing),
+        Arc::clone(&storage),
+        Arc::clone(&log),
+        &out,
+        blocking,
+    );
+    let (tap, mut events) = Events::tap();
+    job.events(tap);
+    let handle = job.build().expect("build").start().await.expect("start");
+    while !latch.entered.load(Ordering::SeqCst) {
+        actix::clock::sleep(Duration::from_millis(1)).await;
+    }
+    handle.cancel();
+    events
+        .until("the end of the job", |e| {
+            matches!(e, JobEvent::JobFinished { .. })
+        })
+        .await;
+    // The job has ended, but a task of it is still in `open`: `wait()` must not return yet.
+    // (Without the fix it returns at once; half a second is ample for that.)
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), handle.wait())
+            .await
+            .is_err(),
+        "wait() returned while a task of the cancelled job was still opening"
+    );
+    latch.release();
+    let report = wait_bounded(&handle, "the cancelled job")
+        .await
+        .expect("a cancel is not a failure");
+    assert_eq!(report.end, JobEnd::Cancelled);
+    assert!(
+        latch.left.load(Ordering::SeqCst),
+        "wait() returned before the blocked open had ended"
+    );
+
+    // The next job on the same storage and output folder runs alone and is exact.
+    let job = keyed_job("zombie", config(timing), storage, log, &out, Stage::new(0));
+    common::run_to_end(job).await.expect("the next job");
+    assert_eq!(check_updates(&out, n, keys), (n, 0, 0));
+}

@@ -206,32 +206,21 @@ async fn a_stop_early_while_a_region_restarts_ends_and_resumes_exactly() {
                 delay: Duration::from_millis(20 + seed * 5),
                 max_attempts: 100,
             };
-            let job = JobBuilder::with_config("early", config);
-            job.checkpoint_storage(Arc::clone(&storage));
-            let source = job.source(
-                "source",
-                LogSource::<(u64, u64)>::msgpack(Arc::clone(&log)).bounded(),
-            );
-            let source = if first {
-                source.process("pass", failing_first_open())
+            let pass = if first {
+                failing_first_open()
             } else {
-                source.process(
-                    "pass",
-                    common::PassThrough {
-                        on_open: Arc::new(|_| Ok(())),
-                    },
-                )
+                common::PassThrough {
+                    on_open: Arc::new(|_| Ok(())),
+                }
             };
-            source
-                .key_by(|(k, _): &(u64, u64)| *k)
-                .reduce("sum", |a, b| (a.0, a.1 + b.1))
-                .sink(
-                    "sink",
-                    FileSink::new(&out, |(k, c): &(u64, u64), l: &mut String| {
-                        l.push_str(&format!("{k} {c}"))
-                    }),
-                );
-            job
+            keyed_job(
+                "early",
+                config,
+                Arc::clone(&storage),
+                Arc::clone(&log),
+                &out,
+                pass,
+            )
         };
         let job = build(true);
         let (tap, mut events) = Events::tap();

@@ -185,13 +185,14 @@ impl Operator<(u64, u64), (u64, u64)> for Stage {
 }
 
 /// The standard 3-stage keyed job: source -> stage -> key_by -> reduce(count) -> file sink.
+/// `stage` is usually a [`Stage`]; any pass-through operator fits (a [`PassThrough`]).
 pub(crate) fn keyed_job(
     name: &str,
     config: JobConfig,
     storage: Arc<dyn CheckpointStorage>,
     log: Arc<dyn ReplayableLog>,
     out: &Path,
-    stage: Stage,
+    stage: impl Operator<(u64, u64), (u64, u64)> + Clone,
 ) -> JobBuilder {
     let job = JobBuilder::with_config(name, config);
     job.checkpoint_storage(storage);
