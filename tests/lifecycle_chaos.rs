@@ -148,11 +148,8 @@ async fn life_cycle(seed: u64) {
     );
 }
 
-// Known open defect: on a clean clone in CI conditions seed 15 hangs in a stop (issue 18,
-// defect 8 is not fully fixed). Run it with `cargo test --test lifecycle_chaos -- --ignored`;
-// `SNAPFLOW_LIFECYCLE_SEED=N` runs one seed.
+/// `SNAPFLOW_LIFECYCLE_SEED=N` runs one seed.
 #[actix_rt::test]
-#[ignore = "seed 15 still hangs in a stop: issue 18 defect 8 is open"]
 async fn start_restart_checkpoint_stop_cancel_resume_stays_exact_under_load() {
     let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
     let seeds = match var("SNAPFLOW_LIFECYCLE_SEED") {

@@ -1,15 +1,18 @@
-//! [`WriteFence`]: the checkpoint-storage writes one run of a job has started, and the fence
+//! [`WriteFence`]: the writes and the task actors one run of a job has started, and the fence
 //! that ends them.
 //!
 //! Every write a job makes to its checkpoint storage (a task's state, a manifest with the
 //! retention that follows it, the removal of an aborted checkpoint) holds a [`WritePermit`]
-//! from the job's fence for as long as it runs, taken before the write starts. When the job
-//! ends, the job master closes the fence (no write starts after that: taking a permit fails)
-//! and waits until every permit is dropped before it reports the end.
+//! from the job's fence for as long as it runs, taken before the write starts. So does every
+//! task actor, for its whole life (taken before it is handed to its arbiter): a task writes
+//! its sink's output, and a sink's recovery deletes pending files it does not know. When the
+//! job ends, the job master closes the fence (nothing starts after that: taking a permit
+//! fails) and waits until every permit is dropped before it reports the end.
 //!
 //! **Invariant:** once a job's `wait()` has returned, no write of that job can land in its
-//! checkpoint storage, so a job started on the same storage afterwards never sees a manifest
-//! of the earlier run appear after it has read the latest checkpoint.
+//! checkpoint storage and none of its task actors is alive, so a job started on the same
+//! storage and output afterwards never sees a manifest of the earlier run appear after it has
+//! read the latest checkpoint, nor has its pending sink files deleted by the earlier run.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -54,8 +54,10 @@ impl JobHandle {
     /// that ended the job otherwise.
     ///
     /// It returns only after every checkpoint write the job started (task state, manifests,
-    /// removals) has ended: once it has returned, nothing the job wrote can appear in its
-    /// checkpoint storage any more, so a new job may start on the same storage.
+    /// removals) has ended and every task actor of the job has stopped: once it has returned,
+    /// nothing the job wrote can appear in its checkpoint storage any more and no sink of it
+    /// touches its output, so a new job may start on the same storage and output. An operator
+    /// blocked in its own code (in `open`, say) delays the return until it comes back.
     ///
     /// Takes `&self`: wait with a timeout (`tokio::time::timeout(d, handle.wait())`) and still
     /// cancel or stop the job afterwards; call it again, or from clones, for the same answer.

@@ -182,7 +182,8 @@ impl JobMaster {
     }
 
     /// Ends the job: stops every actor, fences off checkpoint writes, and reports `result`
-    /// once every write the job started has ended (the fence's invariant).
+    /// once every write the job started has ended and every task actor is gone (the fence's
+    /// invariant).
     fn finish(&mut self, ctx: &mut Context<Self>, result: Result<JobEnd>) {
         if self.ending {
             return;
@@ -218,7 +219,7 @@ impl JobMaster {
         let fence = Arc::clone(&self.topo.fence);
         let writes = fence.in_flight();
         if writes > 0 {
-            tracing::info!(job = %self.job(), writes, "waiting for the job's checkpoint writes to end");
+            tracing::debug!(job = %self.job(), permits = writes, "waiting for the job's writes and task actors to end");
         }
         ctx.spawn(
             async move {
@@ -303,6 +304,9 @@ impl JobMaster {
         restored_from: Option<CheckpointId>,
         region: Option<usize>,
     ) {
+        if self.ending {
+            return;
+        }
         let next = self
             .last_triggered
             .or(restored_from)

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc::error::TrySendError, watch};
 
 use super::channel::{Envelope, Gate, Input, Sender};
 use super::coordinator::now;
-use super::fence::WriteFence;
+use super::fence::{WriteFence, WritePermit};
 use super::logic::{SourcePoll, TaskLogic};
 use super::master::{AckInfo, EventKind, JobMaster, TaskEvent};
 use super::metrics::{JobMetrics, TaskCounters};
@@ -157,6 +157,10 @@ pub(crate) struct TaskActor {
     pub(crate) chaos: Arc<ChaosHooks>,
     /// The job's write fence: a snapshot write holds a permit while it runs.
     pub(crate) fence: Arc<WriteFence>,
+    /// This actor's own permit of the fence, held for its whole life: the end of the job
+    /// waits until the actor is gone, so that nothing it does (a sink's recovery, a commit)
+    /// can touch the output of a job started afterwards.
+    pub(crate) _alive: WritePermit,
     pub(crate) flush_scheduled: bool,
     /// True while a `ctx.wait` send of queued envelopes is in progress.
     pub(crate) waiting: bool,

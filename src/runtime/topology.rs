@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::channel::{Gate, GatedInput, Receiver, Sender};
 use super::config::{JobConfig, NoValidCheckpoint};
-use super::fence::WriteFence;
+use super::fence::{WriteFence, WritePermit};
 use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
 use super::master::JobMaster;
 use super::metrics::JobMetrics;
@@ -96,7 +96,8 @@ pub(crate) struct Topology {
     /// reads the latest checkpoint: a restore never decides on "the latest complete
     /// checkpoint" while one is being completed, nor reads files retention is deleting.
     pub(crate) manifest_gate: Arc<tokio::sync::Mutex<()>>,
-    /// Every checkpoint-storage write of this run holds a permit of it; see [`WriteFence`].
+    /// Every checkpoint-storage write and every task actor of this run holds a permit of it;
+    /// see [`WriteFence`].
     pub(crate) fence: Arc<WriteFence>,
 }
 
@@ -357,8 +358,19 @@ impl Topology {
                 *slot = Some(rx);
             }
         }
-        let mut pending = Vec::with_capacity(tasks.len());
-        for &number in tasks {
+        // Every fallible step comes before the first task is handed to its arbiter, so that an
+        // error never leaves a task running that its master does not know of. Each task holds a
+        // permit of the job's fence for its whole life (see `WriteFence`).
+        let mut alive: Vec<WritePermit> = Vec::with_capacity(tasks.len());
+        for _ in tasks {
+            alive.push(
+                self.fence.begin().ok_or_else(|| {
+                    Error::Internal("the job is ending: no task may start".into())
+                })?,
+            );
+        }
+        let mut ready = Vec::with_capacity(tasks.len());
+        for (&number, alive) in tasks.iter().zip(alive) {
             let spec = &self.tasks[number];
             let vertex = &self.vertices[spec.vertex];
             let info = TaskInfo {
@@ -410,7 +422,12 @@ impl Topology {
                 settings: self.settings.clone(),
                 chaos: Arc::clone(&self.chaos),
                 fence: Arc::clone(&self.fence),
+                alive,
             };
+            ready.push((number, spawn));
+        }
+        let mut pending = Vec::with_capacity(ready.len());
+        for (number, spawn) in ready {
             let (reply, rx) = oneshot::channel();
             // Round-robin over the job's tasks (not their index within a vertex, which would put
             // every task of a parallelism-1 pipeline on the first arbiter).
@@ -441,6 +458,8 @@ struct SpawnTask {
     settings: TaskSettings,
     chaos: Arc<ChaosHooks>,
     fence: Arc<WriteFence>,
+    /// Moves into the actor (dropped with it, or with this value if the arbiter never runs it).
+    alive: WritePermit,
 }
 
 impl SpawnTask {
@@ -482,6 +501,7 @@ impl SpawnTask {
             settings: self.settings,
             chaos: self.chaos,
             fence: self.fence,
+            _alive: self.alive,
             flush_scheduled: false,
             waiting: false,
             failed: false,
