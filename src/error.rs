@@ -251,6 +251,19 @@ pub enum Error {
         source: Option<Box<Error>>,
     },
 
+    /// Every level of the job's supervisor tree spent its restarts: the failed task's region
+    /// its own strategy ([`JobConfig::restart`](crate::JobConfig)), then the job its strategy
+    /// of full restarts ([`JobConfig::job_restart`](crate::JobConfig)).
+    #[error("the job gave up restarting ({reason}); the last failure: {source}")]
+    RestartsExhausted {
+        /// Why, level by level ("region 0: 10 failures within 60s ...; job: 3 restarts
+        /// allowed, all used").
+        reason: String,
+        /// The failure that ended the job, with its task.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// Checkpoints exist, but none of them verifies: restoring is impossible, and starting over
     /// from the beginning of the log would repeat output that was already committed. Starting
     /// over must be asked for ([`JobConfig::when_no_checkpoint_verifies`](crate::JobConfig)).
@@ -302,6 +315,7 @@ impl Error {
             Error::CheckpointsFailing { source, .. } => {
                 source.as_ref().map_or(ErrorClass::Restart, |e| e.class())
             }
+            Error::RestartsExhausted { source, .. } => source.class(),
             Error::InvalidGraph(_) | Error::NoValidCheckpoint { .. } => ErrorClass::Fatal,
             Error::RecordTooLarge { .. }
             | Error::OffsetOutOfRange { .. }

@@ -57,8 +57,17 @@ fn a_poison_pill_ends_the_job_with_its_partition_and_offset() {
     let text = err.to_string();
     assert!(text.contains("partition 1 offset 37"), "{text}");
     assert!(text.contains("cannot handle value 666"), "{text}");
+    // The region spent its restarts, then the job its full restarts: the chain names both,
+    // then the task and the record.
+    let Error::RestartsExhausted { reason, source } = &err else {
+        panic!("expected RestartsExhausted, got {err:?}");
+    };
     assert!(
-        matches!(&err, Error::InTask { source, .. } if matches!(**source, Error::AtRecord { .. })),
+        reason.contains("region") && reason.contains("job:"),
+        "{reason}"
+    );
+    assert!(
+        matches!(&**source, Error::InTask { source, .. } if matches!(**source, Error::AtRecord { .. })),
         "{err:?}"
     );
 }

@@ -32,6 +32,7 @@ impl Operator<(u64, u64), (u64, u64)> for AlwaysPanics {
 fn failing_job(name: &str, restart: RestartStrategy, threads: Threads) -> Job {
     let mut config = chaos_config(threads);
     config.restart = restart;
+    config.job_restart = RestartStrategy::Never;
     let job = JobBuilder::with_config(name, config);
     job.source(
         "source",
@@ -62,6 +63,8 @@ fn restarts_before_giving_up(restart: RestartStrategy) -> (usize, Error) {
             let rec = Rec(events).start();
             let mut config = chaos_config(Threads::Current);
             config.restart = restart;
+            // The region's strategy alone: no full restarts of the job after it gives up.
+            config.job_restart = RestartStrategy::Never;
             let job = JobBuilder::with_config("strategy", config);
             job.events(rec.recipient());
             job.source(
@@ -75,19 +78,25 @@ fn restarts_before_giving_up(restart: RestartStrategy) -> (usize, Error) {
             r.expect_err("the strategy must give up")
         }
     });
-    let restarts = events
-        .lock()
-        .expect("lock")
-        .iter()
-        .filter(|e| matches!(e, JobEvent::Restarting { .. }))
-        .count();
+    // Each failover region (one per slice) has its own budget: the region that gave up used
+    // all of its own, and no region used more.
+    let mut per_region: BTreeMap<Vec<TaskId>, usize> = BTreeMap::new();
+    for e in events.lock().expect("lock").iter() {
+        if let JobEvent::Restarting { tasks, .. } = e {
+            *per_region.entry(tasks.clone()).or_insert(0) += 1;
+        }
+    }
+    let restarts = per_region.values().copied().max().unwrap_or(0);
     (restarts, err)
 }
 
-/// True for the operator's panic, whatever context wraps it (task, record position).
+/// True for the operator's panic, whatever context wraps it (task, record position, the
+/// restarts given up).
 fn is_the_panic(e: &Error) -> bool {
     match e {
-        Error::InTask { source, .. } | Error::AtRecord { source, .. } => is_the_panic(source),
+        Error::InTask { source, .. }
+        | Error::AtRecord { source, .. }
+        | Error::RestartsExhausted { source, .. } => is_the_panic(source),
         Error::Panic { message } => message.contains("always fails"),
         _ => false,
     }
@@ -192,6 +201,7 @@ async fn the_newest_checkpoint_corrupted_on_disk_falls_back_and_output_stays_exa
     // the job gives up.
     let mut config = chaos_config(Threads::Arbiters(2));
     config.restart = RestartStrategy::Never;
+    config.job_restart = RestartStrategy::Never;
     let job = build(config.clone());
     // Armed after 60 ms (several 10 ms checkpoints have completed by then); it fires at the
     // next checkpoint completion, long before the input ends.

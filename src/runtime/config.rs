@@ -74,8 +74,16 @@ pub struct JobConfig {
     /// `2^(k-1)`, at most 64 times it (so a failing final checkpoint is not retried in a tight
     /// loop). Default: 100 ms (then 0.2 s, 0.4 s, ... up to 6.4 s).
     pub checkpoint_failure_backoff: Duration,
-    /// What to do when a task fails.
+    /// What a failover region does when one of its tasks fails (a failure of class
+    /// [`ErrorClass::Fatal`](crate::ErrorClass) fails the job at once instead). Every region
+    /// has its own budget, so a flapping region cannot spend a healthy one's. Default:
+    /// [`RestartStrategy::default`], at most 10 failures a minute, restarting after 50 ms.
     pub restart: RestartStrategy,
+    /// What the job does when a region has spent its budget ([`restart`](Self::restart)):
+    /// restart every region from the latest complete checkpoint, each with a fresh budget, or
+    /// give up and fail with [`Error::RestartsExhausted`](crate::Error). `Never` fails the job
+    /// at a region's first give-up. Default: 3 full restarts 50 ms apart, then failure.
+    pub job_restart: RestartStrategy,
     /// Event-time sources emit their watermark at most this often.
     pub watermark_interval: Duration,
     /// An event-time source partition with no new record for this long no longer holds the
@@ -109,6 +117,10 @@ impl Default for JobConfig {
             tolerable_failed_checkpoints: 10,
             checkpoint_failure_backoff: Duration::from_millis(100),
             restart: RestartStrategy::default(),
+            job_restart: RestartStrategy::FixedDelay {
+                delay: Duration::from_millis(50),
+                max_attempts: 3,
+            },
             watermark_interval: Duration::from_millis(10),
             idle_timeout: Duration::from_millis(200),
             deterministic: false,

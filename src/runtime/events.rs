@@ -68,7 +68,8 @@ pub enum JobEvent {
         /// How ("panic in user code", "stop from outside", or the moment it fired at).
         how: String,
     },
-    /// A failover region is being restarted.
+    /// A failover region is being restarted (or, after an [`Escalated`](Self::Escalated), the
+    /// whole job: then `tasks` lists every task and `attempt` counts full restarts).
     Restarting {
         /// The region's tasks.
         tasks: Vec<TaskId>,
@@ -76,6 +77,15 @@ pub enum JobEvent {
         attempt: u32,
         /// The delay before the restart.
         delay: Duration,
+    },
+    /// A failover region spent its own restart budget and escalated to the job: the whole job
+    /// restarts from the latest complete checkpoint (a [`Restarting`](Self::Restarting) of
+    /// every task follows), or fails if the job's budget is spent too.
+    Escalated {
+        /// The region's tasks.
+        tasks: Vec<TaskId>,
+        /// Why the region gave up (its strategy's reason).
+        reason: String,
     },
     /// A failover region was restored and runs again.
     Restored {

@@ -42,7 +42,6 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
 
 use super::channel::Collector;
 use super::config::{JobConfig, Threads};
@@ -52,18 +51,17 @@ use super::logic::{
     DeadLetterSpec, Decoder, EdgeKind, EventTimeSpec, KeyGroupFn, KeyedLogic, OperatorLogic,
     RestoreState, SinkLogic, SourceLogic, TaskLogic,
 };
-use super::master::{JobMaster, Launch, TaskSlot};
+use super::master::{JobMaster, Launch};
 use super::metrics::JobMetrics;
 use super::operator::{Data, FlatMapOp, KeyedOperator, Operator, ReduceOp};
 use super::topology::{LogicFactory, Role, Topology, VertexSpec};
-use crate::chaos::{ChaosMonkey, MonkeyState};
-use crate::checkpoint::{CheckpointStorage, MemoryCheckpointStorage};
+use crate::chaos::ChaosMonkey;
+use crate::checkpoint::{CheckpointId, CheckpointStorage, MemoryCheckpointStorage};
 use crate::error::{Error, Result};
 use crate::log::{codec, ReplayableLog};
 use crate::sink::TwoPhaseCommitSink;
 use crate::state::{key_group_for, StateKey, StateValue};
 use crate::storage::validate_name;
-use crate::supervision::RestartTracker;
 use crate::time::{Timestamp, WatermarkStrategy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -676,6 +674,85 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// The runtime's vertex specs: each edge's shipping resolved to an edge kind now that both
+/// sides' parallelism is known.
+fn vertex_specs(vertices: Vec<VertexDef>, par: &[u32]) -> Vec<VertexSpec> {
+    vertices
+        .into_iter()
+        .enumerate()
+        .map(|(v, def)| VertexSpec {
+            inputs: def
+                .inputs
+                .iter()
+                .map(|e| {
+                    let kind = match e.ship {
+                        Ship::Default if par[e.from] == par[v] => EdgeKind::Forward,
+                        Ship::Default | Ship::Rebalance => EdgeKind::Rebalance,
+                        Ship::Forward => EdgeKind::Forward,
+                        Ship::Broadcast => EdgeKind::Broadcast,
+                        Ship::Hash => EdgeKind::Hash,
+                    };
+                    (e.from, kind, e.key_group.clone())
+                })
+                .collect(),
+            name: def.name,
+            role: def.role,
+            factory: def.factory,
+            log: def.log,
+        })
+        .collect()
+}
+
+/// What a job needs before its master starts: its topology, the checkpoint it restores (and
+/// each task's state from it), and the id of its first checkpoint.
+type Prepared = (
+    Arc<Topology>,
+    Option<CheckpointId>,
+    HashMap<usize, RestoreState>,
+    CheckpointId,
+);
+
+/// Reads the latest complete checkpoint (unless `restore_on_start` is off) and the largest id
+/// in the storage, above which the run's checkpoint ids start.
+async fn prepare(topo: Arc<Topology>, config: &JobConfig) -> Result<Prepared> {
+    let all: Vec<(usize, usize, u32)> = topo
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(n, t)| (n, t.vertex, t.index))
+        .collect();
+    let (restored_from, restore) = if config.restore_on_start {
+        let names = topo
+            .vertices
+            .iter()
+            .zip(&topo.parallelism)
+            .map(|(v, p)| (v.name.clone(), *p))
+            .collect();
+        Topology::plan_restore(
+            Arc::clone(&topo.storage),
+            Arc::clone(&topo.manifest_gate),
+            names,
+            all,
+            config.deterministic,
+            config.when_no_checkpoint_verifies,
+        )
+        .await?
+    } else {
+        let fresh = all.iter().map(|(n, _, _)| (*n, RestoreState::default()));
+        (None, fresh.collect())
+    };
+    let storage = Arc::clone(&topo.storage);
+    let max_id = if config.deterministic {
+        storage.max_id()?
+    } else {
+        tokio::task::spawn_blocking(move || storage.max_id())
+            .await
+            .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))??
+    };
+    let first = CheckpointId(max_id.max(restored_from).map(|c| c.0 + 1).unwrap_or(1));
+    Ok((topo, restored_from, restore, first))
+}
+
 impl Job {
     /// The job's name.
     pub fn name(&self) -> &str {
@@ -698,30 +775,7 @@ impl Job {
             .iter()
             .map(|v| v.parallelism.unwrap_or(config.parallelism))
             .collect();
-        let specs: Vec<VertexSpec> = vertices
-            .into_iter()
-            .enumerate()
-            .map(|(v, def)| VertexSpec {
-                inputs: def
-                    .inputs
-                    .iter()
-                    .map(|e| {
-                        let kind = match e.ship {
-                            Ship::Default if par[e.from] == par[v] => EdgeKind::Forward,
-                            Ship::Default | Ship::Rebalance => EdgeKind::Rebalance,
-                            Ship::Forward => EdgeKind::Forward,
-                            Ship::Broadcast => EdgeKind::Broadcast,
-                            Ship::Hash => EdgeKind::Hash,
-                        };
-                        (e.from, kind, e.key_group.clone())
-                    })
-                    .collect(),
-                name: def.name,
-                role: def.role,
-                factory: def.factory,
-                log: def.log,
-            })
-            .collect();
+        let specs = vertex_specs(vertices, &par);
         let mut arbiters = Vec::new();
         let handles: Vec<ArbiterHandle> = match config.threads {
             Threads::Current => vec![Arbiter::current()],
@@ -742,46 +796,11 @@ impl Job {
             handles,
             Arc::clone(&metrics),
         );
-        let topo = match topo {
-            Ok(t) => Arc::new(t),
-            Err(e) => {
-                for a in arbiters {
-                    a.stop();
-                }
-                return Err(e);
-            }
+        let prepared = match topo {
+            Ok(topo) => prepare(Arc::new(topo), &config).await,
+            Err(e) => Err(e),
         };
-        let all: Vec<(usize, usize, u32)> = topo
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(n, t)| (n, t.vertex, t.index))
-            .collect();
-        let planned = if config.restore_on_start {
-            let names = topo
-                .vertices
-                .iter()
-                .zip(&topo.parallelism)
-                .map(|(v, p)| (v.name.clone(), *p))
-                .collect();
-            Topology::plan_restore(
-                Arc::clone(&storage),
-                Arc::clone(&topo.manifest_gate),
-                names,
-                all,
-                config.deterministic,
-                config.when_no_checkpoint_verifies,
-            )
-            .await
-        } else {
-            Ok((
-                None,
-                all.iter()
-                    .map(|(n, _, _)| (*n, RestoreState::default()))
-                    .collect::<HashMap<_, _>>(),
-            ))
-        };
-        let (restored_from, restore) = match planned {
+        let (topo, restored_from, restore, first) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 for a in arbiters {
@@ -793,70 +812,15 @@ impl Job {
         if let Some(id) = restored_from {
             tracing::info!(job = %name, checkpoint = %id, "restoring from checkpoint");
         }
-        let s = Arc::clone(&storage);
-        let max_id = if config.deterministic {
-            s.max_id()
-        } else {
-            tokio::task::spawn_blocking(move || s.max_id())
-                .await
-                .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
-        };
-        let max_id = match max_id {
-            Ok(m) => m,
-            Err(e) => {
-                for a in arbiters {
-                    a.stop();
-                }
-                return Err(e);
-            }
-        };
-        let first = crate::checkpoint::CheckpointId(
-            max_id.max(restored_from).map(|c| c.0 + 1).unwrap_or(1),
-        );
-        let (done_tx, done_rx) = watch::channel(None);
-        let (cancel_tx, cancel_rx) = watch::channel(false);
-        let seed = chaos.as_ref().map(|c| c.seed).unwrap_or(0);
-        let master = JobMaster {
-            tasks: topo
-                .tasks
-                .iter()
-                .map(|_| TaskSlot {
-                    addr: None,
-                    abort: None,
-                    incarnation: 0,
-                })
-                .collect(),
-            coordinator: None,
-            coordinator_abort: None,
-            coordinator_incarnation: 0,
-            registered: false,
-            sources_at_end: HashSet::new(),
-            down: HashSet::new(),
-            tracker: RestartTracker::new(config.restart.clone(), seed),
-            last_triggered: None,
-            last_completed: None,
-            completed: 0,
-            final_requested: false,
-            stop_requested: false,
-            final_trigger: None,
-            final_done: None,
-            events: Vec::new(),
-            event_sink: events,
-            monkey: chaos.map(MonkeyState::new),
-            monkey_due: None,
-            failure_at: HashMap::new(),
-            failed_while_down: HashMap::new(),
-            metrics: Arc::clone(&metrics),
-            done: done_tx,
-            arbiters,
-            cancel: cancel_tx,
-            cancel_rx,
-            started: std::time::Instant::now(),
-            restored_from,
-            ending: false,
+        let (master, done_rx) = JobMaster::create(
             topo,
-        }
-        .start();
+            events,
+            chaos,
+            Arc::clone(&metrics),
+            arbiters,
+            restored_from,
+        );
+        let master = master.start();
         master.do_send(Launch {
             restore,
             restored_from,

@@ -25,8 +25,10 @@ pub struct JobReport {
     pub last_checkpoint: Option<CheckpointId>,
     /// The checkpoint the job resumed from when it started, if any.
     pub restored_from: Option<CheckpointId>,
-    /// Restarts of failover regions.
+    /// Restarts of single failover regions.
     pub restarts: u32,
+    /// Full restarts of the job, each after a region spent its own restarts.
+    pub job_restarts: u32,
     /// Kills by the chaos monkey.
     pub kills: u32,
     /// How long the job ran.

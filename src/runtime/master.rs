@@ -1,14 +1,14 @@
-//! The job master: the root of a job's supervisor tree, one actor on the arbiter that started
-//! the job. It starts and supervises the task actors and the checkpoint coordinator actor,
-//! relays between them, runs the chaos monkey, restarts failed failover regions from the
-//! latest complete checkpoint as the restart strategy decides, and ends the job.
+//! The job master: the actor driving a job's supervisor tree, on the arbiter that started the
+//! job. It starts and watches the task actors and the checkpoint coordinator actor, relays
+//! between them, runs the chaos monkey, carries out the decisions of the pure supervision core
+//! (`supervision::tree`: restart a region, restart the job, fail), and ends the job.
 //!
-//! States of a failover region: *running* → (a task fails) → *down* (its actors aborted, its
-//! channels dropped, the checkpoint in flight aborted) → after the strategy's delay,
-//! *restoring* (latest complete checkpoint read) → *running* again with fresh actors (a new
-//! incarnation of each task). Events from an older incarnation are ignored. Who changes what:
-//! only the master changes task slots, regions and the job's lifecycle; only the coordinator
-//! actor changes the coordinator core.
+//! States of a failover region (kept by the core): *running* → (a task fails) → *down* (its
+//! actors aborted, its channels dropped, the checkpoint in flight aborted) → after the
+//! strategy's delay, *restoring* (latest complete checkpoint read) → *running* again with fresh
+//! actors (a new incarnation of the region). Events from an older incarnation are ignored. Who
+//! changes what: only the master changes task slots and the job's lifecycle, only through the
+//! core the regions; only the coordinator actor changes the coordinator core.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,12 +25,12 @@ use super::logic::RestoreState;
 use super::metrics::JobMetrics;
 use super::task::{Complete, InjectPanic, Shutdown, TaskActor, Trigger};
 use super::topology::{Spawned, Topology};
-use crate::chaos::{Kill, MonkeyState};
+use crate::chaos::{ChaosMonkey, Kill, MonkeyState};
 use crate::checkpoint::{CheckpointId, StateHandle};
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId};
 use crate::state::KeyGroupRange;
-use crate::supervision::{RestartDecision, RestartTracker};
+use crate::supervision::tree::{Decision, SupervisionCore};
 
 /// A task's acknowledgement of a checkpoint: its state is durable.
 #[derive(Debug)]
@@ -110,7 +110,6 @@ pub(crate) enum Command {
 pub(crate) struct TaskSlot {
     pub(crate) addr: Option<Addr<TaskActor>>,
     pub(crate) abort: Option<AbortHandle>,
-    pub(crate) incarnation: u32,
 }
 
 pub(crate) struct JobMaster {
@@ -119,10 +118,9 @@ pub(crate) struct JobMaster {
     pub(crate) coordinator: Option<Addr<CoordinatorActor>>,
     pub(crate) coordinator_abort: Option<AbortHandle>,
     pub(crate) coordinator_incarnation: u32,
-    pub(crate) registered: bool,
     pub(crate) sources_at_end: HashSet<usize>,
-    pub(crate) down: HashSet<usize>,
-    pub(crate) tracker: RestartTracker,
+    /// The supervision state of the regions and the job; decides every restart.
+    pub(crate) sup: SupervisionCore<(usize, Error)>,
     pub(crate) last_triggered: Option<CheckpointId>,
     pub(crate) last_completed: Option<CheckpointId>,
     pub(crate) completed: u64,
@@ -138,7 +136,6 @@ pub(crate) struct JobMaster {
     pub(crate) monkey: Option<MonkeyState>,
     pub(crate) monkey_due: Option<Instant>,
     pub(crate) failure_at: HashMap<usize, Instant>,
-    pub(crate) failed_while_down: HashMap<usize, (usize, Error)>,
     pub(crate) metrics: Arc<JobMetrics>,
     pub(crate) done: watch::Sender<Option<Result<JobReport>>>,
     pub(crate) arbiters: Vec<Arbiter>,
@@ -150,6 +147,63 @@ pub(crate) struct JobMaster {
 }
 
 impl JobMaster {
+    /// A master for `topo`, not started yet, and the receiver its result goes to.
+    pub(crate) fn create(
+        topo: Arc<Topology>,
+        events: Option<Recipient<JobEvent>>,
+        chaos: Option<ChaosMonkey>,
+        metrics: Arc<JobMetrics>,
+        arbiters: Vec<Arbiter>,
+        restored_from: Option<CheckpointId>,
+    ) -> (JobMaster, watch::Receiver<Option<Result<JobReport>>>) {
+        let (done, done_rx) = watch::channel(None);
+        let (cancel, cancel_rx) = watch::channel(false);
+        let seed = chaos.as_ref().map(|c| c.seed).unwrap_or(0);
+        let regions = topo.regions.iter().max().map_or(0, |r| r + 1);
+        let master = JobMaster {
+            tasks: topo
+                .tasks
+                .iter()
+                .map(|_| TaskSlot {
+                    addr: None,
+                    abort: None,
+                })
+                .collect(),
+            coordinator: None,
+            coordinator_abort: None,
+            coordinator_incarnation: 0,
+            sources_at_end: HashSet::new(),
+            sup: SupervisionCore::new(
+                regions,
+                topo.config.restart.clone(),
+                topo.config.job_restart.clone(),
+                seed,
+            ),
+            last_triggered: None,
+            last_completed: None,
+            completed: 0,
+            final_requested: false,
+            stop_requested: false,
+            final_trigger: None,
+            final_done: None,
+            events: Vec::new(),
+            event_sink: events,
+            monkey: chaos.map(MonkeyState::new),
+            monkey_due: None,
+            failure_at: HashMap::new(),
+            metrics,
+            done,
+            arbiters,
+            cancel,
+            cancel_rx,
+            started: Instant::now(),
+            restored_from,
+            ending: false,
+            topo,
+        };
+        (master, done_rx)
+    }
+
     fn job(&self) -> &str {
         &self.topo.name
     }
@@ -169,7 +223,8 @@ impl JobMaster {
             checkpoints_completed: self.completed,
             last_checkpoint: self.last_completed,
             restored_from: self.restored_from,
-            restarts: self.tracker.restarts(),
+            restarts: self.sup.region_restarts(),
+            job_restarts: self.sup.job_restarts(),
             kills: self.monkey_kills(),
             elapsed: self.started.elapsed(),
             metrics: self.metrics.snapshot(),
@@ -205,7 +260,7 @@ impl JobMaster {
         let result = match result {
             Ok(end) => {
                 self.emit(JobEvent::JobFinished { end });
-                tracing::info!(job = %self.job(), end = ?end, checkpoints = self.completed, restarts = self.tracker.restarts(), "job finished");
+                tracing::info!(job = %self.job(), end = ?end, checkpoints = self.completed, restarts = self.sup.region_restarts(), job_restarts = self.sup.job_restarts(), "job finished");
                 Ok(self.report(end))
             }
             Err(e) => {
@@ -235,11 +290,15 @@ impl JobMaster {
     }
 
     fn live(&self, task: usize) -> bool {
-        !self.down.contains(&self.topo.regions[task]) && self.tasks[task].addr.is_some()
+        self.sup.is_running(self.topo.regions[task]) && self.tasks[task].addr.is_some()
     }
 
     fn current(&self, task: usize, incarnation: u32) -> bool {
-        task < self.tasks.len() && self.tasks[task].incarnation == incarnation
+        task < self.tasks.len() && self.incarnation(task) == incarnation
+    }
+
+    fn incarnation(&self, task: usize) -> u32 {
+        self.sup.incarnation(self.topo.regions[task])
     }
 
     fn to_coordinator(&self, msg: ToCoordinator) {
@@ -289,7 +348,7 @@ impl JobMaster {
         // No checkpoint before every task of the job is registered (a trigger sent then would
         // reach no source, and the checkpoint would wait for its timeout), nor while a region
         // is down.
-        if !self.down.is_empty() || !self.registered {
+        if !self.sup.all_running() {
             addr.do_send(ToCoordinator::Hold(true));
         }
         self.coordinator = Some(addr);
@@ -312,10 +371,8 @@ impl JobMaster {
             .or(restored_from)
             .map(|c| c.0 + 1)
             .unwrap_or(1);
-        let incarnations: HashMap<usize, u32> = tasks
-            .iter()
-            .map(|t| (*t, self.tasks[*t].incarnation))
-            .collect();
+        let incarnations: HashMap<usize, u32> =
+            tasks.iter().map(|t| (*t, self.incarnation(*t))).collect();
         let pending = match self.topo.spawn(
             &tasks,
             restore,
@@ -346,7 +403,7 @@ impl JobMaster {
             collect
                 .into_actor(self)
                 .map(move |spawned, act, ctx| match spawned {
-                    Ok(spawned) => act.register(ctx, spawned, region, restored_from),
+                    Ok(spawned) => act.register(ctx, spawned, region, restored_from, incarnations),
                     Err(e) => act.finish(ctx, Err(e)),
                 }),
         );
@@ -358,89 +415,80 @@ impl JobMaster {
         spawned: Vec<(usize, Spawned)>,
         region: Option<usize>,
         restored_from: Option<CheckpointId>,
+        incarnations: HashMap<usize, u32>,
     ) {
+        // Tasks created for an incarnation that has since been replaced (a full restart of the
+        // job while this region was restoring) must not run: the newer restore creates them.
+        let stale = spawned
+            .iter()
+            .any(|(t, _)| incarnations.get(t) != Some(&self.incarnation(*t)));
         let me = ctx.address();
         let mut ids = Vec::with_capacity(spawned.len());
         for (task, (addr, join)) in spawned {
-            if self.ending {
+            if self.ending || stale {
                 addr.do_send(Shutdown);
                 join.abort();
                 continue;
             }
-            let incarnation = self.tasks[task].incarnation;
+            let incarnation = self.incarnation(task);
             self.tasks[task].addr = Some(addr);
             self.tasks[task].abort = Some(join.abort_handle());
             ids.push(self.topo.tasks[task].id.clone());
-            let me = me.clone();
-            actix::spawn(async move {
-                let outcome = match join.await {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.is_panic() => {
-                        let payload = e.into_panic();
-                        let message = payload
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| payload.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "a panic with a non-string payload".into());
-                        Err(format!("panicked: {message}"))
-                    }
-                    Err(_) => Err("was stopped from outside (its future was aborted)".to_string()),
-                };
-                me.do_send(TaskExited {
-                    task,
-                    incarnation,
-                    outcome,
-                });
-            });
+            watch_task(me.clone(), task, incarnation, join);
+        }
+        if self.ending || stale {
+            return;
         }
         match region {
             Some(r) => {
-                self.down.remove(&r);
+                let deferred = self.sup.restored(r);
                 self.emit(JobEvent::Restored {
                     tasks: ids,
                     checkpoint: restored_from,
                 });
-                if self.down.is_empty() && self.registered {
+                if self.sup.all_running() {
                     self.to_coordinator(ToCoordinator::Hold(false));
                 }
-                if let Some((task, error)) = self.failed_while_down.remove(&r) {
-                    self.on_failure(ctx, task, error);
+                if let Some((task, error)) = deferred {
+                    let incarnation = self.incarnation(task);
+                    self.on_failure(ctx, task, incarnation, error);
                 } else if let Some(done) = restored_from.filter(|c| Some(*c) == self.final_done) {
                     self.finish_after_final(ctx, done);
                 }
             }
             None => {
-                self.registered = true;
+                let early = self.sup.started();
                 self.emit(JobEvent::Started { restored_from });
-                // Failures reported while the job was starting: restart their regions now that
-                // every actor is known (the coordinator stays held meanwhile).
-                let early: Vec<(usize, Error)> =
-                    self.failed_while_down.drain().map(|(_, f)| f).collect();
+                // Failures reported while the job was starting: act on them now that every
+                // actor is known (the coordinator stays held meanwhile).
                 if early.is_empty() {
-                    if self.down.is_empty() {
+                    if self.sup.all_running() {
                         self.to_coordinator(ToCoordinator::Hold(false));
                     }
                 } else {
                     for (task, error) in early {
-                        self.on_failure(ctx, task, error);
+                        let incarnation = self.incarnation(task);
+                        self.on_failure(ctx, task, incarnation, error);
                     }
                 }
             }
         }
     }
 
-    fn on_failure(&mut self, ctx: &mut Context<Self>, task: usize, error: Error) {
+    /// A task of incarnation `incarnation` failed with `error`: asks the supervision core and
+    /// carries out its decision.
+    fn on_failure(&mut self, ctx: &mut Context<Self>, task: usize, incarnation: u32, error: Error) {
         if self.ending {
             return;
         }
         let region = self.topo.regions[task];
-        if self.down.contains(&region) || !self.registered {
-            // A task failed before its region (or, while the job starts, the job) was
-            // registered (in open, say): its actors are not all known yet, so none could be
-            // aborted. Handle it once they are (`register`).
-            self.failed_while_down
-                .entry(region)
-                .or_insert((task, error));
+        let class = error.class();
+        // A failure before its region's actors are all known (in open, say) is kept by the core
+        // and handed back by `register`; none of them could be aborted yet.
+        let decision =
+            self.sup
+                .on_failure(region, incarnation, class, (task, error.clone()), now());
+        if matches!(decision, Decision::Stale | Decision::Deferred) {
             return;
         }
         let id = self.topo.tasks[task].id.clone();
@@ -448,57 +496,116 @@ impl JobMaster {
             task: id.clone(),
             error: error.to_string(),
         });
-        match self.tracker.on_failure(now()) {
-            RestartDecision::GiveUp { reason } => {
-                tracing::error!(job = %self.job(), task = %id, reason = %reason, "restart strategy gave up");
+        match decision {
+            Decision::Stale | Decision::Deferred => {}
+            Decision::FailFatal => {
+                tracing::error!(job = %self.job(), task = %id, error = %error, "fatal error: no restart can fix it");
                 self.finish(ctx, Err(error.in_task(&id)));
             }
-            RestartDecision::Restart { delay, attempt } => {
+            Decision::GiveUp { reason } => {
+                tracing::error!(job = %self.job(), task = %id, reason = %reason, "restart strategies gave up");
+                self.finish(
+                    ctx,
+                    Err(Error::RestartsExhausted {
+                        reason,
+                        source: Box::new(error.in_task(&id)),
+                    }),
+                );
+            }
+            Decision::RestartRegion { delay, attempt, .. } => {
                 let tasks = self.topo.region_of(task);
-                self.down.insert(region);
-                for &t in &tasks {
-                    if let Some(a) = self.tasks[t].abort.take() {
-                        a.abort();
-                    }
-                    self.tasks[t].addr = None;
-                    self.tasks[t].incarnation += 1;
-                    self.sources_at_end.remove(&t);
-                }
-                self.to_coordinator(ToCoordinator::AbortInFlight {
-                    reason: format!("task {id} failed"),
+                tracing::warn!(job = %self.job(), task = %id, error = %error, attempt, delay = ?delay, region_tasks = tasks.len(), "restarting failover region");
+                self.take_down(ctx, &tasks, &format!("task {id} failed"), attempt, delay);
+            }
+            Decision::RestartJob {
+                reason,
+                delay,
+                attempt,
+                ..
+            } => {
+                tracing::warn!(job = %self.job(), task = %id, error = %error, reason = %reason, attempt, delay = ?delay, "a region spent its restarts: restarting the whole job");
+                self.emit(JobEvent::Escalated {
+                    tasks: self.region_ids(&self.topo.region_of(task)),
+                    reason,
                 });
-                self.to_coordinator(ToCoordinator::Hold(true));
-                if self.final_requested && !self.stop_requested {
-                    // Restarted sources must read again before the input can end.
-                    self.final_requested = false;
-                    self.to_coordinator(ToCoordinator::CancelFinal);
-                } else {
-                    // A final checkpoint may have completed without every commit: allow the
-                    // next final checkpoint.
-                    self.to_coordinator(ToCoordinator::Rearm);
-                }
-                let ids: Vec<_> = tasks
-                    .iter()
-                    .map(|t| self.topo.tasks[*t].id.clone())
-                    .collect();
-                tracing::warn!(job = %self.job(), task = %id, error = %error, attempt, delay = ?delay, region_tasks = ids.len(), "restarting failover region");
-                self.emit(JobEvent::Restarting {
-                    tasks: ids,
-                    attempt,
-                    delay,
-                });
-                self.failure_at.insert(region, now());
-                ctx.run_later(delay, move |act, ctx| {
-                    act.restore_region(ctx, region, tasks)
-                });
+                let all: Vec<usize> = (0..self.topo.tasks.len()).collect();
+                self.take_down(ctx, &all, &format!("task {id} failed"), attempt, delay);
             }
         }
     }
 
-    fn restore_region(&mut self, ctx: &mut Context<Self>, region: usize, tasks: Vec<usize>) {
-        if self.ending {
+    fn region_ids(&self, tasks: &[usize]) -> Vec<crate::checkpoint::TaskId> {
+        tasks
+            .iter()
+            .map(|t| self.topo.tasks[*t].id.clone())
+            .collect()
+    }
+
+    /// Stops `tasks` (whole regions, already moved to their next incarnation by the core) and
+    /// restores each of their regions after `delay`.
+    fn take_down(
+        &mut self,
+        ctx: &mut Context<Self>,
+        tasks: &[usize],
+        reason: &str,
+        attempt: u32,
+        delay: Duration,
+    ) {
+        for &t in tasks {
+            if let Some(a) = self.tasks[t].abort.take() {
+                a.abort();
+            }
+            self.tasks[t].addr = None;
+            self.sources_at_end.remove(&t);
+        }
+        self.to_coordinator(ToCoordinator::AbortInFlight {
+            reason: reason.to_string(),
+        });
+        self.to_coordinator(ToCoordinator::Hold(true));
+        if self.final_requested && !self.stop_requested {
+            // Restarted sources must read again before the input can end.
+            self.final_requested = false;
+            self.to_coordinator(ToCoordinator::CancelFinal);
+        } else {
+            // A final checkpoint may have completed without every commit: allow the next final
+            // checkpoint.
+            self.to_coordinator(ToCoordinator::Rearm);
+        }
+        self.emit(JobEvent::Restarting {
+            tasks: self.region_ids(tasks),
+            attempt,
+            delay,
+        });
+        let mut regions: Vec<usize> = tasks.iter().map(|t| self.topo.regions[*t]).collect();
+        regions.sort_unstable();
+        regions.dedup();
+        for region in regions {
+            self.failure_at.insert(region, now());
+            let members: Vec<usize> = tasks
+                .iter()
+                .copied()
+                .filter(|t| self.topo.regions[*t] == region)
+                .collect();
+            let incarnation = self.sup.incarnation(region);
+            ctx.run_later(delay, move |act, ctx| {
+                act.restore_region(ctx, region, members, incarnation)
+            });
+        }
+    }
+
+    /// Restores `region` (its `tasks`) for its incarnation `incarnation`; does nothing once that
+    /// incarnation has been replaced (a full restart of the job scheduled a newer restore).
+    fn restore_region(
+        &mut self,
+        ctx: &mut Context<Self>,
+        region: usize,
+        tasks: Vec<usize>,
+        incarnation: u32,
+    ) {
+        if self.ending || self.sup.incarnation(region) != incarnation {
             return;
         }
+        self.sup.restoring(region);
         let topo = &self.topo;
         let names = topo
             .vertices
@@ -518,15 +625,17 @@ impl JobMaster {
             topo.config.deterministic,
             topo.config.when_no_checkpoint_verifies,
         );
-        ctx.spawn(
-            plan.into_actor(self)
-                .map(move |planned, act, ctx| match planned {
-                    Ok((restored_from, restore)) => {
-                        act.spawn_tasks(ctx, tasks, restore, restored_from, Some(region))
-                    }
-                    Err(e) => act.finish(ctx, Err(e)),
-                }),
-        );
+        ctx.spawn(plan.into_actor(self).map(move |planned, act, ctx| {
+            if act.sup.incarnation(region) != incarnation {
+                return; // replaced while the checkpoint was read
+            }
+            match planned {
+                Ok((restored_from, restore)) => {
+                    act.spawn_tasks(ctx, tasks, restore, restored_from, Some(region))
+                }
+                Err(e) => act.finish(ctx, Err(e)),
+            }
+        }));
     }
 
     /// The final checkpoint `checkpoint` is complete: once every task is running, asks each to
@@ -535,7 +644,7 @@ impl JobMaster {
     /// recovery), so that a failure after the final manifest was written does not need another
     /// final checkpoint, which under steady failures might never complete in time.
     fn finish_after_final(&mut self, ctx: &mut Context<Self>, checkpoint: CheckpointId) {
-        if self.ending || !self.down.is_empty() || self.final_done != Some(checkpoint) {
+        if self.ending || !self.sup.all_running() || self.final_done != Some(checkpoint) {
             return;
         }
         let Some(addrs) = self
@@ -549,7 +658,7 @@ impl JobMaster {
         let replies =
             futures::future::join_all(addrs.into_iter().map(move |a| a.send(Complete(checkpoint))));
         ctx.spawn(replies.into_actor(self).map(move |replies, act, ctx| {
-            if act.down.is_empty() && replies.iter().all(|r| matches!(r, Ok(true))) {
+            if act.sup.all_running() && replies.iter().all(|r| matches!(r, Ok(true))) {
                 // The sources of the final checkpoint ended their input first, or (a stop)
                 // they did not.
                 let end = match act.final_trigger {
@@ -566,8 +675,48 @@ impl JobMaster {
         }));
     }
 
+    /// Checkpoint `checkpoint` was triggered: the barrier goes to every source, or, when a
+    /// source is not running, the checkpoint is declined at once.
+    fn on_triggered(&mut self, checkpoint: CheckpointId, is_final: bool) {
+        self.last_triggered = Some(checkpoint);
+        self.emit(JobEvent::CheckpointTriggered {
+            checkpoint,
+            is_final,
+        });
+        // A stop ends no input: its final checkpoint is taken without end-of-input.
+        let end_input = is_final && !self.stop_requested;
+        if is_final {
+            self.final_trigger = Some((checkpoint, end_input));
+        }
+        // A source that is not running cannot take the barrier: say so at once rather
+        // than let the checkpoint wait for its timeout (a trigger sent just before a
+        // region went down).
+        if let Some(t) =
+            (0..self.topo.tasks.len()).find(|&t| self.topo.tasks[t].is_source && !self.live(t))
+        {
+            let reason = format!("source {} is not running", self.topo.tasks[t].id);
+            self.to_coordinator(ToCoordinator::Decline {
+                checkpoint,
+                reason,
+                error: None,
+            });
+            return;
+        }
+        for (t, spec) in self.topo.tasks.iter().enumerate() {
+            if spec.is_source && self.live(t) {
+                if let Some(a) = &self.tasks[t].addr {
+                    a.do_send(Trigger {
+                        checkpoint,
+                        is_final,
+                        end_input,
+                    });
+                }
+            }
+        }
+    }
+
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
-        if !self.registered || self.ending {
+        if !self.sup.job_started() || self.ending {
             return;
         }
         let Some(monkey) = self.monkey.as_mut() else {
@@ -630,6 +779,36 @@ impl JobMaster {
     }
 }
 
+/// Reports to `master` how the actor of `task` (incarnation `incarnation`) ended, once its
+/// future `join` completes: normally, by a panic, or aborted from outside.
+fn watch_task(
+    master: Addr<JobMaster>,
+    task: usize,
+    incarnation: u32,
+    join: tokio::task::JoinHandle<()>,
+) {
+    actix::spawn(async move {
+        let outcome = match join.await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic with a non-string payload".into());
+                Err(format!("panicked: {message}"))
+            }
+            Err(_) => Err("was stopped from outside (its future was aborted)".to_string()),
+        };
+        master.do_send(TaskExited {
+            task,
+            incarnation,
+            outcome,
+        });
+    });
+}
+
 impl Actor for JobMaster {
     type Context = Context<Self>;
 
@@ -670,7 +849,12 @@ impl Handler<TaskExited> for JobMaster {
             Ok(()) => "stopped without being asked to".to_string(),
             Err(r) => r,
         };
-        self.on_failure(ctx, msg.task, Error::TaskStopped { reason });
+        self.on_failure(
+            ctx,
+            msg.task,
+            msg.incarnation,
+            Error::TaskStopped { reason },
+        );
     }
 }
 
@@ -731,7 +915,7 @@ impl Handler<TaskEvent> for JobMaster {
                     error: Some(error.in_task(&self.topo.tasks[task].id)),
                 });
             }
-            EventKind::Failed { error } => self.on_failure(ctx, task, error),
+            EventKind::Failed { error } => self.on_failure(ctx, task, msg.incarnation, error),
             EventKind::SourceAtEnd => {
                 self.sources_at_end.insert(task);
                 let sources = self.topo.tasks.iter().filter(|t| t.is_source).count();
@@ -779,43 +963,7 @@ impl Handler<FromCoordinator> for JobMaster {
             FromCoordinator::Triggered {
                 checkpoint,
                 is_final,
-            } => {
-                self.last_triggered = Some(checkpoint);
-                self.emit(JobEvent::CheckpointTriggered {
-                    checkpoint,
-                    is_final,
-                });
-                // A stop ends no input: its final checkpoint is taken without end-of-input.
-                let end_input = is_final && !self.stop_requested;
-                if is_final {
-                    self.final_trigger = Some((checkpoint, end_input));
-                }
-                // A source that is not running cannot take the barrier: say so at once rather
-                // than let the checkpoint wait for its timeout (a trigger sent just before a
-                // region went down).
-                if let Some(t) = (0..self.topo.tasks.len())
-                    .find(|&t| self.topo.tasks[t].is_source && !self.live(t))
-                {
-                    let reason = format!("source {} is not running", self.topo.tasks[t].id);
-                    self.to_coordinator(ToCoordinator::Decline {
-                        checkpoint,
-                        reason,
-                        error: None,
-                    });
-                    return;
-                }
-                for (t, spec) in self.topo.tasks.iter().enumerate() {
-                    if spec.is_source && self.live(t) {
-                        if let Some(a) = &self.tasks[t].addr {
-                            a.do_send(Trigger {
-                                checkpoint,
-                                is_final,
-                                end_input,
-                            });
-                        }
-                    }
-                }
-            }
+            } => self.on_triggered(checkpoint, is_final),
             FromCoordinator::Failing { error } => {
                 tracing::error!(job = %self.job(), error = %error, "too many checkpoint failures in a row");
                 self.finish(ctx, Err(error));

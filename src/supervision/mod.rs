@@ -1,17 +1,20 @@
 //! Supervision: deciding what happens when a task fails.
 //!
-//! The job master (`runtime/master.rs`) is the root of each job's supervisor tree: it owns the
-//! checkpoint coordinator actor and supervises every task actor through the `JoinHandle` of its
-//! future, and every contained panic or returned error through a failure report. On a failure
-//! it asks the job's [`RestartTracker`] for a [`RestartDecision`]; on a restart it stops the
-//! failed task's whole failover region ([`failover_regions`]), discards the region's in-flight
-//! data (its channels are replaced), and starts fresh task actors restored from the latest
-//! complete checkpoint, with sources seeking to the checkpointed offsets. A restart never
-//! resumes from in-memory state. When the strategy gives up, the job ends with the last
-//! failure's error.
+//! A job's supervisor tree has three levels, each with its own [`RestartStrategy`]: the tasks
+//! of a failover region ([`failover_regions`]) under their region, the regions under the job,
+//! and the job under the application that holds its `JobHandle`. The decisions are pure
+//! ([`tree`]: a failure in, a decision out, consulting `Error::class()`); the job master
+//! (`runtime/master.rs`) only carries them out. A fatal error fails the job at once. Any other
+//! failure restarts the failed task's region: its tasks are stopped, its in-flight data is
+//! discarded (its channels are replaced), and fresh task actors are restored from the latest
+//! complete checkpoint, with sources seeking to the checkpointed offsets. A region that spends
+//! its budget escalates to the job, which restarts every region from the latest checkpoint
+//! (each with a fresh budget) or, once its own budget is spent, fails with the error. A restart
+//! never resumes from in-memory state.
 
 mod region;
 mod strategy;
+pub(crate) mod tree;
 
 pub use region::failover_regions;
 pub use strategy::{RestartDecision, RestartStrategy, RestartTracker};

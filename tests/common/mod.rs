@@ -454,7 +454,11 @@ impl Events {
     }
 
     /// Waits for the next event `pred` accepts (60 s at most: a hang fails the test).
-    pub(crate) async fn until(&mut self, what: &str, pred: impl Fn(&JobEvent) -> bool) -> JobEvent {
+    pub(crate) async fn until(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&JobEvent) -> bool,
+    ) -> JobEvent {
         let wait = async {
             while let Some(e) = self.0.recv().await {
                 if pred(&e) {
@@ -468,5 +472,16 @@ impl Events {
             Ok(None) => panic!("the job's events ended before {what}"),
             Err(_) => panic!("no {what} within 60 s"),
         }
+    }
+
+    /// Every event from now to the job's end (its `JobFinished` or `JobFailed`, included).
+    pub(crate) async fn until_the_end(&mut self) -> Vec<JobEvent> {
+        let mut seen = Vec::new();
+        self.until("the end of the job", |e| {
+            seen.push(e.clone());
+            matches!(e, JobEvent::JobFinished { .. } | JobEvent::JobFailed { .. })
+        })
+        .await;
+        seen
     }
 }
