@@ -218,14 +218,14 @@ impl CoordinatorActor {
         }
     }
 
-    fn on_all_acked(
-        &mut self,
-        ctx: &mut Context<Self>,
+    /// The manifest of `checkpoint` from every task's ack, and its statistics so far.
+    fn manifest_of(
+        &self,
         checkpoint: CheckpointId,
         is_final: bool,
         acks: BTreeMap<usize, AckInfo>,
         triggered_at: std::time::Instant,
-    ) {
+    ) -> (Manifest, CheckpointStats) {
         let mut manifest = Manifest::new(&self.job, checkpoint, self.max_parallelism);
         manifest.parallelism = self.parallelism.clone();
         let elapsed = now().saturating_duration_since(triggered_at);
@@ -266,6 +266,18 @@ impl CoordinatorActor {
                 key_groups: ack.key_groups,
             });
         }
+        (manifest, stats)
+    }
+
+    fn on_all_acked(
+        &mut self,
+        ctx: &mut Context<Self>,
+        checkpoint: CheckpointId,
+        is_final: bool,
+        acks: BTreeMap<usize, AckInfo>,
+        triggered_at: std::time::Instant,
+    ) {
+        let (manifest, mut stats) = self.manifest_of(checkpoint, is_final, acks, triggered_at);
         let Some(permit) = self.fence.begin() else {
             // The job is ending: no manifest is written after that.
             return;

@@ -35,12 +35,14 @@ use tokio::sync::{mpsc::error::TrySendError, watch};
 use super::channel::{Envelope, Gate, Input, Sender};
 use super::coordinator::now;
 use super::fence::{WriteFence, WritePermit};
-use super::logic::{SourcePoll, TaskLogic};
+use super::logic::{EncodeSnapshot, SourcePoll, TaskLogic};
 use super::master::{AckInfo, EventKind, JobMaster, TaskEvent};
 use super::metrics::{JobMetrics, TaskCounters};
 use super::operator::TaskInfo;
 use crate::chaos::{ChaosHooks, Moment};
-use crate::checkpoint::{Aligner, BarrierOutcome, CheckpointId, CheckpointMode, CheckpointStorage};
+use crate::checkpoint::{
+    Aligner, BarrierOutcome, CheckpointId, CheckpointMode, CheckpointStorage, TaskId,
+};
 use crate::error::{Error, Result};
 use crate::state::DeferredEncoding;
 use crate::time::{processing_time, InputWatermarks, WatermarkChange, WatermarkStatus};
@@ -363,38 +365,18 @@ impl TaskActor {
             // The job is ending: nothing more is written.
             return;
         };
-        let storage = Arc::clone(&self.storage);
         let master = self.master.clone();
-        let task = self.info.task.clone();
         let (number, incarnation) = (self.number, self.incarnation);
         let key_groups = capture.key_groups;
         let sources = capture.sources;
-        let encode = capture.encode;
-        let buf = Arc::clone(&self.snapshot_buf);
-        let write = move || -> Result<(crate::checkpoint::StateHandle, DeferredEncoding)> {
-            use std::sync::TryLockError;
-            let write_with = |bytes: &mut Vec<u8>| {
-                bytes.clear();
-                encode(&*storage, id, &task, bytes)
-            };
-            // Held for the encode and the write. If an earlier snapshot of this task is still
-            // being written (a checkpoint that timed out on slow storage), this one does not
-            // wait for it: it uses a buffer of its own. A poisoned lock only means an earlier
-            // encode panicked; the buffer is cleared anyway.
-            let mut bytes = match buf.try_lock() {
-                Ok(guard) => guard,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) => return write_with(&mut Vec::new()),
-            };
-            let written = write_with(&mut bytes);
-            drop(permit);
-            // Keep the capacity for the next checkpoint unless the state has shrunk a lot.
-            if bytes.capacity() > 2 * bytes.len() + (1 << 20) {
-                bytes.clear();
-                bytes.shrink_to_fit();
-            }
-            written
-        };
+        let write = snapshot_writer(
+            Arc::clone(&self.storage),
+            id,
+            self.info.task.clone(),
+            capture.encode,
+            Arc::clone(&self.snapshot_buf),
+            permit,
+        );
         let event = move |written: std::result::Result<
             Result<(crate::checkpoint::StateHandle, DeferredEncoding)>,
             String,
@@ -518,6 +500,43 @@ fn records_of(env: &Envelope) -> usize {
     match env {
         Envelope::Records(_, n, _) => *n,
         _ => 0,
+    }
+}
+
+/// The write of one task snapshot, to run on a blocking thread (or inline when deterministic):
+/// encodes the captured state into the task's reusable buffer and writes it; `permit` (of the
+/// job's fence) is held until the write has ended.
+fn snapshot_writer(
+    storage: Arc<dyn CheckpointStorage>,
+    id: CheckpointId,
+    task: TaskId,
+    encode: EncodeSnapshot,
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    permit: WritePermit,
+) -> impl FnOnce() -> Result<(crate::checkpoint::StateHandle, DeferredEncoding)> + Send + 'static {
+    move || {
+        use std::sync::TryLockError;
+        let write_with = |bytes: &mut Vec<u8>| {
+            bytes.clear();
+            encode(&*storage, id, &task, bytes)
+        };
+        // Held for the encode and the write. If an earlier snapshot of this task is still
+        // being written (a checkpoint that timed out on slow storage), this one does not wait
+        // for it: it uses a buffer of its own. A poisoned lock only means an earlier encode
+        // panicked; the buffer is cleared anyway.
+        let mut bytes = match buf.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return write_with(&mut Vec::new()),
+        };
+        let written = write_with(&mut bytes);
+        drop(permit);
+        // Keep the capacity for the next checkpoint unless the state has shrunk a lot.
+        if bytes.capacity() > 2 * bytes.len() + (1 << 20) {
+            bytes.clear();
+            bytes.shrink_to_fit();
+        }
+        written
     }
 }
 

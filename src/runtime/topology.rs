@@ -117,6 +117,87 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'sta
         .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
 }
 
+/// The tasks of `vertices` at `parallelism`, numbered vertex by vertex, and every channel
+/// between them (a forward edge joins task `i` to task `i`, any other edge every pair).
+fn lay_out(vertices: &[VertexSpec], parallelism: &[u32]) -> (Vec<TaskSpec>, Vec<ChannelSpec>) {
+    let mut first = Vec::with_capacity(vertices.len());
+    let mut tasks = Vec::new();
+    for (v, p) in parallelism.iter().enumerate() {
+        first.push(tasks.len());
+        for index in 0..*p {
+            tasks.push(TaskSpec {
+                id: TaskId {
+                    vertex: vertices[v].name.clone(),
+                    index,
+                },
+                vertex: v,
+                index,
+                is_source: matches!(vertices[v].role, Role::Source { .. }),
+                is_keyed: vertices[v].role == Role::Keyed,
+                outputs: Vec::new(),
+                senders: 0,
+                receivers: 0,
+            });
+        }
+    }
+    let mut channels = Vec::new();
+    for (v, vertex) in vertices.iter().enumerate() {
+        for (from, kind, key_group) in &vertex.inputs {
+            let (pu, pv) = (parallelism[*from], parallelism[v]);
+            for i in 0..pu {
+                let targets: Vec<u32> = if *kind == EdgeKind::Forward {
+                    vec![i]
+                } else {
+                    (0..pv).collect()
+                };
+                let producer = first[*from] + i as usize;
+                let mut slots = Vec::with_capacity(targets.len());
+                for j in targets {
+                    let consumer = first[v] + j as usize;
+                    let spec = ChannelSpec {
+                        producer,
+                        producer_slot: tasks[producer].senders,
+                        consumer,
+                        consumer_slot: tasks[consumer].receivers,
+                    };
+                    tasks[producer].senders += 1;
+                    tasks[consumer].receivers += 1;
+                    slots.push(spec.producer_slot);
+                    channels.push(spec);
+                }
+                tasks[producer].outputs.push(OutputSpec {
+                    kind: *kind,
+                    channels: slots,
+                    key_group: key_group.clone(),
+                });
+            }
+        }
+    }
+    (tasks, channels)
+}
+
+/// For each vertex, the end offset of every partition of its log when it is a bounded source
+/// (where its tasks stop), read once when the job starts.
+#[allow(clippy::type_complexity)]
+fn stop_offsets(
+    vertices: &[VertexSpec],
+) -> Result<Vec<Option<Arc<HashMap<PartitionId, LogOffset>>>>> {
+    let mut stops = Vec::with_capacity(vertices.len());
+    for v in vertices {
+        match (&v.role, &v.log) {
+            (Role::Source { bounded: true }, Some(log)) => {
+                let mut m = HashMap::new();
+                for p in 0..log.partitions() {
+                    m.insert(PartitionId(p), log.end_offset(PartitionId(p))?);
+                }
+                stops.push(Some(Arc::new(m)));
+            }
+            _ => stops.push(None),
+        }
+    }
+    Ok(stops)
+}
+
 impl Topology {
     /// Lays out tasks and channels for `vertices` at `parallelism`.
     pub(crate) fn new(
@@ -128,75 +209,11 @@ impl Topology {
         arbiters: Vec<ArbiterHandle>,
         metrics: Arc<JobMetrics>,
     ) -> Result<Topology> {
-        let mut first = Vec::with_capacity(vertices.len());
-        let mut tasks = Vec::new();
-        for (v, p) in parallelism.iter().enumerate() {
-            first.push(tasks.len());
-            for index in 0..*p {
-                tasks.push(TaskSpec {
-                    id: TaskId {
-                        vertex: vertices[v].name.clone(),
-                        index,
-                    },
-                    vertex: v,
-                    index,
-                    is_source: matches!(vertices[v].role, Role::Source { .. }),
-                    is_keyed: vertices[v].role == Role::Keyed,
-                    outputs: Vec::new(),
-                    senders: 0,
-                    receivers: 0,
-                });
-            }
-        }
-        let mut channels = Vec::new();
-        for (v, vertex) in vertices.iter().enumerate() {
-            for (from, kind, key_group) in &vertex.inputs {
-                let (pu, pv) = (parallelism[*from], parallelism[v]);
-                for i in 0..pu {
-                    let targets: Vec<u32> = if *kind == EdgeKind::Forward {
-                        vec![i]
-                    } else {
-                        (0..pv).collect()
-                    };
-                    let producer = first[*from] + i as usize;
-                    let mut slots = Vec::with_capacity(targets.len());
-                    for j in targets {
-                        let consumer = first[v] + j as usize;
-                        let spec = ChannelSpec {
-                            producer,
-                            producer_slot: tasks[producer].senders,
-                            consumer,
-                            consumer_slot: tasks[consumer].receivers,
-                        };
-                        tasks[producer].senders += 1;
-                        tasks[consumer].receivers += 1;
-                        slots.push(spec.producer_slot);
-                        channels.push(spec);
-                    }
-                    tasks[producer].outputs.push(OutputSpec {
-                        kind: *kind,
-                        channels: slots,
-                        key_group: key_group.clone(),
-                    });
-                }
-            }
-        }
+        let (tasks, channels) = lay_out(&vertices, &parallelism);
         let pairs: Vec<(usize, usize)> =
             channels.iter().map(|c| (c.producer, c.consumer)).collect();
         let regions = failover_regions(tasks.len(), &pairs);
-        let mut stops = Vec::with_capacity(vertices.len());
-        for v in &vertices {
-            match (&v.role, &v.log) {
-                (Role::Source { bounded: true }, Some(log)) => {
-                    let mut m = HashMap::new();
-                    for p in 0..log.partitions() {
-                        m.insert(PartitionId(p), log.end_offset(PartitionId(p))?);
-                    }
-                    stops.push(Some(Arc::new(m)));
-                }
-                _ => stops.push(None),
-            }
-        }
+        let stops = stop_offsets(&vertices)?;
         let settings = TaskSettings {
             batch_size: config.batch_size,
             linger: config.linger,
@@ -312,20 +329,13 @@ impl Topology {
         Ok((Some(id), out))
     }
 
-    /// Creates fresh channels among `tasks` (a union of failover regions: no channel leaves it)
-    /// and starts their task actors with the given restore states. Returns, per task, a
-    /// receiver of its address and join handle once its arbiter has created it.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn spawn(
+    /// Fresh channels among `tasks` (every channel must have both ends in the set): each task's
+    /// senders and receivers, in slot order.
+    #[allow(clippy::type_complexity)]
+    fn wire(
         &self,
         tasks: &[usize],
-        mut restore: HashMap<usize, RestoreState>,
-        restored_from: Option<CheckpointId>,
-        first_epoch: CheckpointId,
-        incarnation: &HashMap<usize, u32>,
-        master: &Addr<JobMaster>,
-        cancel: &watch::Receiver<bool>,
-    ) -> Result<Vec<(usize, oneshot::Receiver<Spawned>)>> {
+    ) -> Result<(HashMap<usize, Vec<Sender>>, HashMap<usize, Vec<Receiver>>)> {
         let set: HashSet<usize> = tasks.iter().copied().collect();
         let mut senders: HashMap<usize, Vec<Option<Sender>>> = HashMap::new();
         let mut receivers: HashMap<usize, Vec<Option<Receiver>>> = HashMap::new();
@@ -358,6 +368,43 @@ impl Topology {
                 *slot = Some(rx);
             }
         }
+        let unwired = |what: &str| Error::Internal(format!("a {what} slot was not wired"));
+        let senders = senders
+            .into_iter()
+            .map(|(t, slots)| {
+                let slots = slots
+                    .into_iter()
+                    .map(|s| s.ok_or_else(|| unwired("sender")));
+                Ok((t, slots.collect::<Result<Vec<Sender>>>()?))
+            })
+            .collect::<Result<_>>()?;
+        let receivers = receivers
+            .into_iter()
+            .map(|(t, slots)| {
+                let slots = slots
+                    .into_iter()
+                    .map(|r| r.ok_or_else(|| unwired("receiver")));
+                Ok((t, slots.collect::<Result<Vec<Receiver>>>()?))
+            })
+            .collect::<Result<_>>()?;
+        Ok((senders, receivers))
+    }
+
+    /// Creates fresh channels among `tasks` (a union of failover regions: no channel leaves it)
+    /// and starts their task actors with the given restore states. Returns, per task, a
+    /// receiver of its address and join handle once its arbiter has created it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spawn(
+        &self,
+        tasks: &[usize],
+        mut restore: HashMap<usize, RestoreState>,
+        restored_from: Option<CheckpointId>,
+        first_epoch: CheckpointId,
+        incarnation: &HashMap<usize, u32>,
+        master: &Addr<JobMaster>,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Vec<(usize, oneshot::Receiver<Spawned>)>> {
+        let (mut senders, mut receivers) = self.wire(tasks)?;
         // Every fallible step comes before the first task is handed to its arbiter, so that an
         // error never leaves a task running that its master does not know of. Each task holds a
         // permit of the job's fence for its whole life (see `WriteFence`).
@@ -392,19 +439,8 @@ impl Topology {
                 first_epoch,
                 stop_offsets: self.stops[spec.vertex].clone(),
             })?;
-            let take = |v: Option<Vec<Option<Sender>>>| -> Result<Vec<Sender>> {
-                v.unwrap_or_default()
-                    .into_iter()
-                    .map(|s| s.ok_or_else(|| Error::Internal("a sender slot was not wired".into())))
-                    .collect()
-            };
-            let task_senders = take(senders.remove(&number))?;
-            let task_receivers: Vec<Receiver> = receivers
-                .remove(&number)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|r| r.ok_or_else(|| Error::Internal("a receiver slot was not wired".into())))
-                .collect::<Result<_>>()?;
+            let task_senders = senders.remove(&number).unwrap_or_default();
+            let task_receivers = receivers.remove(&number).unwrap_or_default();
             let spawn = SpawnTask {
                 counters,
                 info,
