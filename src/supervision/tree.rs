@@ -383,6 +383,12 @@ mod tests {
         }
     }
 
+    /// Brings a region that is down back: its restore begins and ends.
+    fn back<F>(c: &mut SupervisionCore<F>, region: usize) -> Option<F> {
+        c.restoring(region);
+        c.restored(region)
+    }
+
     #[test]
     fn a_flapping_region_escalates_without_spending_another_regions_budget() {
         let t = Instant::now();
@@ -399,8 +405,7 @@ mod tests {
                     attempt
                 }
             );
-            c.restoring(0);
-            assert_eq!(c.restored(0), None);
+            assert_eq!(back(&mut c, 0), None);
         }
         // Region 1 still has its whole budget.
         let d = c.on_failure(1, 0, ErrorClass::Restart, (), t);
@@ -415,8 +420,7 @@ mod tests {
             ),
             "{d:?}"
         );
-        c.restoring(1);
-        c.restored(1);
+        back(&mut c, 1);
         // Region 0's third failure escalates: a full restart, every region down.
         let d = c.on_failure(0, c.incarnation(0), ErrorClass::Restart, (), t);
         match &d {
@@ -435,10 +439,8 @@ mod tests {
             (c.state(0), c.state(1)),
             (RegionState::Down, RegionState::Down)
         );
-        for r in 0..2 {
-            c.restoring(r);
-            c.restored(r);
-        }
+        back(&mut c, 0);
+        back(&mut c, 1);
         assert!(c.all_running());
         // After the full restart region 0 has a fresh budget...
         let d = c.on_failure(0, c.incarnation(0), ErrorClass::Restart, (), t);
@@ -453,11 +455,9 @@ mod tests {
             ),
             "{d:?}"
         );
-        c.restoring(0);
-        c.restored(0);
+        back(&mut c, 0);
         let _ = c.on_failure(0, c.incarnation(0), ErrorClass::Restart, (), t);
-        c.restoring(0);
-        c.restored(0);
+        back(&mut c, 0);
         // ...and when it is spent again the job, whose one full restart is used, gives up.
         let d = c.on_failure(0, c.incarnation(0), ErrorClass::Restart, (), t);
         match d {
