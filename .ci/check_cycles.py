@@ -7,7 +7,8 @@ src/a/b.rs `a::b`). An edge A -> B means A names an item of B: through `use` (wi
 (`crate::x::y::Z`, `super::y::Z`). A path into a module that only re-exports (a `pub use` in
 lib.rs or a mod.rs) is followed to the module that defines the item. A module's edges to its own
 descendants are not counted (a parent declares and re-exports its children). Tests (`#[cfg(test)]`
-modules) count like the rest.
+modules) count like the rest. The same check runs again on the top-level modules (every file of
+`a/` counted as `a`).
 
 Prints every cycle found (as a chain of modules with the line that makes each edge) and exits 1,
 or prints the number of modules and edges and exits 0.
@@ -147,7 +148,37 @@ def main():
                 continue  # itself, or one of its own descendants
             edges.setdefault(m, {}).setdefault(t, lineno)
 
-    # Cycles: strongly connected components with more than one module (Tarjan).
+    name = lambda m: "crate::" + "::".join(m) if m else "crate"
+    failed = False
+    # Cycles between files, then between the top-level modules (a file of `sink` naming an
+    # item of `runtime` while a file of `runtime` names one of `sink` is a cycle of the layout
+    # even when no two files name each other).
+    tops = {}
+    for a, targets in edges.items():
+        for b, lineno in targets.items():
+            if a[:1] and b[:1] and a[:1] != b[:1]:
+                tops.setdefault(a[:1], {}).setdefault(b[:1], (a, lineno))
+    for level, graph, nodes in (
+        ("files", edges, sorted(modules)),
+        ("top-level modules", tops, sorted({m[:1] for m in modules if m})),
+    ):
+        for comp in strongly_connected(graph, nodes):
+            failed = True
+            members = set(comp)
+            print(f"import cycle among {len(comp)} {level}: " + ", ".join(sorted(name(c) for c in comp)))
+            for a in sorted(comp):
+                for b, how in sorted(graph.get(a, {}).items()):
+                    if b in members:
+                        src, lineno = how if isinstance(how, tuple) else (a, how)
+                        print(f"  {files[src]}:{lineno}: {name(a)} -> {name(b)}")
+    if not failed:
+        n_edges = sum(len(t) for t in edges.values())
+        print(f"no import cycles: {len(modules)} modules, {n_edges} edges")
+    return 1 if failed else 0
+
+
+def strongly_connected(graph, nodes):
+    """The strongly connected components of more than one node (Tarjan)."""
     index, low, stack, on, comps = {}, {}, [], set(), []
     counter = [0]
 
@@ -156,7 +187,7 @@ def main():
         counter[0] += 1
         stack.append(v)
         on.add(v)
-        for w in edges.get(v, {}):
+        for w in graph.get(v, {}):
             if w not in index:
                 strong(w)
                 low[v] = min(low[v], low[w])
@@ -174,23 +205,10 @@ def main():
                 comps.append(comp)
 
     sys.setrecursionlimit(10000)
-    for v in sorted(modules):
+    for v in nodes:
         if v not in index:
             strong(v)
-
-    name = lambda m: "crate::" + "::".join(m) if m else "crate"
-    if not comps:
-        n_edges = sum(len(t) for t in edges.values())
-        print(f"no import cycles: {len(modules)} modules, {n_edges} edges")
-        return 0
-    for comp in comps:
-        members = set(comp)
-        print(f"import cycle among {len(comp)} modules: " + ", ".join(sorted(name(c) for c in comp)))
-        for a in sorted(comp):
-            for b, lineno in sorted(edges.get(a, {}).items()):
-                if b in members:
-                    print(f"  {files[a]}:{lineno}: {name(a)} -> {name(b)}")
-    return 1
+    return comps
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::checkpoint::{CheckpointId, TaskId};
-use crate::log::{LogOffset, PartitionId};
-use crate::state::{KeyGroup, KeyGroupRange};
+use crate::ids::{CheckpointId, KeyGroup, KeyGroupRange, LogOffset, PartitionId, TaskId};
 
 /// The result type used throughout snapflow.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::checkpoint::{decode_manifest, encode_manifest, Manifest, MANIFEST_MAGIC, STATE_MAGIC};
-use crate::log::codec;
+use crate::codec;
 use crate::log::frame::{check_frame, encode_frame, FrameCheck};
 use crate::log::{FileLog, FileLogOptions, LogOffset, PartitionId, ReplayableLog};
 use crate::sink::FileTxn;

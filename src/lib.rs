@@ -41,9 +41,11 @@
 
 pub mod chaos;
 pub mod checkpoint;
+pub mod codec;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod ids;
 pub mod log;
 pub mod runtime;
 pub mod sink;

@@ -26,8 +26,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::log::{codec, LogOffset, PartitionId};
+use crate::log::{LogOffset, PartitionId};
 use crate::state::KeyGroupRange;
 use crate::storage;
 
@@ -36,26 +37,7 @@ pub use coordinator::{AckOutcome, CheckpointCoordinator, CheckpointTiming, FailO
 pub use local::{LocalCheckpointStorage, DEFAULT_DIRECT_IO_MIN_BYTES};
 pub use memory::MemoryCheckpointStorage;
 
-/// The number of a checkpoint. Checkpoint ids only grow within a job.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct CheckpointId(pub u64);
-
-impl fmt::Display for CheckpointId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// One task: a vertex name and the task's index among the vertex's parallel instances.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct TaskId {
-    /// The vertex (operator) name; a safe file name component (see [`crate::validate_name`]).
-    pub vertex: String,
-    /// The task's index, from 0 to parallelism - 1.
-    pub index: u32,
-}
+pub use crate::ids::{CheckpointId, TaskId};
 
 impl TaskId {
     /// A task id, refusing vertex names that are unsafe as file names.
@@ -68,12 +50,6 @@ impl TaskId {
     /// The name of this task's state file in a checkpoint.
     pub(crate) fn state_file_name(&self) -> String {
         format!("task-{}-{}.state", self.vertex, self.index)
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}[{}]", self.vertex, self.index)
     }
 }
 

@@ -204,7 +204,7 @@ fn read_meta(path: &Path) -> Result<LogMeta> {
             path.display()
         ))
     })?;
-    let meta: LogMeta = super::codec::decode(payload, "log meta file")?;
+    let meta: LogMeta = crate::codec::decode(payload, "log meta file")?;
     if meta.version != 1 {
         return Err(Error::Config(format!(
             "{}: unsupported log format version {}",
@@ -224,7 +224,7 @@ fn read_meta(path: &Path) -> Result<LogMeta> {
 }
 
 fn write_meta(path: &Path, meta: &LogMeta) -> Result<()> {
-    let payload = super::codec::encode_named(meta, "log meta file")?;
+    let payload = crate::codec::encode_named(meta, "log meta file")?;
     storage::write_atomic(path, &storage::encode_envelope(META_MAGIC, &payload))
 }
 

@@ -16,12 +16,11 @@
 //! the file format itself has fixed-width little-endian fields, never `usize`. Actors append
 //! by message through [`LogWriter`], which replies once the record is durable.
 
-pub mod codec;
 mod file;
 pub(crate) mod frame;
 mod generator;
 mod memory;
-pub(crate) mod msgpack;
+mod typed;
 mod writer;
 
 use std::fmt;
@@ -32,40 +31,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-pub use codec::TypedLog;
+/// The codec, at its former path (`snapflow::log::codec`); it lives in [`crate::codec`].
+pub use crate::codec;
 pub use file::{FileLog, FileLogOptions, SyncPolicy};
 pub use generator::GeneratorLog;
 pub use memory::MemoryLog;
+pub use typed::TypedLog;
 pub use writer::{Append, AppendBatch, LogWriter, SyncNow};
 
-/// A partition of a log (0-based).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PartitionId(pub u32);
-
-impl fmt::Display for PartitionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// The position of a record in its partition: the first record appended has offset 0.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct LogOffset(pub u64);
-
-impl LogOffset {
-    /// The offset after this one.
-    pub fn next(self) -> LogOffset {
-        LogOffset(self.0 + 1)
-    }
-}
-
-impl fmt::Display for LogOffset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use crate::ids::{LogOffset, PartitionId};
 
 /// A half-open range of offsets `[start, end)`, as returned by a batch append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -15,7 +15,8 @@ use futures::future::{self, FutureExt};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{codec, Durability, LogOffset, OffsetRange, PartitionId, ReplayableLog};
+use super::{Durability, LogOffset, OffsetRange, PartitionId, ReplayableLog};
+use crate::codec;
 use crate::error::{Error, Result};
 
 /// Appends one record; replies with its offset once it is durable.

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 
 use super::fence::WriteFence;
-use super::master::{AckInfo, JobMaster};
+use super::messages::{now, AckInfo, FromCoordinator, ToCoordinator};
 use super::metrics::CheckpointStats;
 use crate::chaos::{ChaosHooks, Moment};
 use crate::checkpoint::{
@@ -24,61 +24,11 @@ use crate::checkpoint::{
 };
 use crate::error::{Error, Result};
 
-/// The time the protocol uses: tokio's clock, so a paused test clock drives it too.
-pub(crate) fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
-}
-
-/// Master → coordinator.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) enum ToCoordinator {
-    Ack(AckInfo),
-    /// A task could not take part. `error` is `Some` when the checkpoint itself failed (the
-    /// task could not write its state): that counts against the tolerance; `None` when the
-    /// cause lies outside it (a source that is not running).
-    Decline {
-        checkpoint: CheckpointId,
-        reason: String,
-        error: Option<Error>,
-    },
-    RequestNow,
-    RequestFinal,
-    CancelFinal,
-    Rearm,
-    /// Trigger nothing while `true` (a failover region is down: its tasks could not take part).
-    Hold(bool),
-    AbortInFlight {
-        reason: String,
-    },
-}
-
-/// Coordinator → master.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) enum FromCoordinator {
-    Triggered {
-        checkpoint: CheckpointId,
-        is_final: bool,
-    },
-    Completed {
-        checkpoint: CheckpointId,
-        is_final: bool,
-        stats: CheckpointStats,
-    },
-    Aborted {
-        checkpoint: CheckpointId,
-        reason: String,
-    },
-    /// More checkpoints failed in a row than the job tolerates: the job fails with `error`.
-    Failing { error: Error },
-}
-
 pub(crate) struct CoordinatorActor {
     pub(crate) job: String,
     pub(crate) core: CheckpointCoordinator<AckInfo>,
     pub(crate) storage: Arc<dyn CheckpointStorage>,
-    pub(crate) master: Addr<JobMaster>,
+    pub(crate) master: Recipient<FromCoordinator>,
     pub(crate) tasks: Vec<TaskId>,
     pub(crate) parallelism: BTreeMap<String, u32>,
     pub(crate) max_parallelism: u32,
@@ -103,7 +53,7 @@ impl CoordinatorActor {
         timing: CheckpointTiming,
         first: CheckpointId,
         storage: Arc<dyn CheckpointStorage>,
-        master: Addr<JobMaster>,
+        master: Recipient<FromCoordinator>,
         tasks: Vec<TaskId>,
         parallelism: BTreeMap<String, u32>,
         max_parallelism: u32,

@@ -57,8 +57,9 @@ use super::operator::{Data, FlatMapOp, KeyedOperator, Operator, ReduceOp};
 use super::topology::{LogicFactory, Role, Topology, VertexSpec};
 use crate::chaos::ChaosMonkey;
 use crate::checkpoint::{CheckpointId, CheckpointStorage, MemoryCheckpointStorage};
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::log::{codec, ReplayableLog};
+use crate::log::ReplayableLog;
 use crate::sink::TwoPhaseCommitSink;
 use crate::state::{key_group_for, StateKey, StateValue};
 use crate::storage::validate_name;
@@ -828,7 +829,7 @@ impl Job {
         });
         tracing::info!(job = %name, restored_from = ?restored_from, "job started");
         Ok(JobHandle {
-            master,
+            master: master.recipient(),
             result: done_rx,
             metrics,
         })

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
+use actix::Recipient;
 use tokio::sync::watch;
 
 use super::events::{JobEnd, JobEvent};
-use super::master::{Command, JobMaster};
+use super::messages::Command;
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
@@ -43,7 +43,7 @@ pub struct JobReport {
 /// number of them may [`wait`](Self::wait) at once. Dropping the handles does not stop the job.
 #[derive(Debug, Clone)]
 pub struct JobHandle {
-    pub(crate) master: Addr<JobMaster>,
+    pub(crate) master: Recipient<Command>,
     pub(crate) result: watch::Receiver<Option<Result<JobReport>>>,
     pub(crate) metrics: Arc<JobMetrics>,
 }

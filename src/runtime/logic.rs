@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use super::channel::{Collector, Envelope, Origin, OutputEdge, Route};
 use super::operator::{Data, KeyedContext, KeyedOperator, Operator, OperatorContext, TaskInfo};
 use crate::checkpoint::{CheckpointId, CheckpointStorage, StateHandle, TaskId};
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::log::{codec, LogOffset, PartitionId, ReplayableLog};
+use crate::log::{LogOffset, PartitionId, ReplayableLog};
 use crate::sink::TwoPhaseCommitSink;
 use crate::state::{
     redistribute, DeferredEncoding, KeyGroup, KeyGroupRange, KeyedSnapshot, KeyedStateBackend,
@@ -863,7 +864,7 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
             let batch = self.log.read(part.id, part.next, want)?;
             if batch.is_empty() {
                 let p = &mut self.partitions[i];
-                p.empty_since.get_or_insert_with(super::coordinator::now);
+                p.empty_since.get_or_insert_with(super::messages::now);
                 continue;
             }
             let pid = part.id;

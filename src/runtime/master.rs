@@ -18,60 +18,21 @@ use actix::prelude::*;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use super::coordinator::{now, CoordinatorActor, FromCoordinator, ToCoordinator};
+use super::coordinator::CoordinatorActor;
 use super::events::{JobEnd, JobEvent};
 use super::handle::JobReport;
 use super::logic::RestoreState;
+use super::messages::{
+    now, Command, Complete, EventKind, FromCoordinator, InjectPanic, Shutdown, TaskEvent,
+    ToCoordinator, Trigger,
+};
 use super::metrics::JobMetrics;
-use super::task::{Complete, InjectPanic, Shutdown, TaskActor, Trigger};
+use super::task::TaskActor;
 use super::topology::{Spawned, Topology};
 use crate::chaos::{ChaosMonkey, Kill, MonkeyState};
-use crate::checkpoint::{CheckpointId, StateHandle};
+use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
-use crate::log::{LogOffset, PartitionId};
-use crate::state::KeyGroupRange;
 use crate::supervision::tree::{Decision, SupervisionCore};
-
-/// A task's acknowledgement of a checkpoint: its state is durable.
-#[derive(Debug)]
-pub(crate) struct AckInfo {
-    pub(crate) checkpoint: CheckpointId,
-    pub(crate) task: usize,
-    pub(crate) state: StateHandle,
-    pub(crate) key_groups: Option<KeyGroupRange>,
-    pub(crate) sources: Vec<(PartitionId, LogOffset)>,
-    pub(crate) alignment: Duration,
-    pub(crate) capture: Duration,
-    /// The keyed state the task encoded itself for this checkpoint.
-    pub(crate) task_encoding: crate::state::DeferredEncoding,
-    pub(crate) acked_at: Instant,
-}
-
-/// What a task reports.
-#[derive(Debug)]
-pub(crate) enum EventKind {
-    Ack(AckInfo),
-    /// The task could not write its state for `checkpoint`.
-    Decline {
-        checkpoint: CheckpointId,
-        error: Error,
-    },
-    Failed {
-        error: Error,
-    },
-    SourceAtEnd,
-    Finished,
-    FirstRecord,
-}
-
-/// A report from one incarnation of a task.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct TaskEvent {
-    pub(crate) task: usize,
-    pub(crate) incarnation: u32,
-    pub(crate) kind: EventKind,
-}
 
 /// Starts the job's tasks (sent once by `Job::start`).
 #[derive(Debug, Message)]
@@ -95,15 +56,6 @@ struct TaskExited {
 #[rtype(result = "()")]
 struct CoordinatorExited {
     incarnation: u32,
-}
-
-/// Requests from a [`JobHandle`](super::JobHandle).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) enum Command {
-    TriggerCheckpoint,
-    Stop,
-    Cancel,
 }
 
 #[derive(Debug)]
@@ -314,7 +266,7 @@ impl JobMaster {
             topo.config.checkpoints,
             first,
             Arc::clone(&topo.storage),
-            ctx.address(),
+            ctx.address().recipient(),
             topo.tasks.iter().map(|t| t.id.clone()).collect(),
             topo.vertices
                 .iter()
@@ -379,7 +331,7 @@ impl JobMaster {
             restored_from,
             CheckpointId(next),
             &incarnations,
-            &ctx.address(),
+            &ctx.address().recipient(),
             &self.cancel_rx,
         ) {
             Ok(p) => p,

@@ -20,6 +20,7 @@ mod graph;
 mod handle;
 mod logic;
 mod master;
+mod messages;
 mod metrics;
 mod operator;
 mod task;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::channel::Collector;
-use crate::checkpoint::{CheckpointId, TaskId};
+use crate::checkpoint::CheckpointId;
 use crate::error::Result;
 use crate::state::{KeyedStateBackend, OperatorStateBackend, StateKey, StateValue, ValueState};
 use crate::time::{TimeDomain, TimerService, Timestamp};
@@ -20,20 +20,7 @@ use crate::time::{TimeDomain, TimerService, Timestamp};
 pub trait Data: Clone + Send + 'static {}
 impl<T: Clone + Send + 'static> Data for T {}
 
-/// Who a task is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskInfo {
-    /// The task's id (vertex name and index).
-    pub task: TaskId,
-    /// The vertex's parallelism.
-    pub parallelism: u32,
-    /// The job's number of key groups.
-    pub max_parallelism: u32,
-    /// The checkpoint the task's state was restored from, if any.
-    pub restored_from: Option<CheckpointId>,
-    /// How many times this task was started before in this run of the job (0 for the first).
-    pub attempt: u32,
-}
+pub use crate::ids::TaskInfo;
 
 /// What a non-keyed operator can reach while it runs.
 #[derive(Debug)]

@@ -33,10 +33,11 @@ use futures::Stream;
 use tokio::sync::{mpsc::error::TrySendError, watch};
 
 use super::channel::{Envelope, Gate, Input, Sender};
-use super::coordinator::now;
 use super::fence::{WriteFence, WritePermit};
 use super::logic::{EncodeSnapshot, SourcePoll, TaskLogic};
-use super::master::{AckInfo, EventKind, JobMaster, TaskEvent};
+use super::messages::{
+    now, AckInfo, Complete, EventKind, InjectPanic, Shutdown, TaskEvent, Trigger,
+};
 use super::metrics::{JobMetrics, TaskCounters};
 use super::operator::TaskInfo;
 use crate::chaos::{ChaosHooks, Moment};
@@ -93,35 +94,6 @@ pub(crate) fn pace_stream(pace: Rc<Cell<Pace>>, deterministic: bool) -> impl Str
     })
 }
 
-/// Master → source: inject a barrier.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Trigger {
-    pub(crate) checkpoint: CheckpointId,
-    /// The final checkpoint: the source reads nothing after its barrier.
-    pub(crate) is_final: bool,
-    /// With `is_final`: end the input first (`End` before the barrier, so downstream tasks run
-    /// their end-of-input hooks). False for a stop, which ends no input.
-    pub(crate) end_input: bool,
-}
-
-/// Master → task: a checkpoint is complete. Replies whether the task handled it.
-#[derive(Debug, Message)]
-#[rtype(result = "bool")]
-pub(crate) struct Complete(pub(crate) CheckpointId);
-
-/// Master → task: a chaos kill: panic inside user code now.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct InjectPanic {
-    pub(crate) kill: u32,
-}
-
-/// Master → task: stop now.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Shutdown;
-
 /// Settings a task needs from the job configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct TaskSettings {
@@ -145,7 +117,7 @@ pub(crate) struct TaskActor {
     pub(crate) ended: Vec<bool>,
     pub(crate) senders: Vec<Sender>,
     pub(crate) sends: VecDeque<(usize, Envelope)>,
-    pub(crate) master: Addr<JobMaster>,
+    pub(crate) master: Recipient<TaskEvent>,
     pub(crate) storage: Arc<dyn CheckpointStorage>,
     /// The buffer snapshots are encoded into, reused from one checkpoint to the next: one
     /// allocation for the task's life instead of one per checkpoint, made on whichever

@@ -13,7 +13,7 @@ use super::channel::{Gate, GatedInput, Receiver, Sender};
 use super::config::{JobConfig, NoValidCheckpoint};
 use super::fence::{WriteFence, WritePermit};
 use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
-use super::master::JobMaster;
+use super::messages::TaskEvent;
 use super::metrics::JobMetrics;
 use super::operator::TaskInfo;
 use super::task::{pace_stream, Pace, TaskActor, TaskSettings};
@@ -401,7 +401,7 @@ impl Topology {
         restored_from: Option<CheckpointId>,
         first_epoch: CheckpointId,
         incarnation: &HashMap<usize, u32>,
-        master: &Addr<JobMaster>,
+        master: &Recipient<TaskEvent>,
         cancel: &watch::Receiver<bool>,
     ) -> Result<Vec<(usize, oneshot::Receiver<Spawned>)>> {
         let (mut senders, mut receivers) = self.wire(tasks)?;
@@ -486,7 +486,7 @@ struct SpawnTask {
     is_sink: bool,
     senders: Vec<Sender>,
     receivers: Vec<Receiver>,
-    master: Addr<JobMaster>,
+    master: Recipient<TaskEvent>,
     storage: Arc<dyn CheckpointStorage>,
     metrics: Arc<JobMetrics>,
     counters: Arc<super::metrics::TaskCounters>,

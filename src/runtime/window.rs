@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::channel::Collector;
 use super::graph::{KeyedStream, Stream};
 use super::operator::{Data, KeyedContext, KeyedOperator};
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::log::{codec, PartitionId, ReplayableLog};
+use crate::log::{PartitionId, ReplayableLog};
 use crate::state::{Aggregator, MapState, StateKey, StateValue};
 use crate::time::{TimeDomain, Timestamp, Window, WindowAssigner};
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::TwoPhaseCommitSink;
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
-use crate::runtime::TaskInfo;
+use crate::ids::TaskInfo;
 
 /// One output record as delivered to the user's actor. `(epoch, task, seq)` identifies it: a
 /// receiver that remembers the highest `(epoch, seq)` per task can drop redeliveries, which

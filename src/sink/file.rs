@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::TwoPhaseCommitSink;
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
-use crate::runtime::TaskInfo;
+use crate::ids::TaskInfo;
 use crate::storage;
 
 const PENDING_DIR: &str = ".pending";

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
-use crate::runtime::TaskInfo;
+use crate::ids::TaskInfo;
 
 pub use actor::{ActorSink, SinkOutput};
 pub use collect::CollectSink;

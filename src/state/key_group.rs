@@ -11,10 +11,6 @@
 //! feeds fixed-width little-endian bytes to a fixed hash function. Pinned values in the tests
 //! catch any change.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 
 /// The default number of key groups (the max parallelism of a keyed vertex).
@@ -23,30 +19,7 @@ pub const DEFAULT_MAX_PARALLELISM: u32 = 128;
 /// The largest max parallelism supported.
 pub const MAX_MAX_PARALLELISM: u32 = 32_768;
 
-/// One key group: `stable_hash(key) % max_parallelism`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct KeyGroup(pub u16);
-
-impl fmt::Display for KeyGroup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A half-open range of key groups `[start, end)` owned by one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct KeyGroupRange {
-    /// The first key group of the range.
-    pub start: u16,
-    /// The key group after the last one of the range.
-    pub end: u16,
-}
-
-impl fmt::Display for KeyGroupRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}, {})", self.start, self.end)
-    }
-}
+pub use crate::ids::{KeyGroup, KeyGroupRange};
 
 fn check_max_parallelism(max_parallelism: u32) -> Result<()> {
     if max_parallelism == 0 || max_parallelism > MAX_MAX_PARALLELISM {

@@ -30,9 +30,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::key_group::{key_group_for, KeyGroup, KeyGroupRange, StableHash};
+use super::value::{MapKey, StateValue};
 use super::OperatorSnapshot;
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::log::codec;
 
 /// A type usable as a key of keyed state: hashed stably to find its key group, and stored.
 pub trait StateKey:
@@ -41,17 +42,6 @@ pub trait StateKey:
 }
 impl<T> StateKey for T where
     T: StableHash + Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
-{
-}
-
-/// A type usable as a value of state.
-pub trait StateValue: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
-impl<T> StateValue for T where T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
-
-/// A type usable as the user key of a [`MapState`].
-pub trait MapKey: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
-impl<T> MapKey for T where
-    T: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
 {
 }
 
@@ -391,7 +381,7 @@ impl<K: StateKey, T: StateValue> CaptureSlots<K, T> {
         if let Some(map) = pending.take() {
             let started = on_task.then(Instant::now);
             let mut bytes = lock(&self.pool).pop().unwrap_or_default();
-            let result = match crate::log::msgpack::write(&*map, &mut bytes) {
+            let result = match crate::codec::msgpack::write(&*map, &mut bytes) {
                 Ok(()) => Ok(bytes),
                 Err(e) => Err(e.to_string()),
             };
@@ -1113,7 +1103,7 @@ impl<K: StateKey> KeyedStateCapture<K> {
         &self,
         operator: &OperatorSnapshot,
     ) -> Result<SnapshotParts<'_>> {
-        use crate::log::msgpack::{write, write_array_len, write_bin_len, EncodeError};
+        use crate::codec::msgpack::{write, write_array_len, write_bin_len, EncodeError};
         let enc = |r: std::result::Result<(), EncodeError>| {
             r.map_err(|e| Error::encode("task snapshot", e))
         };

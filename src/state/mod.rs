@@ -14,11 +14,12 @@
 mod key_group;
 mod keyed;
 mod operator;
+mod value;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::error::Result;
-use crate::log::codec;
 
 pub use key_group::{
     key_group_for, stable_hash, task_for_key_group, KeyGroup, KeyGroupRange, StableHash,
@@ -26,13 +27,14 @@ pub use key_group::{
 };
 pub use keyed::{
     AggregatingState, Aggregator, DeferredEncoding, KeyGroupBlob, KeyedSnapshot, KeyedStateBackend,
-    KeyedStateCapture, ListState, MapKey, MapState, ReducingState, RestoreStats, StateKey,
-    StateKind, StateValue, ValueState,
+    KeyedStateCapture, ListState, MapState, ReducingState, RestoreStats, StateKey, StateKind,
+    ValueState,
 };
 pub use operator::{
     redistribute, BroadcastSnapshot, BroadcastState, ListSnapshot, OperatorListState,
     OperatorSnapshot, OperatorStateBackend, Redistribution,
 };
+pub use value::{MapKey, StateValue};
 
 /// Everything one task stores in a checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

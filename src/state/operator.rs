@@ -18,9 +18,9 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 
-use super::keyed::{MapKey, StateValue};
+use super::value::{MapKey, StateValue};
+use crate::codec;
 use crate::error::{Error, Result};
-use crate::log::codec;
 
 /// How a list state's elements are handed out when the parallelism changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

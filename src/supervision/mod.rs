@@ -3,7 +3,7 @@
 //! A job's supervisor tree has three levels, each with its own [`RestartStrategy`]: the tasks
 //! of a failover region ([`failover_regions`]) under their region, the regions under the job,
 //! and the job under the application that holds its `JobHandle`. The decisions are pure
-//! ([`tree`]: a failure in, a decision out, consulting `Error::class()`); the job master
+//! (`tree`: a failure in, a decision out, consulting `Error::class()`); the job master
 //! (`runtime/master.rs`) only carries them out. A fatal error fails the job at once. Any other
 //! failure restarts the failed task's region: its tasks are stopped, its in-flight data is
 //! discarded (its channels are replaced), and fresh task actors are restored from the latest

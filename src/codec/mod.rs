@@ -2,26 +2,24 @@
 //!
 //! Every stored byte in snapflow (log payloads, state snapshots, manifests) is MessagePack in
 //! rmp-serde's format: written by [`encode`]/[`encode_into`] through snapflow's own writer
-//! (`log/msgpack.rs`, the bytes rmp-serde writes, faster), manifests by rmp-serde's named
+//! (`codec/msgpack.rs`, the bytes rmp-serde writes, faster), manifests by rmp-serde's named
 //! serializer, and all of it read by rmp-serde. MessagePack integers are variable-width and never depend on the
 //! platform's word size. Decoding is done from a bounded slice (the caller has already checked
 //! its length against a limit), so a corrupt length prefix inside the bytes cannot make the
 //! decoder allocate more than the slice could hold; every failure is an [`Error::Codec`].
 
-use std::marker::PhantomData;
-use std::sync::Arc;
+pub(crate) mod msgpack;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{LogOffset, OffsetRange, PartitionId, ReplayableLog};
 use crate::error::{Error, Result};
 
 /// Encodes `value` as compact MessagePack (structs as arrays) onto the end of `out`: the bytes
 /// rmp-serde's default serializer writes, produced by a faster writer of our own
 /// (`log/msgpack.rs`).
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>, what: &str) -> Result<()> {
-    super::msgpack::write(value, out).map_err(|e| Error::encode(what, e))
+    msgpack::write(value, out).map_err(|e| Error::encode(what, e))
 }
 
 /// Encodes `value` as compact MessagePack (structs as arrays).
@@ -53,85 +51,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
         ));
     }
     Ok(value)
-}
-
-/// A typed view of a [`ReplayableLog`]: values of `T` encoded with MessagePack.
-#[derive(Debug)]
-pub struct TypedLog<T> {
-    log: Arc<dyn ReplayableLog>,
-    _type: PhantomData<fn() -> T>,
-}
-
-impl<T> Clone for TypedLog<T> {
-    fn clone(&self) -> Self {
-        TypedLog {
-            log: Arc::clone(&self.log),
-            _type: PhantomData,
-        }
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> TypedLog<T> {
-    /// Wraps a log whose records are (or will be) MessagePack-encoded values of `T`.
-    pub fn new(log: Arc<dyn ReplayableLog>) -> Self {
-        TypedLog {
-            log,
-            _type: PhantomData,
-        }
-    }
-
-    /// The untyped log underneath.
-    pub fn inner(&self) -> &Arc<dyn ReplayableLog> {
-        &self.log
-    }
-
-    /// Appends one value.
-    pub fn append(&self, partition: PartitionId, value: &T) -> Result<LogOffset> {
-        let bytes = encode(value, "log record")?;
-        self.log.append(partition, &bytes)
-    }
-
-    /// Appends values in order with one batch write.
-    pub fn append_batch(&self, partition: PartitionId, values: &[T]) -> Result<OffsetRange> {
-        let mut buf = Vec::new();
-        let mut ends = Vec::with_capacity(values.len());
-        for v in values {
-            encode_into(v, &mut buf, "log record")?;
-            ends.push(buf.len());
-        }
-        let mut slices = Vec::with_capacity(values.len());
-        let mut start = 0;
-        for end in ends {
-            slices.push(&buf[start..end]);
-            start = end;
-        }
-        self.log.append_batch(partition, &slices)
-    }
-
-    /// Reads and decodes up to `max_records` values from `from`.
-    pub fn read(
-        &self,
-        partition: PartitionId,
-        from: LogOffset,
-        max_records: usize,
-    ) -> Result<Vec<(LogOffset, T)>> {
-        let batch = self.log.read(partition, from, max_records)?;
-        batch
-            .iter()
-            .map(|(offset, bytes)| {
-                decode(bytes, "log record")
-                    .map(|v| (offset, v))
-                    .map_err(|e| match e {
-                        Error::Codec { op, reason, .. } => Error::Codec {
-                            op,
-                            what: format!("log record at partition {partition} offset {offset}"),
-                            reason,
-                        },
-                        other => other,
-                    })
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
