@@ -529,21 +529,7 @@ impl Partition {
         max_read: u32,
     ) -> Result<Partition> {
         storage::create_dir_durable(&dir)?;
-        let mut bases = Vec::new();
-        for entry in
-            fs::read_dir(&dir).map_err(|e| Error::io("list partition directory", &dir, e))?
-        {
-            let entry = entry.map_err(|e| Error::io("list partition directory", &dir, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if let Some(stem) = name.strip_suffix(".log") {
-                if stem.len() == 20 {
-                    if let Ok(base) = stem.parse::<u64>() {
-                        bases.push(base);
-                    }
-                }
-            }
-        }
+        let mut bases = segment_bases(&dir)?;
         bases.sort_unstable();
         if bases.is_empty() {
             create_segment(&dir, 0)?;
@@ -551,23 +537,10 @@ impl Partition {
         }
         let mut segments = BTreeMap::new();
         let last = bases.len() - 1;
-        for (i, &base) in bases.iter().enumerate() {
-            let next_base = bases.get(i + 1).copied();
-            let seg = if i == last {
-                None
-            } else {
-                Some(open_sealed(
-                    id,
-                    &dir,
-                    base,
-                    next_base,
-                    max_read,
-                    opts.index_interval_bytes,
-                )?)
-            };
-            if let Some(seg) = seg {
-                segments.insert(base, seg);
-            }
+        for (i, &base) in bases.iter().enumerate().take(last) {
+            let next = bases.get(i + 1).copied();
+            let seg = open_sealed(id, &dir, base, next, max_read, opts.index_interval_bytes)?;
+            segments.insert(base, seg);
         }
         let active_base = bases[last];
         let (active, end, bytes_since_index) =
@@ -793,27 +766,31 @@ impl Partition {
         Ok(())
     }
 
+    /// The error for a read from `from`, outside the retained offsets.
+    fn out_of_range(&self, from: u64) -> Error {
+        Error::OffsetOutOfRange {
+            partition: self.id,
+            offset: LogOffset(from),
+            start: LogOffset(self.start()),
+            end: LogOffset(self.end),
+        }
+    }
+
+    /// The base of the segment holding offset `from` (retained, so at least the start).
+    fn segment_of(&self, from: u64) -> u64 {
+        let below = self.segments.range(..=from).next_back();
+        below.map_or_else(|| self.start(), |(b, _)| *b)
+    }
+
     fn read(&self, from: u64, max_records: usize, opts: &FileLogOptions) -> Result<RecordBatch> {
-        let start = self.start();
-        if from < start || from > self.end {
-            return Err(Error::OffsetOutOfRange {
-                partition: self.id,
-                offset: LogOffset(from),
-                start: LogOffset(start),
-                end: LogOffset(self.end),
-            });
+        if from < self.start() || from > self.end {
+            return Err(self.out_of_range(from));
         }
         let mut batch = RecordBatch::new(self.id, LogOffset(from));
         if from == self.end || max_records == 0 {
             return Ok(batch);
         }
-        let first_base = self
-            .segments
-            .range(..=from)
-            .next_back()
-            .map(|(b, _)| *b)
-            .unwrap_or(start);
-        let mut segs = self.segments.range(first_base..).peekable();
+        let mut segs = self.segments.range(self.segment_of(from)..).peekable();
         let mut target = from;
         while let Some((_, seg)) = segs.next() {
             let seg_end = segs.peek().map(|(b, _)| **b).unwrap_or(self.end);
@@ -1196,6 +1173,98 @@ fn open_sealed(
 /// Opens the active segment and recovers its tail (see the module documentation). Returns it
 /// with the partition's end offset and the index byte counter. On return the index file holds
 /// exactly the segment's in-memory index.
+/// The base offsets of the segment files in a partition directory (`<20 digits>.log`), in
+/// no particular order.
+fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("list partition directory", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("list partition directory", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".log") {
+            if stem.len() == 20 {
+                if let Ok(base) = stem.parse::<u64>() {
+                    bases.push(base);
+                }
+            }
+        }
+    }
+    Ok(bases)
+}
+
+/// Drops index entries from the end until the last one is a mark at the end of the file or
+/// points at its frame (the scan of a recovery starts there). True if any was dropped.
+fn trim_index(seg: &mut Segment, file_len: u64, max_read: u32) -> bool {
+    let mut dropped = false;
+    while let Some(&last) = seg.index.last() {
+        if u64::from(last.pos) == file_len || entry_matches(seg, last, max_read) {
+            break;
+        }
+        seg.index.pop();
+        dropped = true;
+    }
+    dropped
+}
+
+/// After the scan of a recovery: truncates a torn tail, and makes the recovered tail durable
+/// (it is served from now on) before the index names it, as a sync would.
+fn repair_tail(
+    id: PartitionId,
+    seg: &mut Segment,
+    end: &ScanEnd,
+    file_len: u64,
+    start_pos: u64,
+) -> Result<()> {
+    if let Some(reason) = &end.bad {
+        tracing::warn!(
+            partition = %id,
+            offset = end.next_offset,
+            dropped_bytes = file_len - end.pos,
+            reason = %reason,
+            "truncating a torn tail of the log"
+        );
+        seg.file
+            .set_len(end.pos)
+            .map_err(|e| Error::io("truncate torn tail of", &seg.path, e))?;
+    }
+    seg.len = end.pos;
+    if end.bad.is_some() || end.pos > start_pos {
+        seg.file
+            .sync_all()
+            .map_err(|e| Error::io("fsync segment", &seg.path, e))?;
+    }
+    Ok(())
+}
+
+/// Opens a segment file for reading and writing, with its length.
+fn open_segment_rw(path: &Path) -> Result<(File, u64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open segment", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat segment", path, e))?
+        .len();
+    Ok((file, len))
+}
+
+/// Adds the index's mark at the recovered end of a segment holding records; returns the bytes
+/// written since the last index entry (0 when the mark was added).
+fn mark_end(seg: &mut Segment, end: &ScanEnd) -> u64 {
+    if end.pos > SEGMENT_HEADER {
+        let mark = IndexEntry {
+            rel: (end.next_offset - seg.base) as u32,
+            pos: end.pos as u32,
+        };
+        if push_entry(&mut seg.index, mark) {
+            return 0;
+        }
+    }
+    end.bytes_since_index
+}
+
 fn recover_active(
     id: PartitionId,
     dir: &Path,
@@ -1204,15 +1273,7 @@ fn recover_active(
     index_interval_bytes: u32,
 ) -> Result<(Segment, u64, u64)> {
     let path = segment_path(dir, base);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open segment", &path, e))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| Error::io("stat segment", &path, e))?
-        .len();
+    let (file, file_len) = open_segment_rw(&path)?;
     let LoadedIndex {
         entries,
         beyond,
@@ -1223,25 +1284,18 @@ fn recover_active(
         // The crash came while the segment was being created, before any record: its header
         // never reached the disk (the file is short, or all zeros).
         drop(file);
-        tracing::warn!(
-            partition = %id,
-            base,
-            file_len,
-            "recreating a segment whose header was torn"
-        );
+        tracing::warn!(partition = %id, base, file_len, "recreating a segment whose header was torn");
         let seg = create_segment(dir, base)?;
         write_index(dir, base, &[])?;
         return Ok((seg, base, 0));
     }
     if file_len < SEGMENT_HEADER {
+        let why = format!("the segment is {file_len} bytes, shorter than its header");
         return Err(corrupt(
             id,
             base,
             &path,
-            format!(
-                "the segment is {file_len} bytes, shorter than its header, but its index \
-                 names synced data"
-            ),
+            why + ", but its index names synced data",
         ));
     }
     let mut seg = Segment {
@@ -1258,15 +1312,7 @@ fn recover_active(
         .map_or(SEGMENT_HEADER, |e| u64::from(e.pos));
     let loaded = entries.len();
     seg.index = entries;
-    // Start at the last entry that is a mark at the end of the file or points at its frame.
-    let mut dropped_entries = false;
-    while let Some(&last) = seg.index.last() {
-        if u64::from(last.pos) == file_len || entry_matches(&seg, last, max_read) {
-            break;
-        }
-        seg.index.pop();
-        dropped_entries = true;
-    }
+    let dropped_entries = trim_index(&mut seg, file_len, max_read);
     let (start_pos, start_offset) = match seg.index.last() {
         Some(e) => (u64::from(e.pos), base + u64::from(e.rel)),
         None => (SEGMENT_HEADER, base),
@@ -1292,37 +1338,8 @@ fn recover_active(
             format!("{what}, before byte {durable_end}, up to which the index shows synced data"),
         ));
     }
-    let truncated = end.bad.is_some();
-    if let Some(reason) = &end.bad {
-        tracing::warn!(
-            partition = %id,
-            offset = end.next_offset,
-            dropped_bytes = file_len - end.pos,
-            reason = %reason,
-            "truncating a torn tail of the log"
-        );
-        seg.file
-            .set_len(end.pos)
-            .map_err(|e| Error::io("truncate torn tail of", &seg.path, e))?;
-    }
-    seg.len = end.pos;
-    if truncated || end.pos > start_pos {
-        // The recovered tail is served from now on: make it durable before the index names it,
-        // as a sync would.
-        seg.file
-            .sync_all()
-            .map_err(|e| Error::io("fsync segment", &seg.path, e))?;
-    }
-    let mut bytes_since_index = end.bytes_since_index;
-    if end.pos > SEGMENT_HEADER {
-        let mark = IndexEntry {
-            rel: (end.next_offset - base) as u32,
-            pos: end.pos as u32,
-        };
-        if push_entry(&mut seg.index, mark) {
-            bytes_since_index = 0;
-        }
-    }
+    repair_tail(id, &mut seg, &end, file_len, start_pos)?;
+    let bytes_since_index = mark_end(&mut seg, &end);
     if !clean || dropped_entries || seg.index.len() != loaded {
         write_index(dir, base, &seg.index)?;
     }

@@ -915,35 +915,8 @@ impl<K: StateKey> KeyedStateBackend<K> {
         // Which owned key groups some snapshot's range covers (blob or not).
         let mut covered = vec![false; self.range.len()];
         for snap in snapshots {
-            if snap.max_parallelism != self.max_parallelism {
-                return Err(Error::StateCorrupt {
-                    key_group: None,
-                    reason: format!(
-                        "the snapshot has {} key groups but the vertex has {}: max parallelism cannot change",
-                        snap.max_parallelism, self.max_parallelism
-                    ),
-                });
-            }
+            self.check_snapshot(snap, &mut covered)?;
             let r = snap.range;
-            if r.start > r.end || u32::from(r.end) > self.max_parallelism {
-                return Err(Error::StateCorrupt {
-                    key_group: None,
-                    reason: format!(
-                        "the snapshot's key-group range {r} is not within [0, {})",
-                        self.max_parallelism
-                    ),
-                });
-            }
-            // The owned groups this snapshot covers: its range within ours.
-            for g in r.start.max(self.range.start)..r.end.min(self.range.end) {
-                let gi = usize::from(g - self.range.start);
-                if std::mem::replace(&mut covered[gi], true) {
-                    return Err(Error::StateCorrupt {
-                        key_group: Some(KeyGroup(g)),
-                        reason: "key group covered by more than one snapshot".into(),
-                    });
-                }
-            }
             for blob in &snap.groups {
                 let kg = blob.key_group;
                 if !r.contains(kg) {
@@ -962,43 +935,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
                         reason: "key group has more than one blob in the snapshot".into(),
                     });
                 }
-                if crc32c::crc32c(&blob.bytes) != blob.crc32c {
-                    return Err(Error::StateCorrupt {
-                        key_group: Some(kg),
-                        reason: "blob checksum mismatch".into(),
-                    });
-                }
-                let entries: Vec<GroupEntry> = codec::decode(&blob.bytes, "key group blob")
-                    .map_err(|e| Error::StateCorrupt {
-                        key_group: Some(kg),
-                        reason: e.to_string(),
-                    })?;
-                let gi = usize::from(kg.0 - self.range.start);
-                for entry in entries {
-                    match self.by_name.get(&entry.name) {
-                        Some(&id) => {
-                            let table = &mut self.tables[id];
-                            if table.kind() != entry.kind {
-                                return Err(Error::StateTypeMismatch {
-                                    name: entry.name,
-                                    existing: format!("{:?}", table.kind()),
-                                    requested: format!(
-                                        "{:?} (in the restored snapshot)",
-                                        entry.kind
-                                    ),
-                                });
-                            }
-                            table.restore_group(gi, kg, &entry.data, Some(self.max_parallelism))?;
-                        }
-                        None => {
-                            check_keys::<K>(&entry.data, kg, self.max_parallelism, &entry.name)?;
-                            self.pending
-                                .entry(entry.name)
-                                .or_default()
-                                .push((gi, kg, entry.kind, entry.data));
-                        }
-                    }
-                }
+                self.restore_blob(blob)?;
                 stats.key_groups += 1;
             }
         }
@@ -1014,6 +951,82 @@ impl<K: StateKey> KeyedStateBackend<K> {
             });
         }
         Ok(stats)
+    }
+
+    /// Checks that `snap` fits this backend (same number of key groups, a range within it)
+    /// and marks the owned groups it covers in `covered`, refusing a group covered twice.
+    fn check_snapshot(&self, snap: &KeyedSnapshot, covered: &mut [bool]) -> Result<()> {
+        if snap.max_parallelism != self.max_parallelism {
+            return Err(Error::StateCorrupt {
+                key_group: None,
+                reason: format!(
+                    "the snapshot has {} key groups but the vertex has {}: max parallelism cannot change",
+                    snap.max_parallelism, self.max_parallelism
+                ),
+            });
+        }
+        let r = snap.range;
+        if r.start > r.end || u32::from(r.end) > self.max_parallelism {
+            return Err(Error::StateCorrupt {
+                key_group: None,
+                reason: format!(
+                    "the snapshot's key-group range {r} is not within [0, {})",
+                    self.max_parallelism
+                ),
+            });
+        }
+        // The owned groups this snapshot covers: its range within ours.
+        for g in r.start.max(self.range.start)..r.end.min(self.range.end) {
+            let gi = usize::from(g - self.range.start);
+            if std::mem::replace(&mut covered[gi], true) {
+                return Err(Error::StateCorrupt {
+                    key_group: Some(KeyGroup(g)),
+                    reason: "key group covered by more than one snapshot".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores one owned key group's blob: its checksum, then each state's entries (kept
+    /// aside, after checking their keys, for a state not registered yet).
+    fn restore_blob(&mut self, blob: &KeyGroupBlob) -> Result<()> {
+        let kg = blob.key_group;
+        if crc32c::crc32c(&blob.bytes) != blob.crc32c {
+            return Err(Error::StateCorrupt {
+                key_group: Some(kg),
+                reason: "blob checksum mismatch".into(),
+            });
+        }
+        let entries: Vec<GroupEntry> =
+            codec::decode(&blob.bytes, "key group blob").map_err(|e| Error::StateCorrupt {
+                key_group: Some(kg),
+                reason: e.to_string(),
+            })?;
+        let gi = usize::from(kg.0 - self.range.start);
+        for entry in entries {
+            match self.by_name.get(&entry.name) {
+                Some(&id) => {
+                    let table = &mut self.tables[id];
+                    if table.kind() != entry.kind {
+                        return Err(Error::StateTypeMismatch {
+                            name: entry.name,
+                            existing: format!("{:?}", table.kind()),
+                            requested: format!("{:?} (in the restored snapshot)", entry.kind),
+                        });
+                    }
+                    table.restore_group(gi, kg, &entry.data, Some(self.max_parallelism))?;
+                }
+                None => {
+                    check_keys::<K>(&entry.data, kg, self.max_parallelism, &entry.name)?;
+                    self.pending
+                        .entry(entry.name)
+                        .or_default()
+                        .push((gi, kg, entry.kind, entry.data));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
