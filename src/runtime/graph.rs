@@ -716,30 +716,11 @@ type Prepared = (
 /// Reads the latest complete checkpoint (unless `restore_on_start` is off) and the largest id
 /// in the storage, above which the run's checkpoint ids start.
 async fn prepare(topo: Arc<Topology>, config: &JobConfig) -> Result<Prepared> {
-    let all: Vec<(usize, usize, u32)> = topo
-        .tasks
-        .iter()
-        .enumerate()
-        .map(|(n, t)| (n, t.vertex, t.index))
-        .collect();
     let (restored_from, restore) = if config.restore_on_start {
-        let names = topo
-            .vertices
-            .iter()
-            .zip(&topo.parallelism)
-            .map(|(v, p)| (v.name.clone(), *p))
-            .collect();
-        Topology::plan_restore(
-            Arc::clone(&topo.storage),
-            Arc::clone(&topo.manifest_gate),
-            names,
-            all,
-            config.deterministic,
-            config.when_no_checkpoint_verifies,
-        )
-        .await?
+        let all: Vec<usize> = (0..topo.tasks.len()).collect();
+        topo.restore_plan(&all).await?
     } else {
-        let fresh = all.iter().map(|(n, _, _)| (*n, RestoreState::default()));
+        let fresh = (0..topo.tasks.len()).map(|n| (n, RestoreState::default()));
         (None, fresh.collect())
     };
     let storage = Arc::clone(&topo.storage);

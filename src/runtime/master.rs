@@ -558,25 +558,7 @@ impl JobMaster {
             return;
         }
         self.sup.restoring(region);
-        let topo = &self.topo;
-        let names = topo
-            .vertices
-            .iter()
-            .zip(&topo.parallelism)
-            .map(|(v, p)| (v.name.clone(), *p))
-            .collect();
-        let triples = tasks
-            .iter()
-            .map(|t| (*t, topo.tasks[*t].vertex, topo.tasks[*t].index))
-            .collect();
-        let plan = Topology::plan_restore(
-            Arc::clone(&topo.storage),
-            Arc::clone(&topo.manifest_gate),
-            names,
-            triples,
-            topo.config.deterministic,
-            topo.config.when_no_checkpoint_verifies,
-        );
+        let plan = self.topo.restore_plan(&tasks);
         ctx.spawn(plan.into_actor(self).map(move |planned, act, ctx| {
             if act.sup.incarnation(region) != incarnation {
                 return; // replaced while the checkpoint was read

@@ -248,6 +248,34 @@ impl Topology {
             .collect()
     }
 
+    /// [`plan_restore`](Self::plan_restore) of `tasks` with this job's storage, gate and
+    /// configuration.
+    pub(crate) fn restore_plan(
+        &self,
+        tasks: &[usize],
+    ) -> impl std::future::Future<
+        Output = Result<(Option<CheckpointId>, HashMap<usize, RestoreState>)>,
+    > + 'static {
+        let names = self
+            .vertices
+            .iter()
+            .zip(&self.parallelism)
+            .map(|(v, p)| (v.name.clone(), *p))
+            .collect();
+        let triples = tasks
+            .iter()
+            .map(|t| (*t, self.tasks[*t].vertex, self.tasks[*t].index))
+            .collect();
+        Topology::plan_restore(
+            Arc::clone(&self.storage),
+            Arc::clone(&self.manifest_gate),
+            names,
+            triples,
+            self.config.deterministic,
+            self.config.when_no_checkpoint_verifies,
+        )
+    }
+
     /// Reads the latest complete checkpoint (falling back past corrupt ones) and prepares the
     /// restore state of `tasks`. Vertices keep their parallelism within a run; a vertex whose
     /// parallelism differs from the checkpoint's (at job start) is redistributed.
