@@ -198,6 +198,22 @@ fn stop_offsets(
     Ok(stops)
 }
 
+/// Every task's channel ends with each slot filled: an empty slot is a wiring bug.
+fn all_wired<T>(
+    slots: HashMap<usize, Vec<Option<T>>>,
+    what: &str,
+) -> Result<HashMap<usize, Vec<T>>> {
+    slots
+        .into_iter()
+        .map(|(t, ends)| {
+            let ends = ends
+                .into_iter()
+                .map(|e| e.ok_or_else(|| Error::Internal(format!("a {what} slot was not wired"))));
+            Ok((t, ends.collect::<Result<Vec<T>>>()?))
+        })
+        .collect()
+}
+
 impl Topology {
     /// Lays out tasks and channels for `vertices` at `parallelism`.
     pub(crate) fn new(
@@ -396,26 +412,10 @@ impl Topology {
                 *slot = Some(rx);
             }
         }
-        let unwired = |what: &str| Error::Internal(format!("a {what} slot was not wired"));
-        let senders = senders
-            .into_iter()
-            .map(|(t, slots)| {
-                let slots = slots
-                    .into_iter()
-                    .map(|s| s.ok_or_else(|| unwired("sender")));
-                Ok((t, slots.collect::<Result<Vec<Sender>>>()?))
-            })
-            .collect::<Result<_>>()?;
-        let receivers = receivers
-            .into_iter()
-            .map(|(t, slots)| {
-                let slots = slots
-                    .into_iter()
-                    .map(|r| r.ok_or_else(|| unwired("receiver")));
-                Ok((t, slots.collect::<Result<Vec<Receiver>>>()?))
-            })
-            .collect::<Result<_>>()?;
-        Ok((senders, receivers))
+        Ok((
+            all_wired(senders, "sender")?,
+            all_wired(receivers, "receiver")?,
+        ))
     }
 
     /// Creates fresh channels among `tasks` (a union of failover regions: no channel leaves it)
