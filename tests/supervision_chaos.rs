@@ -166,6 +166,36 @@ fn randomized_kill_schedules_lose_and_duplicate_nothing() {
     );
 }
 
+#[test]
+fn randomized_kill_schedules_that_also_kill_the_job_supervisor_lose_and_duplicate_nothing() {
+    let mut supervisor_restarts = 0;
+    let seeds = seed_range();
+    for seed in seeds.clone() {
+        let mut monkey = ChaosMonkey::new(seed)
+            .random_interval(Duration::from_millis(5), Duration::from_millis(25))
+            .max_kills(4);
+        monkey.kills.push(Kill::JobSupervisor);
+        monkey.kills.push(Kill::JobSupervisor);
+        let threads = if seed % 2 == 0 {
+            Threads::Arbiters(2)
+        } else {
+            Threads::Current
+        };
+        let (report, (records, lost, duplicated)) = run_chaos(seed, monkey, threads);
+        assert_eq!(
+            (records, lost, duplicated),
+            (12_000, 0, 0),
+            "seed {seed} (rerun with SNAPFLOW_CHAOS_SEED={seed}): events {:?}",
+            report.events
+        );
+        supervisor_restarts += report.supervisor_restarts;
+    }
+    assert!(
+        u64::from(supervisor_restarts) * 4 >= seeds.end - seeds.start,
+        "only {supervisor_restarts} supervisor restarts over {seeds:?}"
+    );
+}
+
 fn moment_run(moment: Moment) -> JobReport {
     let monkey = ChaosMonkey::new(7)
         .every(Duration::from_millis(15))

@@ -3,7 +3,9 @@
 //!
 //! A [`ChaosMonkey`] attached to a job ([`JobBuilder::chaos`](crate::JobBuilder::chaos)) kills
 //! on a schedule drawn from its seed: every `interval` (fixed, or drawn between a minimum and a
-//! maximum) it picks one of its [`Kill`]s and a target task (or the checkpoint coordinator).
+//! maximum) it picks one of its [`Kill`]s and a target task (or the checkpoint coordinator, or
+//! the job's supervisor). The monkey runs in the job's root, above the supervisor, so that
+//! killing the supervisor does not kill the monkey.
 //! A kill is a panic inside the task's user code, a stop of the actor from outside (its future
 //! is aborted, as if its thread died), or a panic armed for a named [`Moment`] of the
 //! checkpoint protocol, which fires the next time any task (or the coordinator) reaches it.
@@ -44,6 +46,12 @@ pub enum Kill {
     StopFromOutside,
     /// The checkpoint coordinator is stopped from outside.
     Coordinator,
+    /// The job's supervisor (the job master) is stopped from outside: its parent restarts it,
+    /// and the new supervisor restores the whole job from the latest complete checkpoint.
+    /// Not in [`ChaosMonkey::new`]'s list (each such kill restarts every task, and counts
+    /// against [`JobConfig::supervisor_restart`](crate::JobConfig::supervisor_restart)): add it
+    /// with [`ChaosMonkey::kills`].
+    JobSupervisor,
     /// A panic armed for the next time the moment is reached.
     At(Moment),
 }
@@ -114,7 +122,7 @@ impl ChaosMonkey {
     }
 }
 
-/// The monkey's seeded choices, driven by the job master.
+/// The monkey's seeded choices, driven by the job root.
 #[derive(Debug)]
 pub(crate) struct MonkeyState {
     pub(crate) config: ChaosMonkey,

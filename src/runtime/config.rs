@@ -84,6 +84,12 @@ pub struct JobConfig {
     /// give up and fail with [`Error::RestartsExhausted`](crate::Error). `Never` fails the job
     /// at a region's first give-up. Default: 3 full restarts 50 ms apart, then failure.
     pub job_restart: RestartStrategy,
+    /// What the job's root does when the job's supervisor (its master actor) dies without
+    /// having ended the job (a bug in it, or a [`Kill::JobSupervisor`](crate::chaos::Kill)):
+    /// restart it, and restore the whole job from the latest complete checkpoint, or give up
+    /// and fail with [`Error::RestartsExhausted`](crate::Error). Default:
+    /// [`RestartStrategy::default`], at most 10 deaths a minute, restarting after 50 ms.
+    pub supervisor_restart: RestartStrategy,
     /// Event-time sources emit their watermark at most this often.
     pub watermark_interval: Duration,
     /// An event-time source partition with no new record for this long no longer holds the
@@ -121,6 +127,7 @@ impl Default for JobConfig {
                 delay: Duration::from_millis(50),
                 max_attempts: 3,
             },
+            supervisor_restart: RestartStrategy::default(),
             watermark_interval: Duration::from_millis(10),
             idle_timeout: Duration::from_millis(200),
             deterministic: false,

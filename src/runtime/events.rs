@@ -28,7 +28,9 @@ pub enum JobEnd {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Message)]
 #[rtype(result = "()")]
 pub enum JobEvent {
-    /// The job started, restored from a checkpoint or fresh.
+    /// The job started, restored from a checkpoint or fresh: every task runs. Also sent by a
+    /// restarted supervisor once it has restored the job
+    /// ([`SupervisorRestarting`](Self::SupervisorRestarting)).
     Started {
         /// The checkpoint restored, if any.
         restored_from: Option<CheckpointId>,
@@ -99,6 +101,17 @@ pub enum JobEvent {
         /// The largest checkpoint id in the storage (complete or not) when it restarted: its ids
         /// continue above it.
         resumed_after: Option<CheckpointId>,
+    },
+    /// The job's supervisor (its master actor) died and its parent restarts it: every task is
+    /// stopped, and after `delay` (once every write of the dead supervisor's actors has ended)
+    /// the whole job is restored from the latest complete checkpoint.
+    SupervisorRestarting {
+        /// How the supervisor ended.
+        reason: String,
+        /// The restart's number (from 1).
+        attempt: u32,
+        /// The wait before the restore.
+        delay: Duration,
     },
     /// [`JobHandle::stop`](super::JobHandle::stop) was called: the final checkpoint follows.
     StopRequested,

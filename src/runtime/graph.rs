@@ -51,9 +51,9 @@ use super::logic::{
     DeadLetterSpec, Decoder, EdgeKind, EventTimeSpec, KeyGroupFn, KeyedLogic, OperatorLogic,
     RestoreState, SinkLogic, SourceLogic, TaskLogic,
 };
-use super::master::{JobMaster, Launch};
 use super::metrics::JobMetrics;
 use super::operator::{Data, FlatMapOp, KeyedOperator, Operator, ReduceOp};
+use super::root::JobRoot;
 use super::topology::{LogicFactory, Role, Topology, VertexSpec};
 use crate::chaos::ChaosMonkey;
 use crate::checkpoint::{CheckpointId, CheckpointStorage, MemoryCheckpointStorage};
@@ -723,14 +723,7 @@ async fn prepare(topo: Arc<Topology>, config: &JobConfig) -> Result<Prepared> {
         let fresh = (0..topo.tasks.len()).map(|n| (n, RestoreState::default()));
         (None, fresh.collect())
     };
-    let storage = Arc::clone(&topo.storage);
-    let max_id = if config.deterministic {
-        storage.max_id()?
-    } else {
-        tokio::task::spawn_blocking(move || storage.max_id())
-            .await
-            .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))??
-    };
+    let max_id = topo.max_checkpoint_id().await?;
     let first = CheckpointId(max_id.max(restored_from).map(|c| c.0 + 1).unwrap_or(1));
     Ok((topo, restored_from, restore, first))
 }
@@ -794,24 +787,20 @@ impl Job {
         if let Some(id) = restored_from {
             tracing::info!(job = %name, checkpoint = %id, "restoring from checkpoint");
         }
-        let (master, done_rx) = JobMaster::create(
+        let (root, result) = JobRoot::launch(
             topo,
             events,
             chaos,
             Arc::clone(&metrics),
             arbiters,
             restored_from,
-        );
-        let master = master.start();
-        master.do_send(Launch {
             restore,
-            restored_from,
             first,
-        });
+        );
         tracing::info!(job = %name, restored_from = ?restored_from, "job started");
         Ok(JobHandle {
-            master: master.recipient(),
-            result: done_rx,
+            root,
+            result,
             metrics,
         })
     }

@@ -29,6 +29,9 @@ pub struct JobReport {
     pub restarts: u32,
     /// Full restarts of the job, each after a region spent its own restarts.
     pub job_restarts: u32,
+    /// Restarts of the job's supervisor (its master actor), each after it died; each restored
+    /// the whole job from the latest complete checkpoint.
+    pub supervisor_restarts: u32,
     /// Kills by the chaos monkey.
     pub kills: u32,
     /// How long the job ran.
@@ -41,9 +44,14 @@ pub struct JobReport {
 
 /// A running job. Cheap to clone: every clone follows and controls the same job, and any
 /// number of them may [`wait`](Self::wait) at once. Dropping the handles does not stop the job.
+///
+/// The handle talks to the job's root, above its supervisor: it keeps working when the
+/// supervisor dies and is restarted ([`JobEvent::SupervisorRestarting`]). A command sent
+/// while no supervisor runs is kept for the next one (a stop), or carried out by the root (a
+/// cancel); a checkpoint asked for then is not taken.
 #[derive(Debug, Clone)]
 pub struct JobHandle {
-    pub(crate) master: Recipient<Command>,
+    pub(crate) root: Recipient<Command>,
     pub(crate) result: watch::Receiver<Option<Result<JobReport>>>,
     pub(crate) metrics: Arc<JobMetrics>,
 }
@@ -70,8 +78,8 @@ impl JobHandle {
             Ok(Some(result)) => result,
             Ok(None) => Err(Error::Internal("a job result was empty".into())),
             Err(_) => Err(Error::ActorGone {
-                actor: "JobMaster",
-                reason: "the job master stopped without a result (was its System stopped?)".into(),
+                actor: "JobRoot",
+                reason: "the job's root stopped without a result (was its System stopped?)".into(),
             }),
         }
     }
@@ -83,7 +91,7 @@ impl JobHandle {
 
     /// Asks for a checkpoint now (after the one in flight, if any).
     pub fn trigger_checkpoint(&self) {
-        self.master.do_send(Command::TriggerCheckpoint);
+        self.root.do_send(Command::TriggerCheckpoint);
     }
 
     /// Asks the job to stop gracefully: the sources stop reading, a final checkpoint is taken
@@ -92,14 +100,14 @@ impl JobHandle {
     /// final checkpoint carries on exactly where this one stopped (Flink's stop-with-savepoint
     /// without draining). Follow with [`wait`](Self::wait).
     pub fn stop(&self) {
-        self.master.do_send(Command::Stop);
+        self.root.do_send(Command::Stop);
     }
 
     /// Stops the job at once, without a final checkpoint: [`wait`](Self::wait) then returns a
     /// report with [`JobEnd::Cancelled`]. Output of epochs whose checkpoint had not completed
     /// stays uncommitted.
     pub fn cancel(&self) {
-        self.master.do_send(Command::Cancel);
+        self.root.do_send(Command::Cancel);
     }
 
     /// The job's metrics now.

@@ -1,7 +1,13 @@
-//! The job master: the actor driving a job's supervisor tree, on the arbiter that started the
-//! job. It starts and watches the task actors and the checkpoint coordinator actor, relays
-//! between them, runs the chaos monkey, carries out the decisions of the pure supervision core
-//! (`supervision::tree`: restart a region, restart the job, fail), and ends the job.
+//! The job master: the job's supervisor, an actor under the job root (`root.rs`) on the
+//! arbiter that started the job. It starts and watches the task actors and the checkpoint
+//! coordinator actor, relays between them, carries out the chaos kills the root sends it, and
+//! carries out the decisions of the pure supervision core (`supervision::tree`: restart a
+//! region, restart the job, fail), and ends the job by reporting to the root.
+//!
+//! A master may die (a bug, or a chaos kill): its actors then end with it (each task stops
+//! when the master's cancel channel closes; the coordinator is aborted when the master is
+//! dropped), and the root starts a new incarnation that restores the whole job. So nothing a
+//! report needs lives only here: events and counters go to the shared `Ledger`.
 //!
 //! States of a failover region (kept by the core): *running* → (a task fails) → *down* (its
 //! actors aborted, its channels dropped, the checkpoint in flight aborted) → after the
@@ -20,21 +26,21 @@ use tokio::task::AbortHandle;
 
 use super::coordinator::CoordinatorActor;
 use super::events::{JobEnd, JobEvent};
-use super::handle::JobReport;
+use super::ledger::Ledger;
 use super::logic::RestoreState;
 use super::messages::{
-    now, Command, Complete, EventKind, FromCoordinator, InjectPanic, Shutdown, TaskEvent,
-    ToCoordinator, Trigger,
+    now, Command, Complete, EventKind, FromCoordinator, InjectPanic, MasterNote, MasterNoteKind,
+    Shutdown, Strike, TaskEvent, ToCoordinator, Trigger,
 };
 use super::metrics::JobMetrics;
 use super::task::TaskActor;
 use super::topology::{Spawned, Topology};
-use crate::chaos::{ChaosMonkey, Kill, MonkeyState};
+use crate::chaos::Kill;
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
 use crate::supervision::tree::{Decision, SupervisionCore};
 
-/// Starts the job's tasks (sent once by `Job::start`).
+/// Starts the job's tasks (sent once to each master incarnation by the job root).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Launch {
@@ -64,18 +70,31 @@ pub(crate) struct TaskSlot {
     pub(crate) abort: Option<AbortHandle>,
 }
 
+/// Aborts the coordinator's future when dropped: a master that dies takes its coordinator
+/// with it (its task actors stop by themselves when the master's cancel channel closes).
+#[derive(Debug)]
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub(crate) struct JobMaster {
     pub(crate) topo: Arc<Topology>,
+    /// This master's incarnation under the root (from 1).
+    incarnation: u32,
+    root: Recipient<MasterNote>,
+    ledger: Arc<Ledger>,
     pub(crate) tasks: Vec<TaskSlot>,
     pub(crate) coordinator: Option<Addr<CoordinatorActor>>,
-    pub(crate) coordinator_abort: Option<AbortHandle>,
+    coordinator_abort: Option<AbortOnDrop>,
     pub(crate) coordinator_incarnation: u32,
     pub(crate) sources_at_end: HashSet<usize>,
     /// The supervision state of the regions and the job; decides every restart.
     pub(crate) sup: SupervisionCore<(usize, Error)>,
     pub(crate) last_triggered: Option<CheckpointId>,
-    pub(crate) last_completed: Option<CheckpointId>,
-    pub(crate) completed: u64,
     pub(crate) final_requested: bool,
     pub(crate) stop_requested: bool,
     /// The final checkpoint triggered last, and whether its sources ended their input first
@@ -83,36 +102,30 @@ pub(crate) struct JobMaster {
     pub(crate) final_trigger: Option<(CheckpointId, bool)>,
     /// The newest final checkpoint that completed.
     pub(crate) final_done: Option<CheckpointId>,
-    pub(crate) events: Vec<JobEvent>,
-    pub(crate) event_sink: Option<Recipient<JobEvent>>,
-    pub(crate) monkey: Option<MonkeyState>,
-    pub(crate) monkey_due: Option<Instant>,
     pub(crate) failure_at: HashMap<usize, Instant>,
     pub(crate) metrics: Arc<JobMetrics>,
-    pub(crate) done: watch::Sender<Option<Result<JobReport>>>,
-    pub(crate) arbiters: Vec<Arbiter>,
     pub(crate) cancel: watch::Sender<bool>,
     pub(crate) cancel_rx: watch::Receiver<bool>,
-    pub(crate) started: Instant,
-    pub(crate) restored_from: Option<CheckpointId>,
     pub(crate) ending: bool,
 }
 
 impl JobMaster {
-    /// A master for `topo`, not started yet, and the receiver its result goes to.
+    /// Incarnation `incarnation` of the master of `topo`, not started yet, reporting to
+    /// `root`; `seed` seeds the restart strategies' jitter.
     pub(crate) fn create(
         topo: Arc<Topology>,
-        events: Option<Recipient<JobEvent>>,
-        chaos: Option<ChaosMonkey>,
+        incarnation: u32,
+        root: Recipient<MasterNote>,
+        ledger: Arc<Ledger>,
         metrics: Arc<JobMetrics>,
-        arbiters: Vec<Arbiter>,
-        restored_from: Option<CheckpointId>,
-    ) -> (JobMaster, watch::Receiver<Option<Result<JobReport>>>) {
-        let (done, done_rx) = watch::channel(None);
+        seed: u64,
+    ) -> JobMaster {
         let (cancel, cancel_rx) = watch::channel(false);
-        let seed = chaos.as_ref().map(|c| c.seed).unwrap_or(0);
         let regions = topo.regions.iter().max().map_or(0, |r| r + 1);
-        let master = JobMaster {
+        JobMaster {
+            incarnation,
+            root,
+            ledger,
             tasks: topo
                 .tasks
                 .iter()
@@ -132,28 +145,17 @@ impl JobMaster {
                 seed,
             ),
             last_triggered: None,
-            last_completed: None,
-            completed: 0,
             final_requested: false,
             stop_requested: false,
             final_trigger: None,
             final_done: None,
-            events: Vec::new(),
-            event_sink: events,
-            monkey: chaos.map(MonkeyState::new),
-            monkey_due: None,
             failure_at: HashMap::new(),
             metrics,
-            done,
-            arbiters,
             cancel,
             cancel_rx,
-            started: Instant::now(),
-            restored_from,
             ending: false,
             topo,
-        };
-        (master, done_rx)
+        }
     }
 
     fn job(&self) -> &str {
@@ -161,36 +163,19 @@ impl JobMaster {
     }
 
     fn emit(&mut self, event: JobEvent) {
-        tracing::debug!(job = %self.topo.name, event = ?event, "job event");
-        if let Some(r) = &self.event_sink {
-            r.do_send(event.clone());
-        }
-        self.events.push(event);
+        self.ledger.emit(event);
     }
 
-    fn report(&self, end: JobEnd) -> JobReport {
-        JobReport {
-            job: self.topo.name.clone(),
-            end,
-            checkpoints_completed: self.completed,
-            last_checkpoint: self.last_completed,
-            restored_from: self.restored_from,
-            restarts: self.sup.region_restarts(),
-            job_restarts: self.sup.job_restarts(),
-            kills: self.monkey_kills(),
-            elapsed: self.started.elapsed(),
-            metrics: self.metrics.snapshot(),
-            events: self.events.clone(),
-        }
+    fn note(&self, kind: MasterNoteKind) {
+        self.root.do_send(MasterNote {
+            incarnation: self.incarnation,
+            kind,
+        });
     }
 
-    fn monkey_kills(&self) -> u32 {
-        self.monkey.as_ref().map(|m| m.kills).unwrap_or(0)
-    }
-
-    /// Ends the job: stops every actor, fences off checkpoint writes, and reports `result`
-    /// once every write the job started has ended and every task actor is gone (the fence's
-    /// invariant).
+    /// Ends the job: fences off checkpoint writes, stops every actor, hands `result` to the
+    /// root (which reports it once every write the job started has ended and every task actor
+    /// is gone: the fence's invariant) and stops.
     fn finish(&mut self, ctx: &mut Context<Self>, result: Result<JobEnd>) {
         if self.ending {
             return;
@@ -203,42 +188,21 @@ impl JobMaster {
                 a.do_send(Shutdown);
             }
         }
-        if let Some(a) = &self.coordinator_abort {
-            a.abort();
-        }
-        for arbiter in self.arbiters.drain(..) {
-            arbiter.stop();
-        }
-        let result = match result {
+        self.coordinator_abort = None;
+        match &result {
             Ok(end) => {
-                self.emit(JobEvent::JobFinished { end });
-                tracing::info!(job = %self.job(), end = ?end, checkpoints = self.completed, restarts = self.sup.region_restarts(), job_restarts = self.sup.job_restarts(), "job finished");
-                Ok(self.report(end))
+                self.emit(JobEvent::JobFinished { end: *end });
+                tracing::info!(job = %self.job(), end = ?end, restarts = self.sup.region_restarts(), job_restarts = self.sup.job_restarts(), "job finished");
             }
             Err(e) => {
                 self.emit(JobEvent::JobFailed {
                     error: e.to_string(),
                 });
                 tracing::error!(job = %self.job(), error = %e, "job failed");
-                Err(e)
             }
-        };
-        let fence = Arc::clone(&self.topo.fence);
-        let writes = fence.in_flight();
-        if writes > 0 {
-            tracing::debug!(job = %self.job(), permits = writes, "waiting for the job's writes and task actors to end");
         }
-        ctx.spawn(
-            async move {
-                fence.drained().await;
-                result
-            }
-            .into_actor(self)
-            .map(|result, act, ctx| {
-                act.done.send_replace(Some(result));
-                ctx.stop();
-            }),
-        );
+        self.note(MasterNoteKind::Ended(result));
+        ctx.stop();
     }
 
     fn live(&self, task: usize) -> bool {
@@ -288,7 +252,7 @@ impl JobMaster {
         let join = actix::spawn(cctx.into_future(coordinator));
         self.coordinator_incarnation += 1;
         let incarnation = self.coordinator_incarnation;
-        self.coordinator_abort = Some(join.abort_handle());
+        self.coordinator_abort = Some(AbortOnDrop(join.abort_handle()));
         let me = ctx.address();
         actix::spawn(async move {
             let _ = join.await;
@@ -411,6 +375,7 @@ impl JobMaster {
             None => {
                 let early = self.sup.started();
                 self.emit(JobEvent::Started { restored_from });
+                self.note(MasterNoteKind::Up);
                 // Failures reported while the job was starting: act on them now that every
                 // actor is known (the coordinator stays held meanwhile).
                 if early.is_empty() {
@@ -465,6 +430,7 @@ impl JobMaster {
                 );
             }
             Decision::RestartRegion { delay, attempt, .. } => {
+                self.ledger.count_restart(false);
                 let tasks = self.topo.region_of(task);
                 tracing::warn!(job = %self.job(), task = %id, error = %error, attempt, delay = ?delay, region_tasks = tasks.len(), "restarting failover region");
                 self.take_down(ctx, &tasks, &format!("task {id} failed"), attempt, delay);
@@ -476,6 +442,7 @@ impl JobMaster {
                 ..
             } => {
                 tracing::warn!(job = %self.job(), task = %id, error = %error, reason = %reason, attempt, delay = ?delay, "a region spent its restarts: restarting the whole job");
+                self.ledger.count_restart(true);
                 self.emit(JobEvent::Escalated {
                     tasks: self.region_ids(&self.topo.region_of(task)),
                     reason,
@@ -649,27 +616,18 @@ impl JobMaster {
         }
     }
 
-    fn on_tick(&mut self, ctx: &mut Context<Self>) {
+    /// Carries out chaos kill `number` (chosen by the root's monkey): the target is drawn
+    /// with `pick` among the running tasks (of the monkey's vertices, if it names any).
+    fn strike(&mut self, msg: Strike) {
+        let Strike {
+            kill,
+            number,
+            pick,
+            vertices,
+        } = msg;
         if !self.sup.job_started() || self.ending {
             return;
         }
-        let Some(monkey) = self.monkey.as_mut() else {
-            return;
-        };
-        let t = now();
-        let due = *self.monkey_due.get_or_insert(t + monkey.next_after);
-        if t < due {
-            return;
-        }
-        let Some(kill) = monkey.next_kill() else {
-            self.monkey_due = Some(t + Duration::from_secs(3600));
-            return;
-        };
-        let number = monkey.kills;
-        let seed = monkey.config.seed;
-        let pick = monkey.next_u64();
-        self.monkey_due = Some(t + monkey.draw_interval());
-        let vertices = monkey.config.vertices.clone();
         let candidates: Vec<usize> = (0..self.tasks.len())
             .filter(|t| self.live(*t))
             .filter(|t| vertices.is_empty() || vertices.contains(&self.topo.tasks[*t].id.vertex))
@@ -693,7 +651,7 @@ impl JobMaster {
             }
             Kill::Coordinator => {
                 if let Some(a) = &self.coordinator_abort {
-                    a.abort();
+                    a.0.abort();
                 }
                 (None, "coordinator stopped from outside".to_string())
             }
@@ -701,15 +659,16 @@ impl JobMaster {
                 self.topo.chaos.arm(moment, number);
                 (None, format!("armed at {moment:?}"))
             }
+            // Carried out by the root, which holds the master's handle.
+            Kill::JobSupervisor => return,
         };
         let task_id = task.map(|t| self.topo.tasks[t].id.clone());
-        tracing::warn!(job = %self.job(), seed, kill = number, target = ?task_id, how = %how, "chaos kill");
+        tracing::warn!(job = %self.job(), kill = number, target = ?task_id, how = %how, "chaos kill");
         self.emit(JobEvent::ChaosKill {
             kill: number,
             task: task_id,
             how,
         });
-        let _ = ctx;
     }
 }
 
@@ -746,13 +705,9 @@ fn watch_task(
 impl Actor for JobMaster {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(Duration::from_millis(5), |act, ctx| act.on_tick(ctx));
-    }
-
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        // Never panics. If the master stops without having finished (its System stopped),
-        // the handle learns it from the dropped sender.
+        // Never panics. Every task of this master stops (also when the master's future is
+        // dropped instead: the channel closes).
         let _ = self.cancel.send(true);
     }
 }
@@ -761,7 +716,6 @@ impl Handler<Launch> for JobMaster {
     type Result = ();
 
     fn handle(&mut self, msg: Launch, ctx: &mut Self::Context) {
-        self.restored_from = msg.restored_from;
         let first = msg.first;
         if first.0 > 1 {
             self.last_triggered = Some(CheckpointId(first.0 - 1));
@@ -801,19 +755,9 @@ impl Handler<CoordinatorExited> for JobMaster {
         }
         tracing::warn!(job = %self.job(), "checkpoint coordinator failed; restarting it");
         self.coordinator = None;
-        let storage = Arc::clone(&self.topo.storage);
-        let inline = self.topo.config.deterministic;
         // The new coordinator's ids must be above every id the storage holds (complete or
         // not), so that none is reused; no checkpoint needs to be read for that.
-        let read = async move {
-            if inline {
-                storage.max_id()
-            } else {
-                tokio::task::spawn_blocking(move || storage.max_id())
-                    .await
-                    .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
-            }
-        };
+        let read = self.topo.max_checkpoint_id();
         ctx.spawn(read.into_actor(self).map(|latest, act, ctx| {
             let latest = match latest {
                 Ok(l) => l,
@@ -914,8 +858,6 @@ impl Handler<FromCoordinator> for JobMaster {
                 is_final,
                 stats,
             } => {
-                self.completed += 1;
-                self.last_completed = Some(checkpoint);
                 tracing::info!(
                     job = %self.job(),
                     checkpoint = %checkpoint,
@@ -944,6 +886,14 @@ impl Handler<FromCoordinator> for JobMaster {
                 self.finish_after_final(ctx, checkpoint);
             }
         }
+    }
+}
+
+impl Handler<Strike> for JobMaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: Strike, _ctx: &mut Self::Context) {
+        self.strike(msg);
     }
 }
 

@@ -4,16 +4,19 @@
 //! the job handle all import it, and reach each other through `Recipient`s of these messages
 //! (or the `Addr` of an actor they create), so none imports another's actor type: no import
 //! cycle among them. Directions: task → master [`TaskEvent`]; master → coordinator
-//! [`ToCoordinator`]; coordinator → master [`FromCoordinator`]; handle → master [`Command`];
-//! master → task [`Trigger`], [`Complete`], [`InjectPanic`], [`Shutdown`].
+//! [`ToCoordinator`]; coordinator → master [`FromCoordinator`]; handle → job root → master
+//! [`Command`]; master → job root [`MasterNote`]; job root → master [`Strike`]; master → task
+//! [`Trigger`], [`Complete`], [`InjectPanic`], [`Shutdown`].
 
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::events::JobEnd;
 use super::metrics::CheckpointStats;
+use crate::chaos::Kill;
 use crate::checkpoint::{CheckpointId, StateHandle};
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId};
 use crate::state::KeyGroupRange;
 
@@ -145,3 +148,34 @@ pub(crate) struct InjectPanic {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Shutdown;
+
+/// Master → job root: what one incarnation of the job master reports to its parent.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct MasterNote {
+    /// The master's incarnation (from 1): notes of a replaced master are ignored.
+    pub(crate) incarnation: u32,
+    pub(crate) kind: MasterNoteKind,
+}
+
+/// What a [`MasterNote`] says.
+#[derive(Debug)]
+pub(crate) enum MasterNoteKind {
+    /// Every task of the job is registered: the job runs (chaos may start killing).
+    Up,
+    /// The job ended with `result`. The master has closed the job's write fence, told every
+    /// actor to stop, and stops itself; the root waits for the fence to drain and reports.
+    Ended(Result<JobEnd>),
+}
+
+/// Job root → master: carry out kill number `number` of the chaos monkey, with `pick` (a draw
+/// of the monkey's seed) choosing the target task among the running tasks of `vertices` (of
+/// every vertex when empty).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Strike {
+    pub(crate) kill: Kill,
+    pub(crate) number: u32,
+    pub(crate) pick: u64,
+    pub(crate) vertices: Vec<String>,
+}

@@ -264,6 +264,25 @@ impl Topology {
             .collect()
     }
 
+    /// The largest checkpoint id the job's storage holds (complete or not), read on a
+    /// blocking thread unless the job is deterministic. A new checkpoint coordinator numbers
+    /// its checkpoints above it, so that no id is used twice.
+    pub(crate) fn max_checkpoint_id(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Option<CheckpointId>>> + 'static {
+        let storage = Arc::clone(&self.storage);
+        let inline = self.config.deterministic;
+        async move {
+            if inline {
+                storage.max_id()
+            } else {
+                tokio::task::spawn_blocking(move || storage.max_id())
+                    .await
+                    .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+            }
+        }
+    }
+
     /// [`plan_restore`](Self::plan_restore) of `tasks` with this job's storage, gate and
     /// configuration.
     pub(crate) fn restore_plan(
