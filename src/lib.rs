@@ -3,13 +3,16 @@
 //! Fault-tolerant stateful stream processing on [actix](https://docs.rs/actix) actors, with
 //! exactly-once state through aligned checkpoints.
 //!
-//! This release holds the foundation the dataflow runtime stands on:
+//! The dataflow runtime ([`runtime`]: [`JobBuilder`], [`JobHandle`], supervised task actors,
+//! aligned checkpoints, two-phase-commit [`sink`]s) stands on these pieces:
 //!
 //! - [`log`]: the replayable, partitioned log sources read by offset ([`FileLog`],
 //!   [`MemoryLog`], [`LogWriter`] for appending from actors);
 //! - [`state`]: stable key groups, keyed state with typed handles, operator state, and
 //!   snapshots by key group;
 //! - [`checkpoint`]: crash-safe checkpoint storage with checksummed files and atomic manifests;
+//! - [`storage`]: the [`FileSystem`](storage::FileSystem) every durable byte goes through, and
+//!   [`SimDisk`](storage::sim::SimDisk), a disk that loses power on cue for crash tests;
 //! - [`Error`]: the one error type, with an [`ErrorClass`] for supervisors.
 //!
 //! ```
@@ -50,7 +53,7 @@ pub mod log;
 pub mod runtime;
 pub mod sink;
 pub mod state;
-mod storage;
+pub mod storage;
 pub mod supervision;
 pub mod time;
 

@@ -18,8 +18,9 @@
 //! request it answered was withdrawn ([`CheckpointCoordinator::cancel_final`]) or renewed
 //! ([`CheckpointCoordinator::rearm`]) while it was in flight: then its completion ends nothing.
 //!
-//! The job master (an actor) owns a coordinator, feeds it the current time and the acks, and
-//! carries its answers out ([`AckOutcome`], [`Trigger`]).
+//! The checkpoint coordinator actor (`runtime/coordinator.rs`) owns a coordinator, feeds it
+//! the current time and the acks the job master relays, and carries its answers out
+//! ([`AckOutcome`], [`Trigger`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

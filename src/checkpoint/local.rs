@@ -8,18 +8,24 @@
 //! Every file is written with write-temp, fsync, rename, fsync-dir. A checkpoint is removed
 //! manifest first (then the directory is synced), so a crash half-way through a removal leaves
 //! an incomplete checkpoint, never a complete one with missing files.
+//!
+//! Every file operation goes through the storage's [`FileSystem`] ([`StdFs`] unless
+//! [`LocalCheckpointStorage::with_file_system`] names another). After a failed write, fsync,
+//! rename or removal the storage refuses every further write with [`Error::Poisoned`] (class
+//! Restart): the kernel may have dropped what it reported as written, so nothing may be built
+//! on it. The refusal ends when a restore verifies a checkpoint ([`CheckpointStorage::verify`]),
+//! which reads only what is on the disk.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{
     check_state, decode_manifest, encode_manifest, CheckpointId, CheckpointStorage,
     CompletedCheckpoint, Manifest, StateHandle, TaskId, MAX_MANIFEST_BYTES, STATE_MAGIC,
 };
 use crate::error::{Error, Result};
-use crate::storage;
+use crate::storage::{self, FileSystem, StdFs};
 
 const MANIFEST_FILE: &str = "_manifest";
 const DIR_PREFIX: &str = "chk-";
@@ -27,6 +33,7 @@ const DIR_PREFIX: &str = "chk-";
 /// Checkpoint storage in a local directory. See the module documentation for the layout.
 #[derive(Debug)]
 pub struct LocalCheckpointStorage {
+    fs: Arc<dyn FileSystem>,
     job: String,
     dir: PathBuf,
     retain: usize,
@@ -37,6 +44,8 @@ pub struct LocalCheckpointStorage {
     direct_refused: AtomicBool,
     /// Aligned buffers of direct writes, one per concurrent writer, kept for the next ones.
     direct_bufs: Mutex<Vec<storage::AlignedBuf>>,
+    /// Why writes are refused, after a failed write or sync (see the module documentation).
+    refused: Mutex<Option<String>>,
 }
 
 /// The default of [`LocalCheckpointStorage::with_direct_io`]: 1 MiB.
@@ -46,17 +55,29 @@ impl LocalCheckpointStorage {
     /// Storage for `job`'s checkpoints under `root/job`, keeping the newest 3 complete ones.
     /// The job name must be a safe file name ([`crate::validate_name`]).
     pub fn new(root: impl AsRef<Path>, job: &str) -> Result<LocalCheckpointStorage> {
+        Self::with_file_system(StdFs::shared(), root, job)
+    }
+
+    /// [`new`](Self::new) on the file system `fs` (a [`SimDisk`](crate::storage::sim::SimDisk)
+    /// in crash tests). Direct I/O is used only where `fs` allows it.
+    pub fn with_file_system(
+        fs: Arc<dyn FileSystem>,
+        root: impl AsRef<Path>,
+        job: &str,
+    ) -> Result<LocalCheckpointStorage> {
         storage::validate_name("job", job)?;
         let dir = root.as_ref().join(job);
-        storage::create_dir_durable(&dir)?;
+        storage::create_dir_durable(fs.as_ref(), &dir)?;
         Ok(LocalCheckpointStorage {
+            direct_min_bytes: fs.direct_io().then_some(DEFAULT_DIRECT_IO_MIN_BYTES),
+            fs,
             job: job.to_string(),
             dir,
             retain: 3,
             max_state_bytes: 16 << 30,
-            direct_min_bytes: Some(DEFAULT_DIRECT_IO_MIN_BYTES),
             direct_refused: AtomicBool::new(false),
             direct_bufs: Mutex::new(Vec::new()),
+            refused: Mutex::new(None),
         })
     }
 
@@ -68,8 +89,34 @@ impl LocalCheckpointStorage {
     /// way; on a file system that refuses direct I/O the storage logs it once and buffers
     /// every write. Each concurrent writer keeps one buffer the size of its largest file.
     pub fn with_direct_io(mut self, min_bytes: Option<u64>) -> Self {
-        self.direct_min_bytes = min_bytes;
+        self.direct_min_bytes = min_bytes.filter(|_| self.fs.direct_io());
         self
+    }
+
+    fn refusal(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // An optional sentence: consistent whatever a panicking holder did.
+        self.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the write `f`, unless an earlier write failed; an I/O failure of `f` makes the
+    /// storage refuse every later write.
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if let Some(reason) = self.refusal().clone() {
+            return Err(Error::Poisoned {
+                what: format!("checkpoint storage {}", self.dir.display()),
+                reason,
+            });
+        }
+        let result = f();
+        if let Err(e @ Error::Io { .. }) = &result {
+            tracing::error!(job = %self.job, error = %e, "checkpoint storage write failed; refusing further writes until a restore");
+            *self.refusal() = Some(e.to_string());
+        }
+        result
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.fs.file_len(path).is_ok()
     }
 
     /// Writes a state file (the envelope of the concatenation of `parts`) directly when it is
@@ -135,12 +182,12 @@ impl LocalCheckpointStorage {
     /// Every checkpoint directory, complete or not, oldest first.
     fn all_ids(&self) -> Result<Vec<CheckpointId>> {
         let mut ids = Vec::new();
-        for entry in
-            fs::read_dir(&self.dir).map_err(|e| Error::io("list checkpoints in", &self.dir, e))?
-        {
-            let entry = entry.map_err(|e| Error::io("list checkpoints in", &self.dir, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+        let entries = self
+            .fs
+            .list(&self.dir)
+            .map_err(|e| Error::io("list checkpoints in", &self.dir, e))?;
+        for entry in entries {
+            let name = entry.file_name().unwrap_or_default().to_string_lossy();
             if let Some(n) = name.strip_prefix(DIR_PREFIX) {
                 if n.len() == 20 {
                     if let Ok(id) = n.parse::<u64>() {
@@ -156,15 +203,15 @@ impl LocalCheckpointStorage {
     fn remove_checkpoint(&self, id: CheckpointId) -> Result<()> {
         let dir = self.checkpoint_dir(id);
         let manifest = dir.join(MANIFEST_FILE);
-        match fs::remove_file(&manifest) {
-            Ok(()) => storage::sync_dir(&dir)?,
+        match self.fs.remove_file(&manifest) {
+            Ok(()) => storage::sync_dir(self.fs.as_ref(), &dir)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove manifest", &manifest, e)),
         }
         // Once the manifest's removal is durable, the rest need not be: files that come back
         // after a crash form an incomplete checkpoint, never restored and removed as stale by
         // the next commit's retention.
-        match fs::remove_dir_all(&dir) {
+        match self.fs.remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("remove checkpoint directory", &dir, e)),
@@ -208,14 +255,50 @@ impl CheckpointStorage for LocalCheckpointStorage {
         task: &TaskId,
         parts: &[&[u8]],
     ) -> Result<StateHandle> {
+        self.guarded(|| self.write_state(id, task, parts))
+    }
+
+    fn commit(&self, manifest: &Manifest) -> Result<()> {
+        self.guarded(|| self.write_manifest(manifest))
+    }
+
+    fn abort(&self, id: CheckpointId) -> Result<()> {
+        self.guarded(|| self.remove_incomplete(id))
+    }
+
+    fn completed_ids(&self) -> Result<Vec<CheckpointId>> {
+        Ok(self
+            .all_ids()?
+            .into_iter()
+            .filter(|id| self.exists(&self.checkpoint_dir(*id).join(MANIFEST_FILE)))
+            .collect())
+    }
+
+    fn max_id(&self) -> Result<Option<CheckpointId>> {
+        Ok(self.all_ids()?.last().copied())
+    }
+
+    fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
+        // A restore reads what is on the disk: writes may go on after it.
+        *self.refusal() = None;
+        self.verify_files(id)
+    }
+
+    fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
+        self.read_state(id, handle)
+    }
+}
+
+impl LocalCheckpointStorage {
+    fn write_state(&self, id: CheckpointId, task: &TaskId, parts: &[&[u8]]) -> Result<StateHandle> {
         storage::validate_name("vertex", &task.vertex)?;
         let dir = self.checkpoint_dir(id);
-        if dir.join(MANIFEST_FILE).exists() {
+        if self.exists(&dir.join(MANIFEST_FILE)) {
             return Err(Error::Config(format!(
                 "checkpoint {id} is already complete; its state cannot change"
             )));
         }
-        storage::create_dir_durable(&dir)?;
+        storage::create_dir_durable(self.fs.as_ref(), &dir)?;
         // The parts are written as they are, never joined: into the aligned buffer of a direct
         // write (checksummed as they are copied), or one after the other after the header of a
         // buffered one. The directory fsync that makes the rename durable is shared by every
@@ -230,7 +313,7 @@ impl CheckpointStorage for LocalCheckpointStorage {
             let mut all = Vec::with_capacity(parts.len() + 1);
             all.push(&header[..]);
             all.extend_from_slice(parts);
-            storage::write_renamed(&path, &all)?;
+            storage::write_renamed(self.fs.as_ref(), &path, &all)?;
         }
         Ok(StateHandle {
             file,
@@ -239,7 +322,7 @@ impl CheckpointStorage for LocalCheckpointStorage {
         })
     }
 
-    fn commit(&self, manifest: &Manifest) -> Result<()> {
+    fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         let id = manifest.checkpoint;
         if manifest.job != self.job {
             return Err(Error::Config(format!(
@@ -249,12 +332,13 @@ impl CheckpointStorage for LocalCheckpointStorage {
         }
         let bytes = encode_manifest(manifest)?;
         let dir = self.checkpoint_dir(id);
-        storage::create_dir_durable(&dir)?;
+        storage::create_dir_durable(self.fs.as_ref(), &dir)?;
         for t in &manifest.tasks {
             let path = dir.join(&t.state.file);
-            let len = fs::metadata(&path)
-                .map_err(|e| Error::io("stat state file", &path, e))?
-                .len();
+            let len = self
+                .fs
+                .file_len(&path)
+                .map_err(|e| Error::io("stat state file", &path, e))?;
             if len != storage::ENVELOPE_HEADER as u64 + t.state.size {
                 return Err(self.corrupt(
                     id,
@@ -268,16 +352,16 @@ impl CheckpointStorage for LocalCheckpointStorage {
         }
         // The state files were renamed into place without a directory fsync
         // (`write_task_state`): one fsync here makes all of them durable before the manifest.
-        storage::sync_dir(&dir)?;
-        storage::write_atomic(&dir.join(MANIFEST_FILE), &bytes)?;
+        storage::sync_dir(self.fs.as_ref(), &dir)?;
+        storage::write_atomic(self.fs.as_ref(), &dir.join(MANIFEST_FILE), &bytes)?;
         tracing::info!(job = %self.job, checkpoint = %id, tasks = manifest.tasks.len(),
             bytes = manifest.state_bytes(), "checkpoint complete");
         self.apply_retention(id)
     }
 
-    fn abort(&self, id: CheckpointId) -> Result<()> {
+    fn remove_incomplete(&self, id: CheckpointId) -> Result<()> {
         let dir = self.checkpoint_dir(id);
-        if dir.join(MANIFEST_FILE).exists() {
+        if self.exists(&dir.join(MANIFEST_FILE)) {
             return Err(Error::Config(format!(
                 "checkpoint {id} is complete and cannot be aborted"
             )));
@@ -287,21 +371,10 @@ impl CheckpointStorage for LocalCheckpointStorage {
         Ok(())
     }
 
-    fn completed_ids(&self) -> Result<Vec<CheckpointId>> {
-        Ok(self
-            .all_ids()?
-            .into_iter()
-            .filter(|id| self.checkpoint_dir(*id).join(MANIFEST_FILE).is_file())
-            .collect())
-    }
-
-    fn max_id(&self) -> Result<Option<CheckpointId>> {
-        Ok(self.all_ids()?.last().copied())
-    }
-
-    fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
+    fn verify_files(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
         let path = self.checkpoint_dir(id).join(MANIFEST_FILE);
         let bytes = match storage::read_bounded(
+            self.fs.as_ref(),
             &path,
             MAX_MANIFEST_BYTES + storage::ENVELOPE_HEADER as u64,
         ) {
@@ -323,7 +396,7 @@ impl CheckpointStorage for LocalCheckpointStorage {
         Ok(CompletedCheckpoint { manifest })
     }
 
-    fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
+    fn read_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
         if storage::validate_name("state file", &handle.file).is_err() {
             return Err(self.corrupt(
                 id,
@@ -342,15 +415,18 @@ impl CheckpointStorage for LocalCheckpointStorage {
                 ),
             ));
         }
-        let bytes =
-            match storage::read_bounded(&path, handle.size + storage::ENVELOPE_HEADER as u64) {
-                Ok(Ok(b)) => b,
-                Ok(Err(reason)) => return Err(self.corrupt(id, &path, reason)),
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(self.corrupt(id, &path, "state file is missing"))
-                }
-                Err(e) => return Err(e),
-            };
+        let bytes = match storage::read_bounded(
+            self.fs.as_ref(),
+            &path,
+            handle.size + storage::ENVELOPE_HEADER as u64,
+        ) {
+            Ok(Ok(b)) => b,
+            Ok(Err(reason)) => return Err(self.corrupt(id, &path, reason)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.corrupt(id, &path, "state file is missing"))
+            }
+            Err(e) => return Err(e),
+        };
         let payload = check_state(&bytes, handle).map_err(|r| self.corrupt(id, &path, r))?;
         Ok(payload.to_vec())
     }

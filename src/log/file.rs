@@ -44,16 +44,22 @@
 //! there is reported when it is read, as [`Error::LogCorrupt`] with its offset, and never
 //! returned as data.
 //!
+//! Every file operation goes through the log's [`FileSystem`] ([`StdFs`] unless
+//! [`FileLog::open_on`] names another). After a failed write or fsync a partition never
+//! continues on what the kernel may have dropped: the failing call reports the error (class
+//! Restart), syncs are refused, and the next append first recovers the partition in place:
+//! the active segment and its index are cut back to the last successful sync and the
+//! partition is reopened from the disk, so a log the application shares by `Arc` outlives a
+//! job restart instead of refusing writes forever.
+//!
 //! `log.meta` keeps the largest [`FileLogOptions::max_record_bytes`] the log was opened with.
 //! Reads and recovery accept frames up to that size even when the log is reopened with a lower
 //! limit (which then applies to appends only), so lowering the limit never turns stored records
 //! into a torn tail.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -63,7 +69,7 @@ use super::{
     check_partition, Durability, LogOffset, OffsetRange, PartitionId, RecordBatch, ReplayableLog,
 };
 use crate::error::{Error, Result};
-use crate::storage;
+use crate::storage::{self, fs::read_exact_at, FileHandle, FileSystem, OpenMode, StdFs};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"SNAPSEG1";
 const SEGMENT_HEADER: u64 = 16;
@@ -193,8 +199,8 @@ fn valid_max_record(max: u32) -> bool {
     max > 0 && u64::from(max) + SEGMENT_HEADER + FRAME_HEADER as u64 <= MAX_SEGMENT_BYTES
 }
 
-fn read_meta(path: &Path) -> Result<LogMeta> {
-    let bytes = match storage::read_bounded(path, 4096)? {
+fn read_meta(fs: &dyn FileSystem, path: &Path) -> Result<LogMeta> {
+    let bytes = match storage::read_bounded(fs, path, 4096)? {
         Ok(b) => b,
         Err(reason) => return Err(Error::Config(format!("{}: {reason}", path.display()))),
     };
@@ -223,15 +229,16 @@ fn read_meta(path: &Path) -> Result<LogMeta> {
     Ok(meta)
 }
 
-fn write_meta(path: &Path, meta: &LogMeta) -> Result<()> {
+fn write_meta(fs: &dyn FileSystem, path: &Path, meta: &LogMeta) -> Result<()> {
     let payload = crate::codec::encode_named(meta, "log meta file")?;
-    storage::write_atomic(path, &storage::encode_envelope(META_MAGIC, &payload))
+    storage::write_atomic(fs, path, &storage::encode_envelope(META_MAGIC, &payload))
 }
 
 /// The file-backed [`ReplayableLog`]. See the module documentation for the format and the
 /// recovery rules.
 #[derive(Debug)]
 pub struct FileLog {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     opts: FileLogOptions,
     parts: Vec<Mutex<Partition>>,
@@ -272,7 +279,7 @@ impl IndexEntry {
 struct Segment {
     base: u64,
     path: PathBuf,
-    file: File,
+    file: Arc<dyn FileHandle>,
     /// Bytes of valid data, header included.
     len: u64,
     index: Vec<IndexEntry>,
@@ -295,6 +302,7 @@ impl Segment {
 
 #[derive(Debug)]
 struct Partition {
+    fs: Arc<dyn FileSystem>,
     id: PartitionId,
     dir: PathBuf,
     segments: BTreeMap<u64, Segment>,
@@ -303,12 +311,15 @@ struct Partition {
     /// The largest length field trusted on read (see the module documentation).
     max_read: u32,
     /// The active segment's index file.
-    index_file: File,
+    index_file: Arc<dyn FileHandle>,
     index_file_len: u64,
     /// How many entries of the active segment's in-memory index are in its index file. The
     /// others point into data not yet fsynced; the next sync writes them.
     index_written: usize,
     bytes_since_index: u64,
+    /// The active segment's base and length as of the last successful sync: what a recovery
+    /// in place cuts the segment back to.
+    synced: (u64, u64),
     poisoned: Option<String>,
     unsynced: u64,
     last_sync: Instant,
@@ -347,7 +358,7 @@ fn corrupt(partition: PartitionId, offset: u64, path: &Path, reason: impl Into<S
 
 /// Reads frames sequentially from a file region through a reusable buffer.
 struct FrameReader<'a> {
-    file: &'a File,
+    file: &'a dyn FileHandle,
     pos: u64,
     limit: u64,
     buf: Vec<u8>,
@@ -369,7 +380,7 @@ enum Next {
 }
 
 impl<'a> FrameReader<'a> {
-    fn new(file: &'a File, pos: u64, limit: u64, max_record: u32) -> Self {
+    fn new(file: &'a dyn FileHandle, pos: u64, limit: u64, max_record: u32) -> Self {
         FrameReader {
             file,
             pos,
@@ -426,7 +437,7 @@ impl<'a> FrameReader<'a> {
                     self.buf.clear();
                     self.buf.resize(n, 0);
                     self.buf_start = self.pos;
-                    if let Err(e) = self.file.read_exact_at(&mut self.buf, self.pos) {
+                    if let Err(e) = read_exact_at(self.file, &mut self.buf, self.pos) {
                         if e.kind() == std::io::ErrorKind::UnexpectedEof {
                             self.buf.clear();
                             return Ok(Next::Bad {
@@ -458,12 +469,22 @@ impl FileLog {
     /// Opens the log in `dir`, creating it with `opts.partitions` partitions if it does not
     /// exist. Recovers every partition as the module documentation describes.
     pub fn open(dir: impl AsRef<Path>, opts: FileLogOptions) -> Result<FileLog> {
+        Self::open_on(StdFs::shared(), dir, opts)
+    }
+
+    /// [`open`](Self::open) on the file system `fs` (a
+    /// [`SimDisk`](crate::storage::sim::SimDisk) in crash tests).
+    pub fn open_on(
+        fs: Arc<dyn FileSystem>,
+        dir: impl AsRef<Path>,
+        opts: FileLogOptions,
+    ) -> Result<FileLog> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        storage::create_dir_durable(&dir)?;
+        storage::create_dir_durable(fs.as_ref(), &dir)?;
         let meta_path = dir.join(META_FILE);
-        let stored_max = if meta_path.exists() {
-            let meta = read_meta(&meta_path)?;
+        let stored_max = if fs.file_len(&meta_path).is_ok() {
+            let meta = read_meta(fs.as_ref(), &meta_path)?;
             if meta.partitions != opts.partitions {
                 return Err(Error::Config(format!(
                     "the log in {} has {} partitions, not the {} asked for",
@@ -488,19 +509,30 @@ impl FileLog {
                 partitions,
                 max_record_bytes: Some(max_read),
             };
-            write_meta(&meta_path, &meta)?;
+            write_meta(fs.as_ref(), &meta_path, &meta)?;
         }
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
             let pdir = dir.join(format!("p-{p:05}"));
             parts.push(Mutex::new(Partition::open(
+                Arc::clone(&fs),
                 PartitionId(p),
                 pdir,
                 &opts,
                 max_read,
             )?));
         }
-        Ok(FileLog { dir, opts, parts })
+        Ok(FileLog {
+            fs,
+            dir,
+            opts,
+            parts,
+        })
+    }
+
+    /// The file system the log lives on.
+    pub fn file_system(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
     }
 
     /// The directory the log lives in.
@@ -523,44 +555,49 @@ impl FileLog {
 
 impl Partition {
     fn open(
+        fs: Arc<dyn FileSystem>,
         id: PartitionId,
         dir: PathBuf,
         opts: &FileLogOptions,
         max_read: u32,
     ) -> Result<Partition> {
-        storage::create_dir_durable(&dir)?;
-        let mut bases = segment_bases(&dir)?;
+        let f = fs.as_ref();
+        storage::create_dir_durable(f, &dir)?;
+        let mut bases = segment_bases(f, &dir)?;
         bases.sort_unstable();
         if bases.is_empty() {
-            create_segment(&dir, 0)?;
+            create_segment(f, &dir, 0)?;
             bases.push(0);
         }
         let mut segments = BTreeMap::new();
         let last = bases.len() - 1;
         for (i, &base) in bases.iter().enumerate().take(last) {
             let next = bases.get(i + 1).copied();
-            let seg = open_sealed(id, &dir, base, next, max_read, opts.index_interval_bytes)?;
+            let seg = open_sealed(f, id, &dir, base, next, max_read, opts.index_interval_bytes)?;
             segments.insert(base, seg);
         }
         let active_base = bases[last];
-        let (active, end, bytes_since_index) =
-            recover_active(id, &dir, active_base, max_read, opts.index_interval_bytes)?;
+        let (active, end, bytes_since_index) = recover_active(
+            f,
+            id,
+            &dir,
+            active_base,
+            max_read,
+            opts.index_interval_bytes,
+        )?;
         // Recovery leaves the index file holding exactly the in-memory index.
         let index_written = active.index.len();
+        let synced = (active_base, active.len);
         segments.insert(active_base, active);
         let ipath = index_path(&dir, active_base);
-        let index_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&ipath)
+        let index_file = f
+            .open(&ipath, OpenMode::Create)
             .map_err(|e| Error::io("open index", &ipath, e))?;
         let index_file_len = index_file
-            .metadata()
-            .map_err(|e| Error::io("stat index", &ipath, e))?
-            .len();
+            .len()
+            .map_err(|e| Error::io("stat index", &ipath, e))?;
         Ok(Partition {
+            fs,
             id,
             dir,
             segments,
@@ -570,6 +607,7 @@ impl Partition {
             index_file_len,
             index_written,
             bytes_since_index,
+            synced,
             poisoned: None,
             unsynced: 0,
             last_sync: Instant::now(),
@@ -599,7 +637,9 @@ impl Partition {
     }
 
     fn append(&mut self, records: &[&[u8]], opts: &FileLogOptions) -> Result<OffsetRange> {
-        self.check_poisoned()?;
+        if self.poisoned.is_some() {
+            self.recover_in_place(opts)?;
+        }
         for r in records {
             if r.len() as u64 > u64::from(opts.max_record_bytes) {
                 return Err(Error::RecordTooLarge {
@@ -676,7 +716,7 @@ impl Partition {
         let seg = self.active();
         if !buf.is_empty() {
             seg.file
-                .write_all_at(buf, seg.len)
+                .write_at(buf, seg.len)
                 .map_err(|e| Error::io("write segment", &seg.path, e))?;
         }
         seg.len = new_len;
@@ -689,20 +729,18 @@ impl Partition {
     fn roll(&mut self) -> Result<()> {
         self.sync()?;
         let base = self.end;
-        let seg = create_segment(&self.dir, base)?;
+        let seg = create_segment(self.fs.as_ref(), &self.dir, base)?;
         let ipath = index_path(&self.dir, base);
-        self.index_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&ipath)
+        self.index_file = self
+            .fs
+            .open(&ipath, OpenMode::Truncate)
             .map_err(|e| Error::io("create index", &ipath, e))?;
         self.index_file_len = 0;
         self.index_written = 0;
         self.bytes_since_index = 0;
-        storage::sync_dir(&self.dir)?;
+        storage::sync_dir(self.fs.as_ref(), &self.dir)?;
         self.segments.insert(base, seg);
+        self.synced = (base, SEGMENT_HEADER);
         tracing::debug!(partition = %self.id, base, "rolled log segment");
         Ok(())
     }
@@ -713,6 +751,8 @@ impl Partition {
             Ok(()) => {
                 self.unsynced = 0;
                 self.last_sync = Instant::now();
+                let seg = self.active();
+                self.synced = (seg.base, seg.len);
                 Ok(())
             }
             Err(e) => {
@@ -723,6 +763,41 @@ impl Partition {
                 Err(e)
             }
         }
+    }
+
+    /// After a failed write or sync (the partition is poisoned): cuts the active segment and
+    /// its index file back to what the last successful sync made durable, fsyncs both, and
+    /// reopens the partition from the disk. Records appended after that sync are dropped
+    /// (their append or sync reported the failure, or, under [`SyncPolicy::Interval`], they
+    /// were not durable yet). On failure the partition stays poisoned and the next append tries
+    /// again: a log shared by `Arc` outlives a job restart and recovers in place.
+    fn recover_in_place(&mut self, opts: &FileLogOptions) -> Result<()> {
+        let (base, len) = self.synced;
+        let ipath = index_path(&self.dir, base);
+        let index_len = self.index_file_len;
+        let index_file = Arc::clone(&self.index_file);
+        let seg = self.active();
+        if seg.base == base {
+            seg.file
+                .set_len(len)
+                .and_then(|()| seg.file.sync())
+                .map_err(|e| Error::io("cut back the segment of", &seg.path, e))?;
+            index_file
+                .set_len(index_len)
+                .and_then(|()| index_file.sync())
+                .map_err(|e| Error::io("cut back the index", &ipath, e))?;
+        }
+        let reopened = Partition::open(
+            Arc::clone(&self.fs),
+            self.id,
+            self.dir.clone(),
+            opts,
+            self.max_read,
+        )?;
+        tracing::warn!(partition = %self.id, dropped_from = reopened.end, dropped_to = self.end,
+            "log partition recovered in place after a failed write or sync");
+        *self = reopened;
+        Ok(())
     }
 
     /// fsyncs the active segment; then appends to its index file the entries kept in memory
@@ -756,7 +831,7 @@ impl Partition {
         }
         let ipath = index_path(&self.dir, base);
         self.index_file
-            .write_all_at(&bytes, self.index_file_len)
+            .write_at(&bytes, self.index_file_len)
             .map_err(|e| Error::io("write index", &ipath, e))?;
         self.index_file
             .sync_data()
@@ -796,7 +871,7 @@ impl Partition {
             let seg_end = segs.peek().map(|(b, _)| **b).unwrap_or(self.end);
             let (mut pos, mut expect, mut from_index) = seg.seek_point(target);
             loop {
-                let mut reader = FrameReader::new(&seg.file, pos, seg.len, self.max_read);
+                let mut reader = FrameReader::new(seg.file.as_ref(), pos, seg.len, self.max_read);
                 // Whether a frame has confirmed the seek point.
                 let mut confirmed = false;
                 let failure = loop {
@@ -869,10 +944,11 @@ impl Partition {
                 break;
             }
             if let Some(seg) = self.segments.remove(&base) {
-                fs::remove_file(&seg.path)
+                self.fs
+                    .remove_file(&seg.path)
                     .map_err(|e| Error::io("remove segment", &seg.path, e))?;
                 let ipath = index_path(&self.dir, base);
-                match fs::remove_file(&ipath) {
+                match self.fs.remove_file(&ipath) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(Error::io("remove index", &ipath, e)),
@@ -881,7 +957,7 @@ impl Partition {
             }
         }
         if removed {
-            storage::sync_dir(&self.dir)?;
+            storage::sync_dir(self.fs.as_ref(), &self.dir)?;
             tracing::info!(partition = %self.id, start = self.start(), "log retention removed segments");
         }
         Ok(self.start())
@@ -889,23 +965,19 @@ impl Partition {
 }
 
 /// Creates an empty segment file with its header, fsynced.
-fn create_segment(dir: &Path, base: u64) -> Result<Segment> {
+fn create_segment(fs: &dyn FileSystem, dir: &Path, base: u64) -> Result<Segment> {
     let path = segment_path(dir, base);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
+    let file = fs
+        .open(&path, OpenMode::Truncate)
         .map_err(|e| Error::io("create segment", &path, e))?;
     let mut header = [0u8; SEGMENT_HEADER as usize];
     header[..8].copy_from_slice(SEGMENT_MAGIC);
     header[8..].copy_from_slice(&base.to_le_bytes());
-    file.write_all_at(&header, 0)
+    file.write_at(&header, 0)
         .map_err(|e| Error::io("write segment header", &path, e))?;
-    file.sync_all()
+    file.sync()
         .map_err(|e| Error::io("fsync segment", &path, e))?;
-    storage::sync_dir(dir)?;
+    storage::sync_dir(fs, dir)?;
     Ok(Segment {
         base,
         path,
@@ -917,8 +989,7 @@ fn create_segment(dir: &Path, base: u64) -> Result<Segment> {
 
 fn check_header(id: PartitionId, seg: &Segment) -> Result<()> {
     let mut header = [0u8; SEGMENT_HEADER as usize];
-    seg.file
-        .read_exact_at(&mut header, 0)
+    read_exact_at(seg.file.as_ref(), &mut header, 0)
         .map_err(|e| Error::io("read segment header", &seg.path, e))?;
     if &header[..8] != SEGMENT_MAGIC {
         return Err(corrupt(id, seg.base, &seg.path, "bad segment magic"));
@@ -942,11 +1013,10 @@ fn check_header(id: PartitionId, seg: &Segment) -> Result<()> {
 
 /// True when the file's first `len` bytes (`len` at least a segment header) are all zero: the
 /// file was created, and perhaps extended, but none of what was written to it reached the disk.
-fn zero_filled(file: &File, path: &Path, len: u64) -> Result<bool> {
+fn zero_filled(file: &dyn FileHandle, path: &Path, len: u64) -> Result<bool> {
     // The header alone first: for any segment that was created whole, the check ends here.
     let mut header = [0u8; SEGMENT_HEADER as usize];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|e| Error::io("read segment header", path, e))?;
+    read_exact_at(file, &mut header, 0).map_err(|e| Error::io("read segment header", path, e))?;
     if header.iter().any(|&b| b != 0) {
         return Ok(false);
     }
@@ -955,8 +1025,7 @@ fn zero_filled(file: &File, path: &Path, len: u64) -> Result<bool> {
     while at < len {
         let n = (len - at).min(buf.len() as u64) as usize;
         let chunk = &mut buf[..n];
-        file.read_exact_at(chunk, at)
-            .map_err(|e| Error::io("read segment", path, e))?;
+        read_exact_at(file, chunk, at).map_err(|e| Error::io("read segment", path, e))?;
         if chunk.iter().any(|&b| b != 0) {
             return Ok(false);
         }
@@ -985,19 +1054,24 @@ fn index_read_limit(seg_len: u64) -> u64 {
 
 /// Reads at most `limit` bytes of the index file at `path`; returns them and whether the
 /// file was read to its end. `None` when it cannot be read at all.
-fn read_index_file(path: &Path, limit: u64) -> Option<(Vec<u8>, bool)> {
-    use std::io::Read;
-    let file = File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    let mut bytes = Vec::with_capacity(len.min(limit) as usize);
-    file.take(limit).read_to_end(&mut bytes).ok()?;
+fn read_index_file(fs: &dyn FileSystem, path: &Path, limit: u64) -> Option<(Vec<u8>, bool)> {
+    let file = fs.open(path, OpenMode::Read).ok()?;
+    let len = file.len().ok()?;
+    let mut bytes = vec![0u8; len.min(limit) as usize];
+    read_exact_at(file.as_ref(), &mut bytes, 0).ok()?;
     Some((bytes, len <= limit))
 }
 
 /// Loads the index file of a segment. Entries are verified again on use.
-fn load_index(dir: &Path, base: u64, seg_len: u64, max_rel: Option<u64>) -> LoadedIndex {
+fn load_index(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base: u64,
+    seg_len: u64,
+    max_rel: Option<u64>,
+) -> LoadedIndex {
     let ipath = index_path(dir, base);
-    let (bytes, whole) = read_index_file(&ipath, index_read_limit(seg_len)).unwrap_or_default();
+    let (bytes, whole) = read_index_file(fs, &ipath, index_read_limit(seg_len)).unwrap_or_default();
     let read = whole;
     let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY);
     let mut beyond = None;
@@ -1030,7 +1104,7 @@ fn load_index(dir: &Path, base: u64, seg_len: u64, max_rel: Option<u64>) -> Load
 
 /// True when the frame at `entry` stores the offset the entry claims.
 fn entry_matches(seg: &Segment, entry: IndexEntry, max_read: u32) -> bool {
-    let mut r = FrameReader::new(&seg.file, u64::from(entry.pos), seg.len, max_read);
+    let mut r = FrameReader::new(seg.file.as_ref(), u64::from(entry.pos), seg.len, max_read);
     matches!(r.next(), Ok(Next::Frame { offset, .. }) if offset == seg.base + u64::from(entry.rel))
 }
 
@@ -1052,7 +1126,7 @@ fn scan_frames(
     max_read: u32,
     index_interval_bytes: u32,
 ) -> std::io::Result<ScanEnd> {
-    let mut reader = FrameReader::new(&seg.file, pos, limit, max_read);
+    let mut reader = FrameReader::new(seg.file.as_ref(), pos, limit, max_read);
     let mut expect = offset;
     let mut end_pos = pos;
     let mut since = 0u64;
@@ -1094,15 +1168,16 @@ fn scan_frames(
     })
 }
 
-fn write_index(dir: &Path, base: u64, index: &[IndexEntry]) -> Result<()> {
+fn write_index(fs: &dyn FileSystem, dir: &Path, base: u64, index: &[IndexEntry]) -> Result<()> {
     let mut bytes = Vec::with_capacity(index.len() * INDEX_ENTRY);
     for e in index {
         e.encode(&mut bytes);
     }
-    storage::write_atomic(&index_path(dir, base), &bytes)
+    storage::write_atomic(fs, &index_path(dir, base), &bytes)
 }
 
 fn open_sealed(
+    fs: &dyn FileSystem,
     id: PartitionId,
     dir: &Path,
     base: u64,
@@ -1111,11 +1186,12 @@ fn open_sealed(
     index_interval_bytes: u32,
 ) -> Result<Segment> {
     let path = segment_path(dir, base);
-    let file = File::open(&path).map_err(|e| Error::io("open segment", &path, e))?;
+    let file = fs
+        .open(&path, OpenMode::Read)
+        .map_err(|e| Error::io("open segment", &path, e))?;
     let len = file
-        .metadata()
-        .map_err(|e| Error::io("stat segment", &path, e))?
-        .len();
+        .len()
+        .map_err(|e| Error::io("stat segment", &path, e))?;
     let max_rel = next_base.map(|n| n - base);
     let mut seg = Segment {
         base,
@@ -1133,7 +1209,7 @@ fn open_sealed(
         ));
     }
     check_header(id, &seg)?;
-    seg.index = load_index(dir, base, len, max_rel).entries;
+    seg.index = load_index(fs, dir, base, len, max_rel).entries;
     let trusted = match seg.index.last() {
         None => true,
         // The final sync mark: the end of the segment, where the next segment's offsets start.
@@ -1164,7 +1240,7 @@ fn open_sealed(
             };
             push_entry(&mut seg.index, mark);
         }
-        write_index(dir, base, &seg.index)?;
+        write_index(fs, dir, base, &seg.index)?;
         tracing::warn!(partition = %id, base, "rebuilt a missing or stale segment index");
     }
     Ok(seg)
@@ -1175,12 +1251,13 @@ fn open_sealed(
 /// exactly the segment's in-memory index.
 /// The base offsets of the segment files in a partition directory (`<20 digits>.log`), in
 /// no particular order.
-fn segment_bases(dir: &Path) -> Result<Vec<u64>> {
+fn segment_bases(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| Error::io("list partition directory", dir, e))? {
-        let entry = entry.map_err(|e| Error::io("list partition directory", dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+    let entries = fs
+        .list(dir)
+        .map_err(|e| Error::io("list partition directory", dir, e))?;
+    for entry in entries {
+        let name = entry.file_name().unwrap_or_default().to_string_lossy();
         if let Some(stem) = name.strip_suffix(".log") {
             if stem.len() == 20 {
                 if let Ok(base) = stem.parse::<u64>() {
@@ -1230,23 +1307,18 @@ fn repair_tail(
     seg.len = end.pos;
     if end.bad.is_some() || end.pos > start_pos {
         seg.file
-            .sync_all()
+            .sync()
             .map_err(|e| Error::io("fsync segment", &seg.path, e))?;
     }
     Ok(())
 }
 
 /// Opens a segment file for reading and writing, with its length.
-fn open_segment_rw(path: &Path) -> Result<(File, u64)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
+fn open_segment_rw(fs: &dyn FileSystem, path: &Path) -> Result<(Arc<dyn FileHandle>, u64)> {
+    let file = fs
+        .open(path, OpenMode::ReadWrite)
         .map_err(|e| Error::io("open segment", path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("stat segment", path, e))?
-        .len();
+    let len = file.len().map_err(|e| Error::io("stat segment", path, e))?;
     Ok((file, len))
 }
 
@@ -1265,7 +1337,13 @@ fn mark_end(seg: &mut Segment, end: &ScanEnd) -> u64 {
     end.bytes_since_index
 }
 
+/// True when a segment file of `len` bytes is shorter than its header or all zeros.
+fn header_torn(file: &dyn FileHandle, path: &Path, len: u64) -> Result<bool> {
+    Ok(len < SEGMENT_HEADER || zero_filled(file, path, len)?)
+}
+
 fn recover_active(
+    fs: &dyn FileSystem,
     id: PartitionId,
     dir: &Path,
     base: u64,
@@ -1273,30 +1351,25 @@ fn recover_active(
     index_interval_bytes: u32,
 ) -> Result<(Segment, u64, u64)> {
     let path = segment_path(dir, base);
-    let (file, file_len) = open_segment_rw(&path)?;
+    let (file, file_len) = open_segment_rw(fs, &path)?;
     let LoadedIndex {
         entries,
         beyond,
         clean,
-    } = load_index(dir, base, file_len, None);
+    } = load_index(fs, dir, base, file_len, None);
     let no_synced_data = entries.is_empty() && beyond.is_none();
-    if no_synced_data && (file_len < SEGMENT_HEADER || zero_filled(&file, &path, file_len)?) {
+    if no_synced_data && header_torn(file.as_ref(), &path, file_len)? {
         // The crash came while the segment was being created, before any record: its header
-        // never reached the disk (the file is short, or all zeros).
+        // never reached the disk.
         drop(file);
         tracing::warn!(partition = %id, base, file_len, "recreating a segment whose header was torn");
-        let seg = create_segment(dir, base)?;
-        write_index(dir, base, &[])?;
+        let seg = create_segment(fs, dir, base)?;
+        write_index(fs, dir, base, &[])?;
         return Ok((seg, base, 0));
     }
     if file_len < SEGMENT_HEADER {
-        let why = format!("the segment is {file_len} bytes, shorter than its header");
-        return Err(corrupt(
-            id,
-            base,
-            &path,
-            why + ", but its index names synced data",
-        ));
+        let why = format!("the segment is {file_len} bytes, shorter than its header, but its index names synced data");
+        return Err(corrupt(id, base, &path, why));
     }
     let mut seg = Segment {
         base,
@@ -1341,7 +1414,7 @@ fn recover_active(
     repair_tail(id, &mut seg, &end, file_len, start_pos)?;
     let bytes_since_index = mark_end(&mut seg, &end);
     if !clean || dropped_entries || seg.index.len() != loaded {
-        write_index(dir, base, &seg.index)?;
+        write_index(fs, dir, base, &seg.index)?;
     }
     Ok((seg, end.next_offset, bytes_since_index))
 }

@@ -6,8 +6,10 @@
 //! from the job's fence for as long as it runs, taken before the write starts. So does every
 //! task actor, for its whole life (taken before it is handed to its arbiter): a task writes
 //! its sink's output, and a sink's recovery deletes pending files it does not know. When the
-//! job ends, the job master closes the fence (nothing starts after that: taking a permit
-//! fails) and waits until every permit is dropped before it reports the end.
+//! job ends, the job master (or the job root) closes the fence (nothing starts after that:
+//! taking a permit fails) and the root waits until every permit is dropped before it reports
+//! the end. The root also waits for the fence to drain, without closing it, before it
+//! restarts a master that died: nothing of the dead incarnation outlives the restore.
 //!
 //! **Invariant:** once a job's `wait()` has returned, no write of that job can land in its
 //! checkpoint storage and none of its task actors is alive, so a job started on the same

@@ -8,8 +8,11 @@
 //!
 //! Every task (one parallel instance of a vertex) is one actix actor ([`task`](self) module docs
 //! give its contract). Records travel in batches over bounded channels; barriers and
-//! end-of-input travel in-band on the same channels; the job master triggers checkpoints at the
-//! sources, collects acks, writes the manifest and notifies every task.
+//! end-of-input travel in-band on the same channels. The checkpoint coordinator actor triggers
+//! checkpoints, collects the acks the job master relays and writes the manifest; the master
+//! (the job's supervisor) relays triggers to the sources, tells every task a checkpoint
+//! completed, and restarts what failed; the job root above it holds what the `JobHandle` needs
+//! and restarts the master if it dies.
 
 mod channel;
 mod config;

@@ -9,19 +9,24 @@
 //! torn or corrupted one and never decodes bad bytes. Names that reach the file system are
 //! checked by [`validate_name`].
 //!
+//! Every helper takes the [`FileSystem`] to act on: [`StdFs`] in production, a
+//! [`SimDisk`](sim::SimDisk) in crash tests. Nothing that must survive a crash touches
+//! `std::fs` outside [`fs`].
+//!
 //! Media assumptions (the same as most embedded stores): a `rename` within one directory is
 //! atomic, an `fsync` that returns success means the file's bytes are durable, and an `fsync`
 //! of a directory makes the entries created or renamed in it durable. A write that was not
 //! followed by a successful fsync may be lost, torn, or reordered with other unsynced writes.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
 mod direct;
+pub mod fs;
+pub mod sim;
 pub(crate) use direct::{write_enveloped_direct, AlignedBuf};
+pub use fs::{FileHandle, FileSystem, OpenMode, StdFs};
 
 /// Size of the envelope header: magic (8) + payload length (8) + CRC32C (4).
 pub(crate) const ENVELOPE_HEADER: usize = 20;
@@ -102,9 +107,9 @@ pub(crate) fn decode_envelope<'a>(
 /// Replaces `path` with `bytes` so that after a crash the file holds either its old content or
 /// the new one, never a mix: write `path.tmp`, fsync it, rename it over `path`, fsync the
 /// directory. Returns only once the new content is durable.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_renamed(path, &[bytes])?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+pub(crate) fn write_atomic(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
+    write_renamed(fs, path, &[bytes])?;
+    sync_dir(fs, path.parent().unwrap_or(Path::new(".")))
 }
 
 /// The first three steps of [`write_atomic`], for the concatenation of `parts` (written one
@@ -113,29 +118,45 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// anything that depends on the new entry is made durable: this lets several files of one
 /// directory share a single directory fsync (a checkpoint's state files, synced once before
 /// the manifest that names them is written).
-pub(crate) fn write_renamed(path: &Path, parts: &[&[u8]]) -> Result<()> {
+pub(crate) fn write_renamed(fs: &dyn FileSystem, path: &Path, parts: &[&[u8]]) -> Result<()> {
     let tmp = temp_path(path)?;
     {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+        let f = fs
+            .open(&tmp, OpenMode::Truncate)
             .map_err(|e| Error::io("create temp file", &tmp, e))?;
-        // Small parts (headers between large ones) are gathered; parts larger than the buffer
-        // go straight to the file.
-        let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
+        // Small parts (headers between large ones) are gathered into one write; parts larger
+        // than the buffer go straight to the file.
+        const GATHER: usize = 64 << 10;
+        let mut pos = 0u64;
+        let mut buf: Vec<u8> = Vec::new();
+        let flush = |buf: &mut Vec<u8>, pos: &mut u64| -> Result<()> {
+            if !buf.is_empty() {
+                f.write_at(buf, *pos)
+                    .map_err(|e| Error::io("write temp file", &tmp, e))?;
+                *pos += buf.len() as u64;
+                buf.clear();
+            }
+            Ok(())
+        };
         for part in parts {
-            w.write_all(part)
-                .map_err(|e| Error::io("write temp file", &tmp, e))?;
+            if part.len() >= GATHER {
+                flush(&mut buf, &mut pos)?;
+                f.write_at(part, pos)
+                    .map_err(|e| Error::io("write temp file", &tmp, e))?;
+                pos += part.len() as u64;
+            } else {
+                if buf.len() + part.len() > GATHER {
+                    flush(&mut buf, &mut pos)?;
+                }
+                buf.extend_from_slice(part);
+            }
         }
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::io("write temp file", &tmp, e.into_error()))?;
-        f.sync_all()
+        flush(&mut buf, &mut pos)?;
+        f.sync()
             .map_err(|e| Error::io("fsync temp file", &tmp, e))?;
     }
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename temp file over", path, e))
+    fs.rename(&tmp, path)
+        .map_err(|e| Error::io("rename temp file over", path, e))
 }
 
 /// The temp file a write of `path` goes through: `path.tmp`, in the same directory.
@@ -149,9 +170,8 @@ fn temp_path(path: &Path) -> Result<std::path::PathBuf> {
 }
 
 /// Makes the directory entries of `dir` (files created, renamed or removed in it) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
-    d.sync_all()
+pub(crate) fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
@@ -159,30 +179,30 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// the first missing ancestor, each directory is created and then its parent is fsynced (the
 /// existing ancestor for the first one, the directory just created for the next), so after a
 /// crash no created level can be missing while a deeper one was reported durable.
-pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
+pub(crate) fn create_dir_durable(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    if fs.is_dir(dir) {
         return Ok(());
     }
     // The missing directories, deepest first. An empty path is the current directory.
     let mut missing = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur {
-        if d.as_os_str().is_empty() || d.is_dir() {
+        if d.as_os_str().is_empty() || fs.is_dir(d) {
             break;
         }
         missing.push(d);
         cur = d.parent();
     }
     for d in missing.into_iter().rev() {
-        match fs::create_dir(d) {
+        match fs.create_dir(d) {
             Ok(()) => {}
             // Created meanwhile by someone else: still sync its parent below, it costs little.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && fs.is_dir(d) => {}
             Err(e) => return Err(Error::io("create directory", d, e)),
         }
         match d.parent() {
-            Some(p) if p.as_os_str().is_empty() => sync_dir(Path::new("."))?,
-            Some(p) => sync_dir(p)?,
+            Some(p) if p.as_os_str().is_empty() => sync_dir(fs, Path::new("."))?,
+            Some(p) => sync_dir(fs, p)?,
             None => {}
         }
     }
@@ -191,17 +211,21 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
 
 /// Reads a whole file, refusing files larger than `max_bytes` before reading them.
 pub(crate) fn read_bounded(
+    fs: &dyn FileSystem,
     path: &Path,
     max_bytes: u64,
 ) -> Result<std::result::Result<Vec<u8>, String>> {
-    let meta = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
-    if meta.len() > max_bytes {
+    let f = fs
+        .open(path, OpenMode::Read)
+        .map_err(|e| Error::io("open", path, e))?;
+    let len = f.len().map_err(|e| Error::io("stat", path, e))?;
+    if len > max_bytes {
         return Ok(Err(format!(
-            "file is {} bytes, above the limit of {max_bytes}",
-            meta.len()
+            "file is {len} bytes, above the limit of {max_bytes}"
         )));
     }
-    let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let mut bytes = vec![0u8; len as usize];
+    fs::read_exact_at(f.as_ref(), &mut bytes, 0).map_err(|e| Error::io("read", path, e))?;
     Ok(Ok(bytes))
 }
 
@@ -307,16 +331,16 @@ mod tests {
     fn create_dir_durable_creates_every_missing_level() {
         let dir = tempfile::tempdir().expect("tempdir");
         let deep = dir.path().join("a").join("b").join("c");
-        create_dir_durable(&deep).expect("create three levels");
+        create_dir_durable(&StdFs, &deep).expect("create three levels");
         assert!(deep.is_dir());
-        create_dir_durable(&deep).expect("an existing directory is fine");
+        create_dir_durable(&StdFs, &deep).expect("an existing directory is fine");
         let sibling = dir.path().join("a").join("d");
-        create_dir_durable(&sibling).expect("create one level under an existing one");
+        create_dir_durable(&StdFs, &sibling).expect("create one level under an existing one");
         assert!(sibling.is_dir());
         let file = dir.path().join("f");
-        fs::write(&file, b"x").expect("write");
+        std::fs::write(&file, b"x").expect("write");
         assert!(
-            create_dir_durable(&file.join("g")).is_err(),
+            create_dir_durable(&StdFs, &file.join("g")).is_err(),
             "a file in the way is an error"
         );
     }
@@ -325,10 +349,10 @@ mod tests {
     fn write_atomic_replaces_content_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("f");
-        write_atomic(&p, b"one").expect("write");
-        write_atomic(&p, b"two").expect("rewrite");
-        assert_eq!(fs::read(&p).expect("read"), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path())
+        write_atomic(&StdFs, &p, b"one").expect("write");
+        write_atomic(&StdFs, &p, b"two").expect("rewrite");
+        assert_eq!(std::fs::read(&p).expect("read"), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
             .expect("list")
             .map(|e| e.expect("entry").file_name())
             .collect();
