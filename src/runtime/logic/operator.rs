@@ -1,0 +1,95 @@
+//! The logic of a non-keyed operator task ([`OperatorLogic`]): an [`Operator`] with operator
+//! state, its failed records contained and routed.
+
+use std::any::Any;
+
+use super::dead_letter::{contained, route_failure, DeadLetterSpec};
+use super::shared::{collector, downcast, operator_capture, Capture, LogicParams, TaskLogic};
+use crate::checkpoint::CheckpointId;
+use crate::error::Result;
+use crate::runtime::channel::{Collector, Envelope, Origin};
+use crate::runtime::operator::{Data, Operator, OperatorContext, TaskInfo};
+use crate::state::OperatorStateBackend;
+
+/// The context a non-keyed operator's callbacks get, borrowing only the fields it needs (a
+/// macro, so that `self.op` and `self.out` stay free to borrow beside it).
+macro_rules! op_ctx {
+    ($s:ident) => {
+        OperatorContext {
+            info: &$s.info,
+            state: &mut $s.state,
+        }
+    };
+}
+
+/// A non-keyed operator task.
+pub(crate) struct OperatorLogic<I, O, Op> {
+    op: Op,
+    dead_letter: Option<DeadLetterSpec<I>>,
+    info: TaskInfo,
+    state: OperatorStateBackend,
+    out: Collector<O>,
+    _i: std::marker::PhantomData<fn(I)>,
+}
+
+impl<I: Data, O: Data, Op: Operator<I, O>> OperatorLogic<I, O, Op> {
+    pub(crate) fn new(
+        op: Op,
+        dead_letter: Option<DeadLetterSpec<I>>,
+        p: LogicParams,
+    ) -> Result<Self> {
+        Ok(OperatorLogic {
+            dead_letter,
+            out: collector(&p.outputs, p.batch_size, p.info.max_parallelism)?,
+            state: OperatorStateBackend::restored(p.restore.operator),
+            info: p.info,
+            op,
+            _i: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op> {
+    fn open(&mut self) -> Result<()> {
+        self.op.open(&mut op_ctx!(self))
+    }
+
+    fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
+        let mut ctx = op_ctx!(self);
+        for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
+            let kept = self.dead_letter.as_ref().map(|_| r.clone());
+            let (op, out) = (&mut self.op, &mut self.out);
+            if let Err(e) = contained(|| op.process(r, &mut ctx, out)) {
+                route_failure(
+                    self.dead_letter.as_ref(),
+                    &ctx.info.task,
+                    kept,
+                    e,
+                    origin,
+                    i,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn end_of_input(&mut self) -> Result<()> {
+        self.op.end_of_input(&mut op_ctx!(self), &mut self.out)
+    }
+
+    fn capture(&mut self, _checkpoint: CheckpointId) -> Result<Capture> {
+        operator_capture(&self.state)
+    }
+
+    fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        self.op.checkpoint_complete(checkpoint, &mut op_ctx!(self))
+    }
+
+    fn drain(&mut self, all: bool, out: &mut Vec<(usize, Envelope)>) {
+        self.out.drain(all, out);
+    }
+
+    fn has_buffered(&self) -> bool {
+        self.out.has_buffered()
+    }
+}
