@@ -1,0 +1,154 @@
+//! The backend's core: [`KeyedStateBackend`] itself, its current key, and the registration
+//! of states (a table each).
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use super::kinds::{StateKey, StateKind};
+use super::map::StateMap;
+use super::slots::BufferPool;
+use super::snapshot::Pending;
+use super::table::{ErasedTable, Table};
+use crate::error::{Error, Result};
+use crate::state::key_group::{key_group_for, KeyGroup, KeyGroupRange};
+use crate::state::value::StateValue;
+
+pub(super) struct Current<K> {
+    pub(super) key: K,
+    pub(super) gi: usize,
+}
+
+static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The keyed state of one task. See the module documentation.
+pub struct KeyedStateBackend<K: StateKey> {
+    pub(super) id: u64,
+    pub(super) range: KeyGroupRange,
+    pub(super) max_parallelism: u32,
+    pub(super) tables: Vec<Box<dyn ErasedTable<K>>>,
+    pub(super) by_name: HashMap<String, usize>,
+    pub(super) current: Option<Current<K>>,
+    pub(super) pending: HashMap<String, Pending>,
+}
+
+impl<K: StateKey> fmt::Debug for KeyedStateBackend<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedStateBackend")
+            .field("range", &self.range)
+            .field("max_parallelism", &self.max_parallelism)
+            .field("states", &self.by_name.keys().collect::<Vec<_>>())
+            .field("entries", &self.entries())
+            .finish()
+    }
+}
+
+impl<K: StateKey> KeyedStateBackend<K> {
+    /// An empty backend for the key groups `range` of a vertex with `max_parallelism` groups.
+    pub fn new(range: KeyGroupRange, max_parallelism: u32) -> Result<KeyedStateBackend<K>> {
+        let all = KeyGroupRange::all(max_parallelism)?;
+        if range.start > range.end || range.end > all.end {
+            return Err(Error::Config(format!(
+                "key group range {range} is not within {all}"
+            )));
+        }
+        Ok(KeyedStateBackend {
+            id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
+            range,
+            max_parallelism,
+            tables: Vec::new(),
+            by_name: HashMap::new(),
+            current: None,
+            pending: HashMap::new(),
+        })
+    }
+
+    /// The key groups this backend owns.
+    pub fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    /// The number of key groups of the vertex.
+    pub fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    /// Sets the key that state handles read and write, and returns its key group.
+    pub fn set_current_key(&mut self, key: K) -> Result<KeyGroup> {
+        let kg = key_group_for(&key, self.max_parallelism);
+        if !self.range.contains(kg) {
+            return Err(Error::KeyGroupNotOwned {
+                key_group: kg,
+                range: self.range,
+            });
+        }
+        self.current = Some(Current {
+            key,
+            gi: usize::from(kg.0 - self.range.start),
+        });
+        Ok(kg)
+    }
+
+    /// The current key, if one is set.
+    pub fn current_key(&self) -> Option<&K> {
+        self.current.as_ref().map(|c| &c.key)
+    }
+
+    /// The number of (state, key) entries held.
+    pub fn entries(&self) -> usize {
+        self.tables.iter().map(|t| t.entries()).sum()
+    }
+
+    pub(super) fn register<T: StateValue>(&mut self, name: &str, kind: StateKind) -> Result<usize> {
+        let requested = || format!("{kind:?} of {}", std::any::type_name::<T>());
+        if let Some(&id) = self.by_name.get(name) {
+            let t = &self.tables[id];
+            let (tid, tname) = t.value_type();
+            if t.kind() != kind || tid != TypeId::of::<T>() {
+                return Err(Error::StateTypeMismatch {
+                    name: name.to_string(),
+                    existing: format!("{:?} of {tname}", t.kind()),
+                    requested: requested(),
+                });
+            }
+            return Ok(id);
+        }
+        let mut table: Table<K, T> = Table {
+            name: name.to_string(),
+            kind,
+            groups: (0..self.range.len())
+                .map(|_| Arc::new(StateMap::default()))
+                .collect(),
+            capture: Weak::new(),
+            captured: vec![false; self.range.len()],
+            pool: BufferPool::default(),
+        };
+        if let Some(pending) = self.pending.get(name) {
+            for (gi, kg, stored_kind, data) in pending {
+                if *stored_kind != kind {
+                    return Err(Error::StateTypeMismatch {
+                        name: name.to_string(),
+                        existing: format!("{stored_kind:?} (in the restored snapshot)"),
+                        requested: requested(),
+                    });
+                }
+                table.restore_group(*gi, *kg, data, None)?;
+            }
+            self.pending.remove(name);
+        }
+        self.tables.push(Box::new(table));
+        self.by_name.insert(name.to_string(), self.tables.len() - 1);
+        Ok(self.tables.len() - 1)
+    }
+
+    /// Drops every entry of every state, and any restored bytes not yet registered.
+    pub fn clear(&mut self) {
+        for t in &mut self.tables {
+            t.clear();
+        }
+        self.pending.clear();
+        self.current = None;
+    }
+}
