@@ -44,7 +44,9 @@ impl<T> Clone for DeadLetterSpec<T> {
     }
 }
 
-/// Runs user code for one record inside a panic boundary.
+/// Runs user code for one record inside a panic boundary. Inlined: it wraps every record of
+/// the hot path, and it lives in another module (another codegen unit) than its callers.
+#[inline]
 pub(super) fn contained(f: impl FnOnce() -> Result<()>) -> Result<()> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,

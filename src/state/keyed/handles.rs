@@ -141,6 +141,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
         })
     }
 
+    #[inline]
     fn check_handle(&self, backend: u64, id: usize) -> Result<()> {
         if backend != self.id || id >= self.tables.len() {
             return Err(Error::Config(
@@ -151,6 +152,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
     }
 
     /// The whole table of a handle, every owned key group of it.
+    #[inline]
     fn table<T: StateValue>(&self, backend: u64, id: usize) -> Result<&Table<K, T>> {
         self.check_handle(backend, id)?;
         self.tables[id]
@@ -159,6 +161,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
             .ok_or_else(|| Error::Config("state handle type does not match its state".into()))
     }
 
+    #[inline]
     fn slot<T: StateValue>(&self, backend: u64, id: usize) -> Result<(&StateMap<K, T>, &K)> {
         let table = self.table::<T>(backend, id)?;
         let cur = self.current.as_ref().ok_or_else(|| Error::NoCurrentKey {
@@ -167,6 +170,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
         Ok((&*table.groups[cur.gi], &cur.key))
     }
 
+    #[inline]
     fn slot_mut<T: StateValue>(
         &mut self,
         backend: u64,
