@@ -138,14 +138,16 @@ fn run_chaos(seed: u64, monkey: ChaosMonkey, threads: Threads) -> (JobReport, (u
     (report, check_updates(&out, n, keys))
 }
 
-#[test]
-fn randomized_kill_schedules_lose_and_duplicate_nothing() {
-    let mut kills = 0;
-    let seeds = seed_range();
-    for seed in seeds.clone() {
-        let monkey = ChaosMonkey::new(seed)
+/// Runs the 3-stage chaos job under every seed of [`seed_range`] with a monkey killing 4 times
+/// at random intervals, its kinds of kill extended by `extra`, alternating the threading; every
+/// run must give the exact output. Returns the reports.
+fn randomized_runs(extra: &[Kill]) -> Vec<JobReport> {
+    let mut reports = Vec::new();
+    for seed in seed_range() {
+        let mut monkey = ChaosMonkey::new(seed)
             .random_interval(Duration::from_millis(5), Duration::from_millis(25))
             .max_kills(4);
+        monkey.kills.extend_from_slice(extra);
         let threads = if seed % 2 == 0 {
             Threads::Arbiters(2)
         } else {
@@ -158,8 +160,15 @@ fn randomized_kill_schedules_lose_and_duplicate_nothing() {
             "seed {seed} (rerun with SNAPFLOW_CHAOS_SEED={seed}): events {:?}",
             report.events
         );
-        kills += report.kills;
+        reports.push(report);
     }
+    reports
+}
+
+#[test]
+fn randomized_kill_schedules_lose_and_duplicate_nothing() {
+    let seeds = seed_range();
+    let kills: u32 = randomized_runs(&[]).iter().map(|r| r.kills).sum();
     assert!(
         u64::from(kills) >= seeds.end - seeds.start,
         "only {kills} kills over {seeds:?}"
@@ -168,28 +177,9 @@ fn randomized_kill_schedules_lose_and_duplicate_nothing() {
 
 #[test]
 fn randomized_kill_schedules_that_also_kill_the_job_supervisor_lose_and_duplicate_nothing() {
-    let mut supervisor_restarts = 0;
     let seeds = seed_range();
-    for seed in seeds.clone() {
-        let mut monkey = ChaosMonkey::new(seed)
-            .random_interval(Duration::from_millis(5), Duration::from_millis(25))
-            .max_kills(4);
-        monkey.kills.push(Kill::JobSupervisor);
-        monkey.kills.push(Kill::JobSupervisor);
-        let threads = if seed % 2 == 0 {
-            Threads::Arbiters(2)
-        } else {
-            Threads::Current
-        };
-        let (report, (records, lost, duplicated)) = run_chaos(seed, monkey, threads);
-        assert_eq!(
-            (records, lost, duplicated),
-            (12_000, 0, 0),
-            "seed {seed} (rerun with SNAPFLOW_CHAOS_SEED={seed}): events {:?}",
-            report.events
-        );
-        supervisor_restarts += report.supervisor_restarts;
-    }
+    let reports = randomized_runs(&[Kill::JobSupervisor, Kill::JobSupervisor]);
+    let supervisor_restarts: u32 = reports.iter().map(|r| r.supervisor_restarts).sum();
     assert!(
         u64::from(supervisor_restarts) * 4 >= seeds.end - seeds.start,
         "only {supervisor_restarts} supervisor restarts over {seeds:?}"

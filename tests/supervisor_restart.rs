@@ -33,6 +33,34 @@ fn supervisor_kills(events: &[JobEvent]) -> usize {
         .count()
 }
 
+/// Starts `job` with an event tap.
+async fn start(job: JobBuilder) -> (JobHandle, Events) {
+    let (tap, events) = Events::tap();
+    job.events(tap);
+    (
+        job.build().expect("build").start().await.expect("start"),
+        events,
+    )
+}
+
+async fn until_supervisor_restarts(events: &mut Events) {
+    events
+        .until("the supervisor's restart", |e| {
+            matches!(e, JobEvent::SupervisorRestarting { .. })
+        })
+        .await;
+}
+
+/// Waits for the supervisor's restart, then for the job restored by the new supervisor.
+async fn until_restarted_and_restored(events: &mut Events) {
+    until_supervisor_restarts(events).await;
+    events
+        .until("the job restored by the new supervisor", |e| {
+            matches!(e, JobEvent::Started { .. })
+        })
+        .await;
+}
+
 /// The committed output of a job stopped before its input ended: for every key, the running
 /// counts 1..=m seen exactly once each (a prefix of the full fold, nothing lost or doubled).
 /// Returns the records in it.
@@ -72,19 +100,8 @@ async fn killing_the_job_supervisor_mid_run_ends_with_exactly_once_output_and_a_
         Stage::new(100),
     );
     job.chaos(supervisor_monkey(Duration::from_millis(60), 2));
-    let (tap, mut events) = Events::tap();
-    job.events(tap);
-    let handle = job.build().expect("build").start().await.expect("start");
-    events
-        .until("the supervisor's restart", |e| {
-            matches!(e, JobEvent::SupervisorRestarting { .. })
-        })
-        .await;
-    events
-        .until("the job restored by the new supervisor", |e| {
-            matches!(e, JobEvent::Started { .. })
-        })
-        .await;
+    let (handle, mut events) = start(job).await;
+    until_restarted_and_restored(&mut events).await;
     // The handle still reaches the job: its metrics move on, and a checkpoint asked for now
     // is taken by the new supervisor.
     let before = handle.metrics();
@@ -138,19 +155,8 @@ async fn a_stop_after_the_job_supervisor_was_killed_ends_with_a_final_checkpoint
         job
     };
     let job = build(true);
-    let (tap, mut events) = Events::tap();
-    job.events(tap);
-    let handle = job.build().expect("build").start().await.expect("start");
-    events
-        .until("the supervisor's restart", |e| {
-            matches!(e, JobEvent::SupervisorRestarting { .. })
-        })
-        .await;
-    events
-        .until("the job restored by the new supervisor", |e| {
-            matches!(e, JobEvent::Started { .. })
-        })
-        .await;
+    let (handle, mut events) = start(job).await;
+    until_restarted_and_restored(&mut events).await;
     handle.stop();
     let report = tokio::time::timeout(Duration::from_secs(60), handle.wait())
         .await
@@ -196,14 +202,8 @@ async fn a_new_supervisor_restores_only_after_every_write_of_the_dead_one_has_en
         Stage::new(0),
     );
     job.chaos(supervisor_monkey(Duration::from_millis(100), 1));
-    let (tap, mut events) = Events::tap();
-    job.events(tap);
-    let handle = job.build().expect("build").start().await.expect("start");
-    events
-        .until("the supervisor's restart", |e| {
-            matches!(e, JobEvent::SupervisorRestarting { .. })
-        })
-        .await;
+    let (handle, mut events) = start(job).await;
+    until_supervisor_restarts(&mut events).await;
     assert!(
         started.load(Ordering::SeqCst),
         "the slow write had not started before the kill: the test proves nothing"
