@@ -53,6 +53,10 @@ fn main() -> Result<()> {
             delay: Duration::from_millis(5),
             max_attempts: u32::MAX,
         },
+        coordinator_restart: RestartStrategy::FixedDelay {
+            delay: Duration::ZERO,
+            max_attempts: u32::MAX,
+        },
         ..JobConfig::default()
     };
     let out = root.join("out");

@@ -55,7 +55,7 @@ pub mod sink;
 pub mod state;
 pub mod storage;
 pub mod supervision;
-pub mod time;
+pub use runtime::time;
 
 pub use checkpoint::{
     CheckpointId, CheckpointStorage, CompletedCheckpoint, LocalCheckpointStorage, Manifest,
@@ -82,6 +82,9 @@ pub mod prelude {
         FileLog, FileLogOptions, LogOffset, MemoryLog, PartitionId, ReplayableLog, SyncPolicy,
         TypedLog,
     };
+    pub use crate::runtime::time::{
+        TimeDomain, Timestamp, WatermarkStrategy, Window, WindowAssigner,
+    };
     pub use crate::runtime::{
         Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport,
         KeyedContext, KeyedOperator, KeyedStream, LogSource, Operator, OperatorContext, Stream,
@@ -94,7 +97,6 @@ pub mod prelude {
         TaskSnapshot, DEFAULT_MAX_PARALLELISM,
     };
     pub use crate::supervision::RestartStrategy;
-    pub use crate::time::{TimeDomain, Timestamp, WatermarkStrategy, Window, WindowAssigner};
 }
 
 // The README's code is compiled and run as a doctest, so it cannot rot.

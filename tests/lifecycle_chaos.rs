@@ -57,6 +57,10 @@ fn config() -> JobConfig {
             delay: Duration::from_millis(5),
             max_attempts: 10_000,
         },
+        coordinator_restart: RestartStrategy::FixedDelay {
+            delay: Duration::ZERO,
+            max_attempts: u32::MAX,
+        },
         ..JobConfig::default()
     }
 }

@@ -223,3 +223,41 @@ async fn a_full_restart_after_an_escalation_keeps_the_output_exact() {
     );
     assert_eq!(check_updates(&out, n, keys), (n, 0, 0));
 }
+
+#[actix_rt::test]
+async fn a_checkpoint_coordinator_that_keeps_dying_spends_its_own_budget_and_fails_the_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let mut config = chaos_config(Threads::Arbiters(2));
+    config.coordinator_restart = RestartStrategy::FixedDelay {
+        delay: Duration::from_millis(1),
+        max_attempts: 3,
+    };
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(MemoryCheckpointStorage::new("coordinator").expect("storage"));
+    let job = keyed_job(
+        "coordinator",
+        config,
+        storage,
+        counting_log(2_000_000, 10, 2),
+        &out,
+        PassThrough {
+            on_open: Arc::new(|_| Ok(())),
+        },
+    );
+    job.chaos(
+        snapflow::chaos::ChaosMonkey::new(5)
+            .kills(vec![snapflow::chaos::Kill::Coordinator])
+            .every(Duration::from_millis(20)),
+    );
+    let error = common::run_to_end(job)
+        .await
+        .expect_err("the coordinator's budget runs out");
+    match &error {
+        Error::RestartsExhausted { reason, source } => {
+            assert!(reason.contains("checkpoint coordinator"), "{error}");
+            assert!(matches!(**source, Error::ActorGone { .. }), "{error}");
+        }
+        other => panic!("expected RestartsExhausted, got {other}"),
+    }
+}

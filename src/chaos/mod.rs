@@ -10,6 +10,10 @@
 //! is aborted, as if its thread died), or a panic armed for a named [`Moment`] of the
 //! checkpoint protocol, which fires the next time any task (or the coordinator) reaches it.
 //! Every kill is logged with the seed and listed as a [`JobEvent::ChaosKill`](crate::runtime::JobEvent).
+//! Kills count against the restart budgets like real failures: a long chaos run needs budgets
+//! to match ([`JobConfig::restart`](crate::JobConfig::restart) for tasks,
+//! [`coordinator_restart`](crate::JobConfig::coordinator_restart),
+//! [`supervisor_restart`](crate::JobConfig::supervisor_restart)).
 //!
 //! Reproducibility: the schedule and every choice are functions of the seed. With
 //! [`JobConfig::deterministic`](crate::JobConfig) (one thread, no background I/O) and tokio's

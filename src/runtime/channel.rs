@@ -37,7 +37,7 @@ pub(crate) enum Envelope {
     /// Checkpoint barrier: every record before it belongs to epoch `n` or earlier.
     Barrier(CheckpointId),
     /// An event-time watermark status: behind every record sent before it.
-    Watermark(crate::time::WatermarkStatus),
+    Watermark(crate::runtime::time::WatermarkStatus),
     /// The producer will send no more records (a final barrier may still follow).
     End,
 }

@@ -90,6 +90,11 @@ pub struct JobConfig {
     /// and fail with [`Error::RestartsExhausted`](crate::Error). Default:
     /// [`RestartStrategy::default`], at most 10 deaths a minute, restarting after 50 ms.
     pub supervisor_restart: RestartStrategy,
+    /// What the job's supervisor does when the checkpoint coordinator actor dies: start a new
+    /// one (its checkpoint ids continue above every id in the storage; the checkpoint in
+    /// flight is lost), or give up and fail with [`Error::RestartsExhausted`](crate::Error).
+    /// Default: at most 30 deaths a minute, restarting at once.
+    pub coordinator_restart: RestartStrategy,
     /// Event-time sources emit their watermark at most this often.
     pub watermark_interval: Duration,
     /// An event-time source partition with no new record for this long no longer holds the
@@ -128,6 +133,11 @@ impl Default for JobConfig {
                 max_attempts: 3,
             },
             supervisor_restart: RestartStrategy::default(),
+            coordinator_restart: RestartStrategy::FailureRate {
+                max_failures: 30,
+                window: Duration::from_secs(60),
+                delay: Duration::ZERO,
+            },
             watermark_interval: Duration::from_millis(10),
             idle_timeout: Duration::from_millis(200),
             deterministic: false,

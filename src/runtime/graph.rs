@@ -60,10 +60,10 @@ use crate::checkpoint::{CheckpointId, CheckpointStorage, MemoryCheckpointStorage
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::log::ReplayableLog;
+use crate::runtime::time::{Timestamp, WatermarkStrategy};
 use crate::sink::TwoPhaseCommitSink;
 use crate::state::{key_group_for, StateKey, StateValue};
 use crate::storage::validate_name;
-use crate::time::{Timestamp, WatermarkStrategy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ship {
@@ -157,7 +157,7 @@ impl<T> LogSource<T> {
 
     /// Gives the source event time: `timestamp` reads a record's time in milliseconds, and
     /// `strategy` turns the largest time seen per partition into the watermark the source
-    /// emits (see [`crate::time`]).
+    /// emits (see [`crate::runtime::time`]).
     pub fn event_time(
         mut self,
         timestamp: impl Fn(&T) -> Timestamp + Send + Sync + 'static,

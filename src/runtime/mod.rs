@@ -29,8 +29,8 @@ mod metrics;
 mod operator;
 mod root;
 mod task;
+pub mod time;
 mod topology;
-mod window;
 
 pub use channel::Collector;
 pub use config::{JobConfig, NoValidCheckpoint, Threads};
@@ -40,4 +40,4 @@ pub use handle::{JobHandle, JobReport};
 pub use logic::DeadLetter;
 pub use metrics::{CheckpointStats, MetricsSnapshot, TaskRecordCounts};
 pub use operator::{Data, KeyedContext, KeyedOperator, Operator, OperatorContext, TaskInfo};
-pub use window::{WindowAggregator, WindowResult, WindowedStream};
+pub use time::window::{WindowAggregator, WindowResult, WindowedStream};

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use super::channel::Collector;
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
+use crate::runtime::time::{TimeDomain, TimerService, Timestamp};
 use crate::state::{KeyedStateBackend, OperatorStateBackend, StateKey, StateValue, ValueState};
-use crate::time::{TimeDomain, TimerService, Timestamp};
 
 /// A type that can travel on a stream: records are cloned for broadcast edges and moved
 /// between threads.

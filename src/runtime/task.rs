@@ -45,8 +45,8 @@ use crate::checkpoint::{
     Aligner, BarrierOutcome, CheckpointId, CheckpointMode, CheckpointStorage, TaskId,
 };
 use crate::error::{Error, Result};
+use crate::runtime::time::{processing_time, InputWatermarks, WatermarkChange, WatermarkStatus};
 use crate::state::DeferredEncoding;
-use crate::time::{processing_time, InputWatermarks, WatermarkChange, WatermarkStatus};
 
 /// How a source's pacing stream ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

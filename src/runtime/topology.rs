@@ -564,7 +564,7 @@ impl SpawnTask {
         }
         let actor = TaskActor {
             aligner: Aligner::new(channels, self.settings.mode),
-            watermarks: crate::time::InputWatermarks::new(channels),
+            watermarks: crate::runtime::time::InputWatermarks::new(channels),
             info: self.info,
             number: self.number,
             incarnation: self.incarnation,

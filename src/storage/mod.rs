@@ -1,11 +1,11 @@
 //! Crash-consistent file primitives: the one place where the rules for durable writes live.
 //!
-//! Everything that must survive a crash is written through [`write_atomic`] (write a temp file
+//! Everything that must survive a crash is written through `write_atomic` (write a temp file
 //! in the same directory, fsync it, rename it over the target, fsync the directory), or through
-//! [`write_renamed`] (the same, with the directory fsync left to the caller, so that the files
-//! of one checkpoint share one directory fsync; [`write_enveloped_direct`] is its variant that
+//! `write_renamed` (the same, with the directory fsync left to the caller, so that the files
+//! of one checkpoint share one directory fsync; `write_enveloped_direct` is its variant that
 //! bypasses the page cache for large files), and wrapped
-//! in a checksummed [envelope](encode_envelope), so a reader can tell a complete file from a
+//! in a checksummed envelope (`encode_envelope`), so a reader can tell a complete file from a
 //! torn or corrupted one and never decodes bad bytes. Names that reach the file system are
 //! checked by [`validate_name`].
 //!

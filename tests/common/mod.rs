@@ -247,6 +247,10 @@ pub(crate) fn chaos_config(threads: Threads) -> JobConfig {
             delay: Duration::from_millis(5),
             max_attempts: 1000,
         },
+        coordinator_restart: snapflow::RestartStrategy::FixedDelay {
+            delay: Duration::ZERO,
+            max_attempts: 1000,
+        },
         ..JobConfig::default()
     }
 }

@@ -10,10 +10,10 @@ use crate::checkpoint::CheckpointId;
 use crate::error::Result;
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::operator::{Data, KeyedContext, KeyedOperator, TaskInfo};
+use crate::runtime::time::{TimeDomain, TimerService, Timestamp};
 use crate::state::{
     KeyGroupRange, KeyedSnapshot, KeyedStateBackend, OperatorStateBackend, StateKey,
 };
-use crate::time::{TimeDomain, TimerService, Timestamp};
 
 /// The context a keyed operator's callbacks get; a macro for the same reason as `op_ctx!`.
 macro_rules! keyed_ctx {
@@ -101,14 +101,14 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
             self.keyed.restore(restore.iter())?;
         }
         self.timers = Some(TimerService::open(&mut self.keyed)?);
-        self.processing_time = crate::time::processing_time();
+        self.processing_time = crate::runtime::time::processing_time();
         let mut ctx = keyed_ctx!(self);
         self.op.open(&mut ctx)
     }
 
     fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
         // One clock reading per batch: `current_processing_time` is that of the batch.
-        self.processing_time = crate::time::processing_time();
+        self.processing_time = crate::runtime::time::processing_time();
         let mut ctx = keyed_ctx!(self);
         for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
             let kept = self.dead_letter.as_ref().map(|_| r.clone());

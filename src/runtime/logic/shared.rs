@@ -13,11 +13,11 @@ use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId};
 use crate::runtime::channel::{Collector, Envelope, Origin, OutputEdge, Route};
 use crate::runtime::operator::{Data, TaskInfo};
+use crate::runtime::time::{Timestamp, WatermarkStatus};
 use crate::state::{
     redistribute, DeferredEncoding, KeyGroup, KeyGroupRange, KeyedSnapshot, OperatorSnapshot,
     OperatorStateBackend, TaskSnapshot,
 };
-use crate::time::{Timestamp, WatermarkStatus};
 
 /// Encodes a captured state (as a [`TaskSnapshot`]) and stores it as the task's state of a
 /// checkpoint, on any thread, using the buffer given if it needs one; returns the stored

@@ -12,8 +12,8 @@ use crate::log::{LogOffset, PartitionId, ReplayableLog};
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::messages;
 use crate::runtime::operator::{Data, TaskInfo};
+use crate::runtime::time::{Timestamp, WatermarkStatus, WatermarkStrategy};
 use crate::state::{OperatorListState, OperatorStateBackend, Redistribution};
-use crate::time::{Timestamp, WatermarkStatus, WatermarkStrategy};
 
 const SOURCE_OFFSETS: &str = "snapflow.source-offsets";
 

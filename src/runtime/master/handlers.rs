@@ -12,6 +12,7 @@ use crate::runtime::messages::{
     now, Command, Complete, EventKind, FromCoordinator, Strike, TaskEvent, ToCoordinator,
 };
 use crate::runtime::task::TaskActor;
+use crate::supervision::RestartDecision;
 
 impl Handler<Launch> for JobMaster {
     type Result = ();
@@ -54,8 +55,34 @@ impl Handler<CoordinatorExited> for JobMaster {
         if self.ending || msg.incarnation != self.coordinator_incarnation {
             return;
         }
-        tracing::warn!(job = %self.job(), "checkpoint coordinator failed; restarting it");
         self.coordinator = None;
+        let delay = match self.coordinator_tracker.on_failure(now()) {
+            RestartDecision::Restart { delay, attempt } => {
+                tracing::warn!(job = %self.job(), attempt, delay = ?delay, "checkpoint coordinator failed; restarting it");
+                delay
+            }
+            RestartDecision::GiveUp { reason } => {
+                tracing::error!(job = %self.job(), reason = %reason, "the checkpoint coordinator's restart strategy gave up");
+                let error = Error::RestartsExhausted {
+                    reason: format!("checkpoint coordinator: {reason}"),
+                    source: Box::new(Error::ActorGone {
+                        actor: "CoordinatorActor",
+                        reason: "stopped (a panic, or stopped from outside)".into(),
+                    }),
+                };
+                return self.finish(ctx, Err(error));
+            }
+        };
+        ctx.run_later(delay, |act, ctx| act.restart_coordinator(ctx));
+    }
+}
+
+impl JobMaster {
+    /// Starts a new checkpoint coordinator after the last one died.
+    fn restart_coordinator(&mut self, ctx: &mut Context<Self>) {
+        if self.ending {
+            return;
+        }
         // The new coordinator's ids must be above every id the storage holds (complete or
         // not), so that none is reused; no checkpoint needs to be read for that.
         let read = self.topo.max_checkpoint_id();

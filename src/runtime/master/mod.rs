@@ -39,6 +39,7 @@ use crate::chaos::Kill;
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
 use crate::supervision::tree::{Decision, SupervisionCore};
+use crate::supervision::RestartTracker;
 
 mod handlers;
 
@@ -92,6 +93,8 @@ pub(crate) struct JobMaster {
     pub(crate) tasks: Vec<TaskSlot>,
     pub(crate) coordinator: Option<Addr<CoordinatorActor>>,
     coordinator_abort: Option<AbortOnDrop>,
+    /// The coordinator's restart budget ([`JobConfig::coordinator_restart`](crate::JobConfig)).
+    coordinator_tracker: RestartTracker,
     pub(crate) coordinator_incarnation: u32,
     pub(crate) sources_at_end: HashSet<usize>,
     /// The supervision state of the regions and the job; decides every restart.
@@ -138,6 +141,7 @@ impl JobMaster {
                 .collect(),
             coordinator: None,
             coordinator_abort: None,
+            coordinator_tracker: RestartTracker::new(topo.config.coordinator_restart.clone(), seed),
             coordinator_incarnation: 0,
             sources_at_end: HashSet::new(),
             sup: SupervisionCore::new(

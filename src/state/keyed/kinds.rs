@@ -29,6 +29,6 @@ pub enum StateKind {
     Map,
     /// One value per key, folded from every added value by a reduce function.
     Reducing,
-    /// An accumulator per key, fed by an [`Aggregator`].
+    /// An accumulator per key, fed by an [`Aggregator`](crate::state::Aggregator).
     Aggregating,
 }

@@ -14,12 +14,17 @@
 //! - Timers are keyed state (one sorted list of timestamps per key and time domain, checkpointed
 //!   by key group), with an in-memory index by time rebuilt on restore (`TimerService`).
 //! - Windows ([`WindowAssigner`]: tumbling, sliding, session) are keyed operators built on map
-//!   state and event-time timers (`src/runtime/window.rs`).
+//!   state and event-time timers (`window.rs`, whose stream API, `KeyedStream::window`, is
+//!   re-exported by the runtime).
+//!
+//! A module of the runtime: it imports only `error` and `state`, except `window.rs`, which
+//! builds on the runtime's operator and stream types (and nothing here imports it back).
 //! - Processing time (`clock`) is wall-clock milliseconds since the Unix epoch, read through
 //!   tokio's clock and never going backwards within a process, so processing-time timers in a
 //!   checkpoint mean the same in the process that restores them.
 
 mod clock;
+pub(crate) mod window;
 
 use std::collections::BTreeMap;
 

@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::channel::Collector;
-use super::graph::{KeyedStream, Stream};
-use super::operator::{Data, KeyedContext, KeyedOperator};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::log::{PartitionId, ReplayableLog};
+use crate::runtime::channel::Collector;
+use crate::runtime::graph::{KeyedStream, Stream};
+use crate::runtime::operator::{Data, KeyedContext, KeyedOperator};
+use crate::runtime::time::{TimeDomain, Timestamp, Window, WindowAssigner};
 use crate::state::{Aggregator, MapState, StateKey, StateValue};
-use crate::time::{TimeDomain, Timestamp, Window, WindowAssigner};
 
 /// The result of one window of one key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
