@@ -17,9 +17,12 @@
 //! [`MemoryCheckpointStorage`] (for tests). Both keep the same file envelopes and checks.
 
 mod barrier;
-mod coordinator;
+pub(crate) mod coordinator;
+pub(crate) mod fence;
 mod local;
 mod memory;
+pub(crate) mod protocol;
+mod stats;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -36,6 +39,7 @@ pub use barrier::{Aligner, BarrierOutcome, CheckpointMode};
 pub use coordinator::{AckOutcome, CheckpointCoordinator, CheckpointTiming, FailOutcome, Trigger};
 pub use local::{LocalCheckpointStorage, DEFAULT_DIRECT_IO_MIN_BYTES};
 pub use memory::MemoryCheckpointStorage;
+pub use stats::CheckpointStats;
 
 pub use crate::ids::{CheckpointId, TaskId};
 

@@ -1,4 +1,6 @@
-//! The messages the runtime's actors exchange, and the clock their protocol runs on.
+//! The messages the runtime's actors exchange. The checkpoint protocol's messages
+//! ([`ToCoordinator`], [`FromCoordinator`], [`AckInfo`]) and its clock ([`now`]) live with the
+//! coordinator in `checkpoint::protocol` and are re-exported here.
 //!
 //! A leaf of `runtime`: the job master, the checkpoint coordinator actor, the task actors and
 //! the job handle all import it, and reach each other through `Recipient`s of these messages
@@ -8,82 +10,13 @@
 //! [`Command`]; master → job root [`MasterNote`]; job root → master [`Strike`]; master → task
 //! [`Trigger`], [`Complete`], [`InjectPanic`], [`Shutdown`].
 
-use std::time::{Duration, Instant};
-
 use actix::prelude::*;
 
 use super::events::JobEnd;
-use super::metrics::CheckpointStats;
 use crate::chaos::Kill;
-use crate::checkpoint::{CheckpointId, StateHandle};
+pub(crate) use crate::checkpoint::protocol::{now, AckInfo, FromCoordinator, ToCoordinator};
+use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
-use crate::log::{LogOffset, PartitionId};
-use crate::state::KeyGroupRange;
-
-/// The time the protocol uses: tokio's clock, so a paused test clock drives it too.
-pub(crate) fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
-}
-
-/// Master → coordinator.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) enum ToCoordinator {
-    Ack(AckInfo),
-    /// A task could not take part. `error` is `Some` when the checkpoint itself failed (the
-    /// task could not write its state): that counts against the tolerance; `None` when the
-    /// cause lies outside it (a source that is not running).
-    Decline {
-        checkpoint: CheckpointId,
-        reason: String,
-        error: Option<Error>,
-    },
-    RequestNow,
-    RequestFinal,
-    CancelFinal,
-    Rearm,
-    /// Trigger nothing while `true` (a failover region is down: its tasks could not take part).
-    Hold(bool),
-    AbortInFlight {
-        reason: String,
-    },
-}
-
-/// Coordinator → master.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) enum FromCoordinator {
-    Triggered {
-        checkpoint: CheckpointId,
-        is_final: bool,
-    },
-    Completed {
-        checkpoint: CheckpointId,
-        is_final: bool,
-        stats: CheckpointStats,
-    },
-    Aborted {
-        checkpoint: CheckpointId,
-        reason: String,
-    },
-    /// More checkpoints failed in a row than the job tolerates: the job fails with `error`.
-    Failing { error: Error },
-}
-
-/// A task's acknowledgement of a checkpoint: its state is durable.
-#[derive(Debug)]
-pub(crate) struct AckInfo {
-    pub(crate) checkpoint: CheckpointId,
-    pub(crate) task: usize,
-    pub(crate) state: StateHandle,
-    pub(crate) key_groups: Option<KeyGroupRange>,
-    pub(crate) sources: Vec<(PartitionId, LogOffset)>,
-    pub(crate) alignment: Duration,
-    pub(crate) capture: Duration,
-    /// The keyed state the task encoded itself for this checkpoint.
-    pub(crate) task_encoding: crate::state::DeferredEncoding,
-    pub(crate) acked_at: Instant,
-}
 
 /// What a task reports.
 #[derive(Debug)]

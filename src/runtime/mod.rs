@@ -16,9 +16,7 @@
 
 mod channel;
 mod config;
-mod coordinator;
 mod events;
-mod fence;
 mod graph;
 mod handle;
 mod ledger;

@@ -33,7 +33,6 @@ use futures::Stream;
 use tokio::sync::{mpsc::error::TrySendError, watch};
 
 use super::channel::{Envelope, Gate, Input, Sender};
-use super::fence::{WriteFence, WritePermit};
 use super::logic::{EncodeSnapshot, SourcePoll, TaskLogic};
 use super::messages::{
     now, AckInfo, Complete, EventKind, InjectPanic, Shutdown, TaskEvent, Trigger,
@@ -41,6 +40,7 @@ use super::messages::{
 use super::metrics::{JobMetrics, TaskCounters};
 use super::operator::TaskInfo;
 use crate::chaos::{ChaosHooks, Moment};
+use crate::checkpoint::fence::{WriteFence, WritePermit};
 use crate::checkpoint::{
     Aligner, BarrierOutcome, CheckpointId, CheckpointMode, CheckpointStorage, TaskId,
 };

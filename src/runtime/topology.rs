@@ -11,13 +11,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::channel::{Gate, GatedInput, Receiver, Sender};
 use super::config::{JobConfig, NoValidCheckpoint};
-use super::fence::{WriteFence, WritePermit};
 use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
 use super::messages::TaskEvent;
 use super::metrics::JobMetrics;
 use super::operator::TaskInfo;
 use super::task::{pace_stream, Pace, TaskActor, TaskSettings};
 use crate::chaos::ChaosHooks;
+use crate::checkpoint::fence::{WriteFence, WritePermit};
 use crate::checkpoint::{Aligner, CheckpointId, CheckpointStorage, TaskId};
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId, ReplayableLog};

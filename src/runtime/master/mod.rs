@@ -24,7 +24,6 @@ use actix::prelude::*;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use super::coordinator::CoordinatorActor;
 use super::events::{JobEnd, JobEvent};
 use super::ledger::Ledger;
 use super::logic::RestoreState;
@@ -36,6 +35,7 @@ use super::metrics::JobMetrics;
 use super::task::TaskActor;
 use super::topology::{Spawned, Topology};
 use crate::chaos::Kill;
+use crate::checkpoint::coordinator::actor::CoordinatorActor;
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
 use crate::supervision::tree::{Decision, SupervisionCore};

@@ -1,7 +1,9 @@
-//! The checkpoint coordinator actor: drives the pure [`CheckpointCoordinator`] on a timer,
-//! writes manifests, and reports to the job master, which supervises it like a task: if it
-//! dies (killed, or stopped by a chaos kill during a manifest write), the master starts a new
-//! one that resumes after the latest complete checkpoint.
+//! The checkpoint coordinator actor, next to the pure [`CheckpointCoordinator`] it drives on a
+//! timer: writes manifests, and reports to the job master, which supervises it under its own
+//! budget (`JobConfig::coordinator_restart`): if it dies (killed, or stopped by a chaos kill
+//! during a manifest write), the master starts a new one that resumes after the latest
+//! complete checkpoint. It talks to the master only through the messages of `protocol.rs`, so
+//! it imports nothing of the runtime.
 //!
 //! Messages: the master forwards task acks and declines and passes on requests (checkpoint now,
 //! final checkpoint, abort the one in flight); the coordinator tells the master when it
@@ -14,10 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
-use super::fence::WriteFence;
-use super::messages::{now, AckInfo, FromCoordinator, ToCoordinator};
-use super::metrics::CheckpointStats;
 use crate::chaos::{ChaosHooks, Moment};
+use crate::checkpoint::fence::WriteFence;
+use crate::checkpoint::protocol::{now, AckInfo, FromCoordinator, ToCoordinator};
+use crate::checkpoint::CheckpointStats;
 use crate::checkpoint::{
     AckOutcome, CheckpointCoordinator, CheckpointId, CheckpointStorage, CheckpointTiming,
     FailOutcome, Manifest, SourceOffset, TaskId, TaskStateEntry,

@@ -18,9 +18,11 @@
 //! request it answered was withdrawn ([`CheckpointCoordinator::cancel_final`]) or renewed
 //! ([`CheckpointCoordinator::rearm`]) while it was in flight: then its completion ends nothing.
 //!
-//! The checkpoint coordinator actor (`runtime/coordinator.rs`) owns a coordinator, feeds it
+//! The checkpoint coordinator actor (`actor.rs`, next to this core) owns a coordinator, feeds it
 //! the current time and the acks the job master relays, and carries its answers out
 //! ([`AckOutcome`], [`Trigger`]).
+
+pub(crate) mod actor;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
