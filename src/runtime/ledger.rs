@@ -83,6 +83,14 @@ impl Ledger {
         self.lock().clone()
     }
 
+    /// Whether the last event recorded is the job's `JobFinished`.
+    pub(crate) fn finished(&self) -> bool {
+        matches!(
+            self.lock().events.last(),
+            Some(JobEvent::JobFinished { .. })
+        )
+    }
+
     /// The newest checkpoint id triggered so far, if any.
     pub(crate) fn last_triggered(&self) -> Option<CheckpointId> {
         self.lock().last_triggered

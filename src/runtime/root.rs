@@ -253,7 +253,7 @@ impl JobRoot {
             m.abort.abort();
         }
         if let Ok(end) = &result {
-            if !self.ledger_has_end() {
+            if !self.ledger.finished() {
                 self.ledger.emit(JobEvent::JobFinished { end: *end });
             }
         }
@@ -277,13 +277,6 @@ impl JobRoot {
                 ctx.stop();
             }),
         );
-    }
-
-    fn ledger_has_end(&self) -> bool {
-        matches!(
-            self.ledger.tally().events.last(),
-            Some(JobEvent::JobFinished { .. })
-        )
     }
 
     fn report(&self, end: JobEnd) -> JobReport {
