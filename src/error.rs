@@ -285,6 +285,59 @@ pub enum Error {
         /// The mailbox error.
         reason: String,
     },
+
+    /// An address, ingress or message named something the running job does not have: a vertex
+    /// that does not exist, one that is not an actor operator or an ingress, or one of
+    /// another type.
+    #[error("job '{job}' has no {what}: {reason}")]
+    NoSuchEndpoint {
+        /// The job.
+        job: String,
+        /// What was asked for (`actor operator 'accounts'`, `ingress 'clicks'`, a command).
+        what: String,
+        /// Why it does not match, with what the job does have.
+        reason: String,
+    },
+
+    /// The job has ended: its addresses and ingresses take no more messages.
+    #[error("job '{job}' has ended: {what} takes no more messages")]
+    JobEnded {
+        /// The job.
+        job: String,
+        /// The address or ingress that was used.
+        what: String,
+    },
+
+    /// A task did not answer in time because it is restarting (or its job is recovering).
+    /// Queries are read-only: asking again is safe.
+    #[error("{what} is unavailable: {reason}")]
+    Unavailable {
+        /// The task or vertex asked.
+        what: String,
+        /// Why (restarting, timed out after how long).
+        reason: String,
+    },
+
+    /// A query or command handler returned an error or panicked. The task goes on; for a
+    /// command, the command counts as applied (with whatever state changes the handler made
+    /// before it failed, the same in every replay).
+    #[error("{handler} failed: {source}")]
+    HandlerFailed {
+        /// The operator vertex and message type.
+        handler: String,
+        /// What the handler returned (or its panic).
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// Output could not be handed to its receiving actor (its mailbox is closed).
+    #[error("delivery to {receiver} failed: {reason}")]
+    DeliveryFailed {
+        /// The receiver (its message type).
+        receiver: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -324,6 +377,10 @@ impl Error {
             | Error::InvalidParallelism { .. }
             | Error::InvalidName { .. }
             | Error::Config(_) => ErrorClass::Fatal,
+            Error::NoSuchEndpoint { .. } | Error::JobEnded { .. } => ErrorClass::Fatal,
+            Error::Unavailable { .. } => ErrorClass::Retryable,
+            Error::HandlerFailed { source, .. } => source.class(),
+            Error::DeliveryFailed { .. } => ErrorClass::Restart,
         }
     }
 

@@ -67,6 +67,10 @@ pub use log::{
     RecordBatch, ReplayableLog, SyncPolicy, TypedLog,
 };
 pub use runtime::{
+    ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress, OperatorRef, Query,
+    QueryContext, QueryHandler,
+};
+pub use runtime::{
     Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport, KeyedOperator,
     KeyedStream, LogSource, NoValidCheckpoint, Operator, Stream, Threads,
 };
@@ -84,6 +88,10 @@ pub mod prelude {
     };
     pub use crate::runtime::time::{
         TimeDomain, Timestamp, WatermarkStrategy, Window, WindowAssigner,
+    };
+    pub use crate::runtime::{
+        ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress, OperatorRef,
+        Query, QueryContext, QueryHandler,
     };
     pub use crate::runtime::{
         Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport,

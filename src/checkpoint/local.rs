@@ -240,6 +240,10 @@ impl CheckpointStorage for LocalCheckpointStorage {
         &self.job
     }
 
+    fn retained(&self) -> usize {
+        self.retain
+    }
+
     fn write_task_state(
         &self,
         id: CheckpointId,

@@ -81,6 +81,10 @@ impl CheckpointStorage for MemoryCheckpointStorage {
         &self.job
     }
 
+    fn retained(&self) -> usize {
+        self.retain
+    }
+
     fn write_task_state(
         &self,
         id: CheckpointId,

@@ -287,6 +287,12 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// The job whose checkpoints this stores.
     fn job(&self) -> &str;
 
+    /// How many complete checkpoints retention keeps (the job keeps the records of the logs it
+    /// owns that these need).
+    fn retained(&self) -> usize {
+        3
+    }
+
     /// Stores one task's state for checkpoint `id`. When it returns, the bytes are durable;
     /// the file's directory entry may become durable only in `commit`, which must make every
     /// state file it names durable before the manifest (so a storage can share one directory

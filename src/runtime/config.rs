@@ -106,6 +106,9 @@ pub struct JobConfig {
     /// and the same input gives the same sequence of events every time. Slower; for tests and
     /// chaos reproduction.
     pub deterministic: bool,
+    /// How long a query to an actor operator waits for a task that is restarting before it
+    /// fails with [`Error::Unavailable`](crate::Error::Unavailable) (retryable).
+    pub query_timeout: Duration,
 }
 
 impl Default for JobConfig {
@@ -141,6 +144,7 @@ impl Default for JobConfig {
             watermark_interval: Duration::from_millis(10),
             idle_timeout: Duration::from_millis(200),
             deterministic: false,
+            query_timeout: Duration::from_secs(5),
         }
     }
 }

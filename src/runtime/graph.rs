@@ -43,6 +43,8 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use serde::de::DeserializeOwned;
 
+use super::actor::wire::{CommandEnvelope, CommandRoute, Progress, Replies, Trimmer};
+use super::actor::{ActorAdapter, ActorEntry, ActorOperator, Commands, IngressEntry, Outside};
 use super::channel::Collector;
 use super::config::{JobConfig, Threads};
 use super::events::JobEvent;
@@ -100,6 +102,42 @@ struct GraphDef {
     errors: Vec<String>,
     events: Option<Recipient<JobEvent>>,
     chaos: Option<ChaosMonkey>,
+    /// The run id of the job's command records (see `actor::wire::CommandRecord`).
+    run: u64,
+    owned: Vec<OwnedLog>,
+}
+
+/// A log the job owns (an actor operator's command log, an ingress): the job appends to it
+/// for the application and trims it.
+struct OwnedLog {
+    /// The vertex the application addresses (the actor operator, or the ingress source).
+    vertex: usize,
+    /// The source vertex reading the log.
+    source: usize,
+    type_id: std::any::TypeId,
+    type_name: &'static str,
+    log: Arc<dyn ReplayableLog>,
+    trimmer: Arc<Trimmer>,
+    /// For an actor operator: its callers' replies.
+    replies: Option<Arc<Replies>>,
+}
+
+/// A run id no other job handle of this or another process is likely to share.
+fn new_run_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut z = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // splitmix64's finaliser spreads the bits.
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A source reading a [`ReplayableLog`]: its partitions are spread over the source's tasks
@@ -110,6 +148,7 @@ pub struct LogSource<T> {
     decode: Decoder<T>,
     bounded: bool,
     event_time: Option<EventTimeSpec<T>>,
+    progress: Option<Progress>,
 }
 
 impl<T> std::fmt::Debug for LogSource<T> {
@@ -130,6 +169,7 @@ impl<T: DeserializeOwned> LogSource<T> {
             decode: Arc::new(|bytes: &[u8]| codec::decode(bytes, "log record")),
             bounded: false,
             event_time: None,
+            progress: None,
         }
     }
 }
@@ -145,6 +185,7 @@ impl<T> LogSource<T> {
             decode: Arc::new(decode),
             bounded: false,
             event_time: None,
+            progress: None,
         }
     }
 
@@ -277,6 +318,8 @@ impl JobBuilder {
                 errors: Vec::new(),
                 events: None,
                 chaos: None,
+                run: new_run_id(),
+                owned: Vec::new(),
             })),
         }
     }
@@ -306,15 +349,19 @@ impl JobBuilder {
             decode,
             bounded,
             event_time,
+            progress,
         } = source;
         let log2 = Arc::clone(&log);
         let factory: LogicFactory = Arc::new(move |p| {
-            Ok(Box::new(SourceLogic::new(
-                Arc::clone(&log2),
-                Arc::clone(&decode),
-                event_time.clone(),
-                p,
-            )?) as Box<dyn TaskLogic>)
+            Ok(Box::new(
+                SourceLogic::new(
+                    Arc::clone(&log2),
+                    Arc::clone(&decode),
+                    event_time.clone(),
+                    p,
+                )?
+                .with_progress(progress.clone()),
+            ) as Box<dyn TaskLogic>)
         });
         let v = add_vertex(
             &self.graph,
@@ -325,6 +372,36 @@ impl JobBuilder {
             Some(log),
         );
         Stream::from_vertex(&self.graph, v)
+    }
+
+    /// Adds an ingress: a source reading `log`, a log the job owns, to which the application
+    /// appends typed records through [`JobHandle::ingress`] once the job runs (see
+    /// [`Ingress`](crate::runtime::Ingress)). The job trims `log` once no retained checkpoint
+    /// needs its records.
+    pub fn ingress<T>(&self, name: &str, log: Arc<dyn ReplayableLog>) -> Stream<T>
+    where
+        T: Data + serde::Serialize + DeserializeOwned,
+    {
+        let trimmer = Arc::new(Trimmer::new(Arc::clone(&log)));
+        let t2 = Arc::clone(&trimmer);
+        let mut source = LogSource::<T>::msgpack(Arc::clone(&log));
+        source.progress = Some(Arc::new(move |completed, offsets| {
+            if completed {
+                t2.completed(offsets);
+            }
+        }));
+        let stream = self.source(name, source);
+        let v = self.graph.borrow().vertices.len() - 1;
+        self.graph.borrow_mut().owned.push(OwnedLog {
+            vertex: v,
+            source: v,
+            type_id: std::any::TypeId::of::<T>(),
+            type_name: std::any::type_name::<T>(),
+            log,
+            trimmer,
+            replies: None,
+        });
+        stream
     }
 
     /// Checks the graph and returns the job, ready to start.
@@ -394,6 +471,9 @@ impl JobBuilder {
                 g.name
             )));
         }
+        for o in &g.owned {
+            o.trimmer.set_keep(storage.retained());
+        }
         Ok(Job {
             name: g.name.clone(),
             config,
@@ -401,6 +481,7 @@ impl JobBuilder {
             vertices: std::mem::take(&mut g.vertices),
             events: g.events.take(),
             chaos: g.chaos.take(),
+            owned: std::mem::take(&mut g.owned),
         })
     }
 }
@@ -633,6 +714,81 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
         self.stream.derive(name, Role::Keyed, inputs, factory)
     }
 
+    /// Applies an [`ActorOperator`] (cloned for every task): a keyed operator that also takes
+    /// the [`Query`](crate::runtime::Query) and [`Command`](crate::runtime::Command) types it
+    /// handles, sent through the vertex's [`OperatorRef`](crate::runtime::OperatorRef) once the
+    /// job runs ([`JobHandle::operator`]).
+    ///
+    /// `commands` is the vertex's command log, owned by the job: a command is appended to it
+    /// before it is applied, read back by a source vertex named `"{name}-commands"` and
+    /// applied in order with the records; the job trims it once no retained checkpoint needs
+    /// its records. Give a [`FileLog`](crate::FileLog) for commands that survive the process,
+    /// a [`MemoryLog`](crate::MemoryLog) with a checkpoint storage in memory.
+    pub fn actor<Op>(self, name: &str, op: Op, commands: Arc<dyn ReplayableLog>) -> Stream<Op::Out>
+    where
+        Op: ActorOperator<Key = K, In = T>,
+    {
+        let mut declared = Commands::<Op>::new();
+        Op::commands(&mut declared);
+        for e in declared.errors.drain(..) {
+            self.stream_errors(e);
+        }
+        let graph = Rc::clone(&self.stream.graph);
+        let run = graph.borrow().run;
+        let replies = Arc::new(Replies::new(run));
+        let trimmer = Arc::new(Trimmer::new(Arc::clone(&commands)));
+        let (r2, t2) = (Arc::clone(&replies), Arc::clone(&trimmer));
+        let mut source = LogSource::<CommandEnvelope<K>>::msgpack(Arc::clone(&commands));
+        source.progress = Some(Arc::new(move |completed, offsets| {
+            r2.durable_upto(offsets);
+            if completed {
+                t2.completed(offsets);
+            }
+        }));
+        let builder = JobBuilder {
+            graph: Rc::clone(&graph),
+        };
+        let command_stream = builder
+            .source(&format!("{name}-commands"), source)
+            .key_by(|c: &CommandEnvelope<K>| c.key.clone());
+        let source_vertex = graph.borrow().vertices.len() - 1;
+        let mut inputs = self.hash_inputs();
+        inputs.extend(command_stream.hash_inputs());
+        let route = CommandRoute {
+            vertex: name.to_string(),
+            handlers: Arc::new(declared.handlers),
+            replies: Arc::clone(&replies),
+        };
+        let op = Mutex::new(ActorAdapter(op));
+        let key = Arc::clone(&self.key);
+        let dead = self.stream.dead_letter.clone();
+        let factory: LogicFactory = Arc::new(move |p| {
+            let op = op
+                .lock()
+                .map_err(|_| Error::Internal("operator prototype poisoned".into()))?
+                .clone();
+            let logic = KeyedLogic::<K, T, Op::Out, ActorAdapter<Op>>::new(
+                op,
+                Arc::clone(&key),
+                dead.clone(),
+                p,
+            )?;
+            Ok(Box::new(logic.with_commands(route.clone())) as Box<dyn TaskLogic>)
+        });
+        let out = self.stream.derive(name, Role::Keyed, inputs, factory);
+        let vertex = graph.borrow().vertices.len() - 1;
+        graph.borrow_mut().owned.push(OwnedLog {
+            vertex,
+            source: source_vertex,
+            type_id: std::any::TypeId::of::<Op>(),
+            type_name: std::any::type_name::<Op>(),
+            log: commands,
+            trimmer,
+            replies: Some(replies),
+        });
+        out
+    }
+
     /// Folds each key's records with `f` in a value state named `name` and emits the new value
     /// after every record.
     pub fn reduce(self, name: &str, f: impl Fn(T, T) -> T + Send + Sync + 'static) -> Stream<T>
@@ -657,6 +813,7 @@ pub struct Job {
     vertices: Vec<VertexDef>,
     events: Option<Recipient<JobEvent>>,
     chaos: Option<ChaosMonkey>,
+    owned: Vec<OwnedLog>,
 }
 
 impl std::fmt::Debug for Job {
@@ -728,6 +885,112 @@ async fn prepare(topo: Arc<Topology>, config: &JobConfig) -> Result<Prepared> {
     Ok((topo, restored_from, restore, first))
 }
 
+/// Starts one [`LogWriter`](crate::log::LogWriter) per log the job owns: on an arbiter of their
+/// own (appends and syncs are blocking I/O) unless the job runs on the current thread.
+fn start_writers(
+    owned: &[OwnedLog],
+    threads: Threads,
+    arbiters: &mut Vec<Arbiter>,
+) -> Vec<Recipient<crate::log::Append>> {
+    use crate::log::LogWriter;
+    if owned.is_empty() {
+        return Vec::new();
+    }
+    let io = match threads {
+        Threads::Current => None,
+        Threads::Arbiters(_) => {
+            let a = Arbiter::new();
+            let h = a.handle();
+            arbiters.push(a);
+            Some(h)
+        }
+    };
+    owned
+        .iter()
+        .map(|o| {
+            let log = Arc::clone(&o.log);
+            let addr = match &io {
+                Some(h) => LogWriter::start_in_arbiter(h, move |_| LogWriter::new(log)),
+                None => LogWriter::new(log).start(),
+            };
+            addr.recipient()
+        })
+        .collect()
+}
+
+/// What the job's handles reach its actor operators and ingresses through.
+fn outside(
+    topo: &Topology,
+    owned: Vec<OwnedLog>,
+    writers: Vec<Recipient<crate::log::Append>>,
+    ended: tokio::sync::watch::Receiver<bool>,
+) -> Arc<Outside> {
+    let mut actors = HashMap::new();
+    let mut ingresses = HashMap::new();
+    for (o, writer) in owned.into_iter().zip(writers) {
+        let name = topo.vertices[o.vertex].name.clone();
+        let partitions = o.log.partitions().max(1);
+        match o.replies {
+            Some(replies) => {
+                let entry = ActorEntry {
+                    vertex: name.clone(),
+                    type_id: o.type_id,
+                    type_name: o.type_name,
+                    first_task: topo.first_task(o.vertex),
+                    parallelism: topo.parallelism[o.vertex],
+                    max_parallelism: topo.config.max_parallelism,
+                    replies,
+                    partitions,
+                    writer,
+                    seq: Default::default(),
+                    sources: source_tasks(topo, o.source),
+                };
+                actors.insert(name, Arc::new(entry));
+            }
+            None => {
+                let entry = IngressEntry {
+                    vertex: name.clone(),
+                    type_id: o.type_id,
+                    type_name: o.type_name,
+                    partitions,
+                    writer,
+                    next: Default::default(),
+                    sources: source_tasks(topo, o.source),
+                };
+                ingresses.insert(name, Arc::new(entry));
+            }
+        }
+    }
+    Arc::new(Outside {
+        job: topo.name.clone(),
+        vertices: topo.vertices.iter().map(|v| v.name.clone()).collect(),
+        actors,
+        ingresses,
+        endpoints: Arc::clone(&topo.endpoints),
+        ended,
+        query_timeout: topo.config.query_timeout,
+    })
+}
+
+/// The task numbers of vertex `v`.
+fn source_tasks(topo: &Topology, v: usize) -> std::ops::Range<usize> {
+    let first = topo.first_task(v);
+    first..first + topo.parallelism[v] as usize
+}
+
+/// A flag that turns true once the job's result is published (or its root is gone).
+fn ended_flag(
+    result: &tokio::sync::watch::Receiver<Option<Result<super::handle::JobReport>>>,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut result = result.clone();
+    actix::spawn(async move {
+        let _ = result.wait_for(Option::is_some).await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
 impl Job {
     /// The job's name.
     pub fn name(&self) -> &str {
@@ -745,6 +1008,7 @@ impl Job {
             vertices,
             events,
             chaos,
+            owned,
         } = self;
         let par: Vec<u32> = vertices
             .iter()
@@ -787,6 +1051,8 @@ impl Job {
         if let Some(id) = restored_from {
             tracing::info!(job = %name, checkpoint = %id, "restoring from checkpoint");
         }
+        let writers = start_writers(&owned, config.threads, &mut arbiters);
+        let topo_for_outside = Arc::clone(&topo);
         let (root, result) = JobRoot::launch(
             topo,
             events,
@@ -798,10 +1064,13 @@ impl Job {
             first,
         );
         tracing::info!(job = %name, restored_from = ?restored_from, "job started");
+        let ended = ended_flag(&result);
+        let outside = outside(&topo_for_outside, owned, writers, ended);
         Ok(JobHandle {
             root,
             result,
             metrics,
+            outside,
         })
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use actix::Recipient;
 use tokio::sync::watch;
 
+use super::actor::{ActorOperator, Ingress, OperatorRef, Outside};
 use super::events::{JobEnd, JobEvent};
 use super::messages::Command;
 use super::metrics::{JobMetrics, MetricsSnapshot};
@@ -54,6 +55,7 @@ pub struct JobHandle {
     pub(crate) root: Recipient<Command>,
     pub(crate) result: watch::Receiver<Option<Result<JobReport>>>,
     pub(crate) metrics: Arc<JobMetrics>,
+    pub(crate) outside: Arc<Outside>,
 }
 
 impl JobHandle {
@@ -113,5 +115,21 @@ impl JobHandle {
     /// The job's metrics now.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
+    }
+
+    /// The address of the actor operator vertex `name`, which must run `Op` (added with
+    /// [`KeyedStream::actor`](crate::KeyedStream::actor)). Fails with
+    /// [`Error::NoSuchEndpoint`] for a vertex that does not exist, is not an actor operator,
+    /// or runs another type.
+    pub fn operator<Op: ActorOperator>(&self, name: &str) -> Result<OperatorRef<Op>> {
+        OperatorRef::lookup(&self.outside, name)
+    }
+
+    /// The ingress vertex `name`, which must take records of type `T` (added with
+    /// [`JobBuilder::ingress`](crate::JobBuilder::ingress)). Fails with
+    /// [`Error::NoSuchEndpoint`] for a vertex that does not exist, is not an ingress, or takes
+    /// another type.
+    pub fn ingress<T: serde::Serialize + Send + 'static>(&self, name: &str) -> Result<Ingress<T>> {
+        Ingress::lookup(&self.outside, name)
     }
 }

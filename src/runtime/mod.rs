@@ -14,6 +14,7 @@
 //! completed, and restarts what failed; the job root above it holds what the `JobHandle` needs
 //! and restarts the master if it dies.
 
+pub mod actor;
 mod channel;
 mod config;
 mod events;
@@ -30,6 +31,10 @@ mod task;
 pub mod time;
 mod topology;
 
+pub use actor::{
+    ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress, OperatorRef, Query,
+    QueryContext, QueryHandler,
+};
 pub use channel::Collector;
 pub use config::{JobConfig, NoValidCheckpoint, Threads};
 pub use events::{JobEnd, JobEvent};

@@ -32,6 +32,7 @@ use actix::prelude::*;
 use futures::Stream;
 use tokio::sync::{mpsc::error::TrySendError, watch};
 
+use super::actor::wire::{AnyReply, RunQuery};
 use super::channel::{Envelope, Gate, Input, Sender};
 use super::logic::{EncodeSnapshot, SourcePoll, TaskLogic};
 use super::messages::{
@@ -62,32 +63,43 @@ pub(crate) struct Tick;
 
 /// A stream that yields a tick after every yield to the scheduler while running, after a sleep
 /// while idle, and never while halted.
-pub(crate) fn pace_stream(pace: Rc<Cell<Pace>>, deterministic: bool) -> impl Stream<Item = Tick> {
-    futures::stream::unfold(pace, move |pace| async move {
-        loop {
-            match pace.get() {
-                Pace::Run => {
-                    if deterministic {
-                        // A fixed virtual cost per batch: with tokio's clock paused, time
-                        // advances by exactly this much per batch, the same in every run.
-                        tokio::time::sleep(Duration::from_micros(100)).await;
-                    } else {
-                        tokio::task::yield_now().await;
+pub(crate) fn pace_stream(
+    pace: Rc<Cell<Pace>>,
+    deterministic: bool,
+    waker: Arc<tokio::sync::Notify>,
+) -> impl Stream<Item = Tick> {
+    futures::stream::unfold(pace, move |pace| {
+        let waker = Arc::clone(&waker);
+        async move {
+            loop {
+                match pace.get() {
+                    Pace::Run => {
+                        if deterministic {
+                            // A fixed virtual cost per batch: with tokio's clock paused, time
+                            // advances by exactly this much per batch, the same in every run.
+                            tokio::time::sleep(Duration::from_micros(100)).await;
+                        } else {
+                            tokio::task::yield_now().await;
+                        }
+                        if pace.get() == Pace::Run {
+                            return Some((Tick, pace));
+                        }
                     }
-                    if pace.get() == Pace::Run {
-                        return Some((Tick, pace));
+                    Pace::Idle(d) => {
+                        // An append to a log the job owns ends the sleep early.
+                        tokio::select! {
+                            _ = tokio::time::sleep(d) => {}
+                            _ = waker.notified() => {}
+                        }
+                        if pace.get() == Pace::Idle(d) {
+                            pace.set(Pace::Run);
+                        }
                     }
-                }
-                Pace::Idle(d) => {
-                    tokio::time::sleep(d).await;
-                    if pace.get() == Pace::Idle(d) {
-                        pace.set(Pace::Run);
+                    Pace::Halt => {
+                        // Sleep in long steps rather than forever, so the stream re-checks if a
+                        // halted source is ever resumed.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                }
-                Pace::Halt => {
-                    // Sleep in long steps rather than forever, so the stream re-checks if a
-                    // halted source is ever resumed.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
@@ -676,5 +688,35 @@ impl Handler<Shutdown> for TaskActor {
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
         self.pace.set(Pace::Halt);
         ctx.stop();
+    }
+}
+
+impl Handler<RunQuery> for TaskActor {
+    type Result = Result<AnyReply>;
+
+    /// Runs a query between two batches, inside a panic boundary of its own: a failing query
+    /// answers its caller with the error and leaves the task running.
+    fn handle(&mut self, msg: RunQuery, _ctx: &mut Self::Context) -> Result<AnyReply> {
+        if self.failed {
+            return Err(Error::Unavailable {
+                what: format!("task {}", self.info.task),
+                reason: "it failed and is being restarted".into(),
+            });
+        }
+        let Some(target) = self.logic.as_any_mut() else {
+            return Err(Error::Internal(format!(
+                "task {} is not an actor operator's",
+                self.info.task
+            )));
+        };
+        match catch_unwind(AssertUnwindSafe(|| (msg.0)(target))) {
+            Ok(answer) => answer,
+            Err(payload) => Err(Error::HandlerFailed {
+                handler: format!("a query on task {}", self.info.task),
+                source: Box::new(Error::Panic {
+                    message: panic_message(payload.as_ref()),
+                }),
+            }),
+        }
     }
 }

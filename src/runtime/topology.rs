@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::actor::wire::Endpoints;
 use super::channel::{Gate, GatedInput, Receiver, Sender};
 use super::config::{JobConfig, NoValidCheckpoint};
 use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
@@ -99,6 +100,8 @@ pub(crate) struct Topology {
     /// Every checkpoint-storage write and every task actor of this run holds a permit of it;
     /// see [`WriteFence`].
     pub(crate) fence: Arc<WriteFence>,
+    /// Where each task takes queries now (actor operators).
+    pub(crate) endpoints: Arc<Endpoints>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -237,6 +240,7 @@ impl Topology {
             mode: config.mode,
             deterministic: config.deterministic,
         };
+        let endpoints = Arc::new(Endpoints::new(tasks.len()));
         Ok(Topology {
             name,
             config,
@@ -253,7 +257,16 @@ impl Topology {
             chaos: Arc::new(ChaosHooks::default()),
             manifest_gate: Arc::new(tokio::sync::Mutex::new(())),
             fence: Arc::new(WriteFence::default()),
+            endpoints,
         })
+    }
+
+    /// The number of the first task of `vertex` (tasks are numbered vertex by vertex).
+    pub(crate) fn first_task(&self, vertex: usize) -> usize {
+        self.tasks
+            .iter()
+            .position(|t| t.vertex == vertex)
+            .unwrap_or(self.tasks.len())
     }
 
     /// The tasks of the failover region of `task`, in task order.
@@ -437,6 +450,17 @@ impl Topology {
         ))
     }
 
+    /// One permit of the job's fence per task to start.
+    fn permits(&self, n: usize) -> Result<Vec<WritePermit>> {
+        (0..n)
+            .map(|_| {
+                self.fence
+                    .begin()
+                    .ok_or_else(|| Error::Internal("the job is ending: no task may start".into()))
+            })
+            .collect()
+    }
+
     /// Creates fresh channels among `tasks` (a union of failover regions: no channel leaves it)
     /// and starts their task actors with the given restore states. Returns, per task, a
     /// receiver of its address and join handle once its arbiter has created it.
@@ -455,24 +479,18 @@ impl Topology {
         // Every fallible step comes before the first task is handed to its arbiter, so that an
         // error never leaves a task running that its master does not know of. Each task holds a
         // permit of the job's fence for its whole life (see `WriteFence`).
-        let mut alive: Vec<WritePermit> = Vec::with_capacity(tasks.len());
-        for _ in tasks {
-            alive.push(
-                self.fence.begin().ok_or_else(|| {
-                    Error::Internal("the job is ending: no task may start".into())
-                })?,
-            );
-        }
+        let alive = self.permits(tasks.len())?;
         let mut ready = Vec::with_capacity(tasks.len());
         for (&number, alive) in tasks.iter().zip(alive) {
             let spec = &self.tasks[number];
             let vertex = &self.vertices[spec.vertex];
+            let attempt = incarnation.get(&number).copied().unwrap_or(0);
             let info = TaskInfo {
                 task: spec.id.clone(),
                 parallelism: self.parallelism[spec.vertex],
                 max_parallelism: self.config.max_parallelism,
                 restored_from,
-                attempt: incarnation.get(&number).copied().unwrap_or(0),
+                attempt,
             };
             let counters = self.metrics.task(&info.task);
             let logic = (vertex.factory)(LogicParams {
@@ -492,7 +510,7 @@ impl Topology {
                 counters,
                 info,
                 number,
-                incarnation: incarnation.get(&number).copied().unwrap_or(0),
+                incarnation: attempt,
                 logic,
                 is_source: spec.is_source,
                 is_sink: vertex.role == Role::Sink,
@@ -505,6 +523,7 @@ impl Topology {
                 settings: self.settings.clone(),
                 chaos: Arc::clone(&self.chaos),
                 fence: Arc::clone(&self.fence),
+                endpoints: Arc::clone(&self.endpoints),
                 alive,
             };
             ready.push((number, spawn));
@@ -541,6 +560,7 @@ struct SpawnTask {
     settings: TaskSettings,
     chaos: Arc<ChaosHooks>,
     fence: Arc<WriteFence>,
+    endpoints: Arc<Endpoints>,
     /// Moves into the actor (dropped with it, or with this value if the arbiter never runs it).
     alive: WritePermit,
 }
@@ -560,7 +580,11 @@ impl SpawnTask {
         }
         let pace = Rc::new(std::cell::Cell::new(Pace::Run));
         if self.is_source {
-            ctx.add_stream(pace_stream(Rc::clone(&pace), self.settings.deterministic));
+            ctx.add_stream(pace_stream(
+                Rc::clone(&pace),
+                self.settings.deterministic,
+                self.endpoints.waker(self.number),
+            ));
         }
         let actor = TaskActor {
             aligner: Aligner::new(channels, self.settings.mode),
@@ -594,6 +618,8 @@ impl SpawnTask {
             first_record_reported: false,
         };
         let join = actix::spawn(ctx.into_future(actor));
+        self.endpoints
+            .publish(self.number, addr.clone().recipient());
         (addr, join)
     }
 }

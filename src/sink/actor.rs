@@ -1,5 +1,19 @@
 //! [`ActorSink`]: delivers a job's output to an actor of the embedding application, one epoch
-//! at a time, only once the epoch's checkpoint is complete.
+//! at a time, only once the epoch's checkpoint is complete, each record once.
+//!
+//! Guarantee: within one process, the receiving actor sees every output record of the job
+//! exactly once, in order per sink task, across task failures, region restarts, restarts of the
+//! job's supervisor and restores, with no deduplication of its own. The sink remembers, per
+//! sink task, how far it has served the receiver (epoch and position, in the `ActorSink` value
+//! shared by all of the job's incarnations), so the redelivery a restore would make (it commits
+//! the restored checkpoint's pending epoch again) is withheld. Delivery that fails (the
+//! receiver's mailbox is closed) is an error the job sees ([`Error::DeliveryFailed`], a
+//! restart): the record is not counted as served, and is delivered after the restart if the
+//! receiver is reachable again. What the receiver had received when it died is lost with it
+//! unless it keeps it elsewhere; a new process (a new `ActorSink`) starts serving at the epoch
+//! it restores, so a receiver that outlives the process sees that epoch again.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use serde::de::DeserializeOwned;
@@ -7,12 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use super::TwoPhaseCommitSink;
 use crate::checkpoint::CheckpointId;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::TaskInfo;
 
-/// One output record as delivered to the user's actor. `(epoch, task, seq)` identifies it: a
-/// receiver that remembers the highest `(epoch, seq)` per task can drop redeliveries, which
-/// happen when a job restores from a checkpoint whose outputs were delivered before a crash.
+/// One output record as delivered to the user's actor. `(epoch, task, seq)` identifies it and
+/// increases per sink task; within a process the receiver never sees one twice (see the module
+/// docs), so it needs no deduplication; across processes, one that outlives the job's process
+/// may see the restored epoch again and can drop it by this tag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Message)]
 #[rtype(result = "()")]
 pub struct SinkOutput<T: 'static> {
@@ -27,13 +42,18 @@ pub struct SinkOutput<T: 'static> {
 }
 
 /// Releases records to a `Recipient` after their epoch's checkpoint completes, in order, each
-/// tagged with `(epoch, task, seq)`. Records of an epoch are held in the task's snapshot from
-/// pre-commit until delivery, so a crash between the two loses nothing.
+/// tagged with `(epoch, task, seq)`, each once (see the module docs). Records of an epoch are
+/// held in the task's snapshot from pre-commit until delivery, so a crash between the two
+/// loses nothing. Clones share what has been served: give one `ActorSink` per job.
 pub struct ActorSink<T: Send + 'static> {
     recipient: Recipient<SinkOutput<T>>,
     task: u32,
     buffer: Vec<T>,
+    served: Served,
 }
+
+/// Per sink task: the epoch being served and how many of its records the receiver has.
+type Served = Arc<Mutex<HashMap<u32, (u64, u64)>>>;
 
 impl<T: Send + 'static> std::fmt::Debug for ActorSink<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,6 +70,7 @@ impl<T: Send + 'static> Clone for ActorSink<T> {
             recipient: self.recipient.clone(),
             task: 0,
             buffer: Vec::new(),
+            served: Arc::clone(&self.served),
         }
     }
 }
@@ -61,6 +82,7 @@ impl<T: Send + 'static> ActorSink<T> {
             recipient,
             task: 0,
             buffer: Vec::new(),
+            served: Arc::default(),
         }
     }
 }
@@ -104,19 +126,42 @@ where
     }
 
     fn commit(&mut self, txn: &ActorTxn<T>) -> Result<()> {
-        for (seq, value) in txn.records.iter().enumerate() {
-            self.recipient.do_send(SinkOutput {
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        let at = served.entry(txn.task).or_insert((0, 0));
+        let from = match txn.epoch.cmp(&at.0) {
+            std::cmp::Ordering::Less => return Ok(()), // served before a restore
+            std::cmp::Ordering::Equal => at.1 as usize,
+            std::cmp::Ordering::Greater => 0,
+        };
+        *at = (txn.epoch, from as u64);
+        for (seq, value) in txn.records.iter().enumerate().skip(from) {
+            let output = SinkOutput {
                 epoch: CheckpointId(txn.epoch),
                 task: txn.task,
                 seq: seq as u64,
                 value: value.clone(),
-            });
+            };
+            match self.recipient.try_send(output) {
+                Ok(()) => {}
+                // A full mailbox still takes the message (actix queues past its capacity).
+                Err(SendError::Full(output)) => self.recipient.do_send(output),
+                Err(SendError::Closed(_)) => {
+                    return Err(Error::DeliveryFailed {
+                        receiver: format!("the receiver of {}", std::any::type_name::<T>()),
+                        reason: format!(
+                            "its mailbox is closed (epoch {}, record {seq} of sink task {})",
+                            txn.epoch, txn.task
+                        ),
+                    });
+                }
+            }
+            at.1 = seq as u64 + 1;
         }
         Ok(())
     }
 
     fn recover(&mut self, committed: &[ActorTxn<T>]) -> Result<()> {
-        // Delivered before the crash or not: deliver again; receivers drop duplicates by tag.
+        // What was served before the crash is withheld by `commit`.
         for txn in committed {
             self.commit(txn)?;
         }

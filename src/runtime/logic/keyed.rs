@@ -1,5 +1,7 @@
 //! The logic of a keyed operator task ([`KeyedLogic`]): a [`KeyedOperator`] with keyed state
-//! restored by key group, timers fired by watermark and processing time, and operator state.
+//! restored by key group, timers fired by watermark and processing time, and operator state;
+//! for an actor operator also its commands (read from the command source, applied in order
+//! with the records) and queries (run on the live state between batches).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -7,7 +9,9 @@ use std::sync::Arc;
 use super::dead_letter::{contained, route_failure, DeadLetterSpec};
 use super::shared::{collector, downcast, Capture, LogicParams, TaskLogic};
 use crate::checkpoint::CheckpointId;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::runtime::actor::wire::{CommandEnvelope, CommandRoute};
+use crate::runtime::actor::QueryContext;
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::operator::{Data, KeyedContext, KeyedOperator, TaskInfo};
 use crate::runtime::time::{TimeDomain, TimerService, Timestamp};
@@ -44,6 +48,7 @@ pub(crate) struct KeyedLogic<K: StateKey, I, O, Op> {
     operator: OperatorStateBackend,
     restore: Arc<Vec<KeyedSnapshot>>,
     out: Collector<O>,
+    commands: Option<CommandRoute<K, O, Op>>,
 }
 
 impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I, O, Op> {
@@ -71,7 +76,66 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
             info: p.info,
             key,
             op,
+            commands: None,
         })
+    }
+
+    /// Makes the task an actor operator's: batches of commands are applied with `route`.
+    pub(crate) fn with_commands(mut self, route: CommandRoute<K, O, Op>) -> Self {
+        self.commands = Some(route);
+        self
+    }
+
+    /// Runs a query on the state of `key` (which this task must own).
+    pub(crate) fn query<R>(
+        &mut self,
+        key: K,
+        f: impl FnOnce(&Op, &QueryContext<'_, K>) -> Result<R>,
+    ) -> Result<R> {
+        self.keyed.set_current_key(key)?;
+        let ctx = QueryContext {
+            info: &self.info,
+            keyed: &self.keyed,
+        };
+        f(&self.op, &ctx)
+    }
+
+    /// Applies a batch of commands, each to its key's state, answering each caller. A failing
+    /// handler answers its caller with the error; the task goes on.
+    fn on_commands(&mut self, batch: Box<dyn Any + Send>) -> Result<()> {
+        let Some(route) = self.commands.as_ref() else {
+            return Err(Error::Internal(format!(
+                "a channel delivered records that are not {}",
+                std::any::type_name::<I>()
+            )));
+        };
+        let commands = downcast::<CommandEnvelope<K>>(batch)?;
+        let mut ctx = keyed_ctx!(self);
+        for c in commands {
+            let (op, out, key) = (&mut self.op, &mut self.out, c.key);
+            let handler = route.handlers.get(&c.name);
+            let mut applied = Err(Error::NoSuchEndpoint {
+                job: String::new(),
+                what: format!("command '{}'", c.name),
+                reason: format!(
+                    "operator '{}' declares no command of that name",
+                    route.vertex
+                ),
+            });
+            let result = contained(|| {
+                ctx.keyed.set_current_key(key)?;
+                if let Some(h) = handler {
+                    applied = h(&c.payload, op, &mut ctx, out);
+                }
+                Ok(())
+            });
+            let answer = result.and(applied).map_err(|e| Error::HandlerFailed {
+                handler: format!("command {} on '{}'", c.name, route.vertex),
+                source: Box::new(e),
+            });
+            route.replies.applied(c.run, c.seq, answer);
+        }
+        Ok(())
     }
 }
 
@@ -109,8 +173,12 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
     fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
         // One clock reading per batch: `current_processing_time` is that of the batch.
         self.processing_time = crate::runtime::time::processing_time();
+        let batch = match batch.downcast::<Vec<I>>() {
+            Ok(records) => *records,
+            Err(other) => return self.on_commands(other),
+        };
         let mut ctx = keyed_ctx!(self);
-        for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
+        for (i, r) in batch.into_iter().enumerate() {
             let kept = self.dead_letter.as_ref().map(|_| r.clone());
             let (op, out, key) = (&mut self.op, &mut self.out, &self.key);
             let result = contained(|| {
@@ -175,5 +243,9 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
 
     fn has_buffered(&self) -> bool {
         self.out.has_buffered()
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
 }

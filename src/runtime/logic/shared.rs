@@ -73,6 +73,10 @@ pub(crate) trait TaskLogic: Send {
     }
     /// For an event-time source: the watermark statuses to send now, if any changed.
     fn source_watermark(&mut self, _now: std::time::Instant, _out: &mut Vec<WatermarkStatus>) {}
+    /// The logic as `Any`, for a query to downcast (actor operators only).
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
 }
 
 /// State handed to a task at start: from the checkpoint restored, or empty.

@@ -2,13 +2,14 @@
 //! checkpointing their offsets, and (for event time) deriving the watermark and idleness.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::shared::{collector, operator_capture, Capture, LogicParams, SourcePoll, TaskLogic};
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId, ReplayableLog};
+use crate::runtime::actor::wire::Progress;
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::messages;
 use crate::runtime::operator::{Data, TaskInfo};
@@ -72,6 +73,10 @@ pub(crate) struct SourceLogic<T> {
     sent: Option<WatermarkStatus>,
     sent_at: Option<std::time::Instant>,
     final_sent: bool,
+    /// Told the offsets of every checkpoint that completes (a source of a log the job owns).
+    progress: Option<Progress>,
+    /// The offsets captured per checkpoint not yet complete (with `progress` only).
+    captured: VecDeque<(CheckpointId, Vec<(PartitionId, LogOffset)>)>,
 }
 
 impl<T: Data> SourceLogic<T> {
@@ -97,7 +102,15 @@ impl<T: Data> SourceLogic<T> {
             sent: None,
             sent_at: None,
             final_sent: false,
+            progress: None,
+            captured: VecDeque::new(),
         })
+    }
+
+    /// Tells `progress` the offsets of each checkpoint that completes.
+    pub(crate) fn with_progress(mut self, progress: Option<Progress>) -> Self {
+        self.progress = progress;
+        self
     }
 
     fn save_offsets(&mut self) -> Result<()> {
@@ -146,6 +159,10 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
             }
         }
         self.offsets_state = Some(list);
+        if let (Some(progress), Some(_)) = (&self.progress, self.info.restored_from) {
+            let offsets: Vec<_> = self.partitions.iter().map(|p| (p.id, p.next)).collect();
+            progress(false, &offsets);
+        }
         self.save_offsets()
     }
 
@@ -157,14 +174,28 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
         Ok(())
     }
 
-    fn capture(&mut self, _checkpoint: CheckpointId) -> Result<Capture> {
+    fn capture(&mut self, checkpoint: CheckpointId) -> Result<Capture> {
         self.save_offsets()?;
         let mut c = operator_capture(&self.state)?;
         c.sources = self.partitions.iter().map(|p| (p.id, p.next)).collect();
+        if self.progress.is_some() {
+            self.captured.push_back((checkpoint, c.sources.clone()));
+        }
         Ok(c)
     }
 
-    fn checkpoint_complete(&mut self, _checkpoint: CheckpointId) -> Result<()> {
+    fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        let mut done = None;
+        while self
+            .captured
+            .front()
+            .is_some_and(|(id, _)| *id <= checkpoint)
+        {
+            done = self.captured.pop_front();
+        }
+        if let (Some(progress), Some((_, offsets))) = (&self.progress, done) {
+            progress(true, &offsets);
+        }
         Ok(())
     }
 

@@ -1,0 +1,54 @@
+//! [`ActorAdapter`]: runs an [`ActorOperator`] as the [`KeyedOperator`] of a keyed task.
+
+use super::ActorOperator;
+use crate::checkpoint::CheckpointId;
+use crate::error::Result;
+use crate::runtime::channel::Collector;
+use crate::runtime::operator::{KeyedContext, KeyedOperator};
+use crate::runtime::time::{TimeDomain, Timestamp};
+
+/// An actor operator seen as a keyed operator (its record side).
+#[derive(Clone)]
+pub(crate) struct ActorAdapter<Op>(pub(crate) Op);
+
+impl<Op: ActorOperator> KeyedOperator<Op::Key, Op::In, Op::Out> for ActorAdapter<Op> {
+    fn open(&mut self, ctx: &mut KeyedContext<'_, Op::Key>) -> Result<()> {
+        self.0.open(ctx)
+    }
+
+    #[inline]
+    fn process(
+        &mut self,
+        record: Op::In,
+        ctx: &mut KeyedContext<'_, Op::Key>,
+        out: &mut Collector<Op::Out>,
+    ) -> Result<()> {
+        self.0.process(record, ctx, out)
+    }
+
+    fn end_of_input(
+        &mut self,
+        ctx: &mut KeyedContext<'_, Op::Key>,
+        out: &mut Collector<Op::Out>,
+    ) -> Result<()> {
+        self.0.end_of_input(ctx, out)
+    }
+
+    fn checkpoint_complete(
+        &mut self,
+        checkpoint: CheckpointId,
+        ctx: &mut KeyedContext<'_, Op::Key>,
+    ) -> Result<()> {
+        self.0.checkpoint_complete(checkpoint, ctx)
+    }
+
+    fn on_timer(
+        &mut self,
+        timestamp: Timestamp,
+        domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, Op::Key>,
+        out: &mut Collector<Op::Out>,
+    ) -> Result<()> {
+        self.0.on_timer(timestamp, domain, ctx, out)
+    }
+}

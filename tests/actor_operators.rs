@@ -1,0 +1,506 @@
+//! Operators written as actors: commands applied exactly once, queries answered from live
+//! state, durable replies, and clear errors for bad addresses, all under random kills.
+//!
+//! Seeds: `SNAPFLOW_ACTOR_SEEDS` (default 20) runs per randomized test; a failure prints its
+//! seed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use snapflow::chaos::{ChaosMonkey, Kill};
+use snapflow::prelude::*;
+use snapflow::state::ValueState;
+use snapflow::{
+    ActorOperator, Command, CommandHandler, Commands, Query, QueryContext, QueryHandler,
+};
+
+use common::{chaos_config, counting_log, splitmix};
+
+/// A bank account per key: balance, deposits seen from the stream, commands applied.
+#[derive(Clone, Default)]
+struct Bank {
+    account: Option<ValueState<Account>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Account {
+    balance: i64,
+    deposits_seen: u64,
+    commands: u64,
+}
+
+/// Moves money in: always succeeds; replies with the new balance.
+#[derive(Debug, Serialize, Deserialize)]
+struct Deposit(i64);
+
+impl Command for Deposit {
+    type Reply = i64;
+    fn name() -> &'static str {
+        "deposit"
+    }
+}
+
+/// Moves money out if the balance covers it; replies whether it did.
+#[derive(Debug, Serialize, Deserialize)]
+struct Withdraw(i64);
+
+impl Command for Withdraw {
+    type Reply = bool;
+    fn name() -> &'static str {
+        "withdraw"
+    }
+}
+
+/// Reads one account.
+struct Read;
+
+impl Query for Read {
+    type Reply = Account;
+}
+
+impl Bank {
+    fn state(&self) -> Result<&ValueState<Account>> {
+        self.account
+            .as_ref()
+            .ok_or_else(|| Error::Config("used before open".into()))
+    }
+
+    fn update(
+        &self,
+        ctx: &mut KeyedContext<'_, u64>,
+        f: impl FnOnce(&mut Account),
+    ) -> Result<Account> {
+        let s = self.state()?;
+        let a = s.get_or_insert_with(ctx.state(), Account::default)?;
+        f(a);
+        Ok(*a)
+    }
+}
+
+impl ActorOperator for Bank {
+    type Key = u64;
+    type In = (u64, u64);
+    type Out = (u64, i64);
+
+    fn commands(commands: &mut Commands<Self>) {
+        commands.add::<Deposit>().add::<Withdraw>();
+    }
+
+    fn open(&mut self, ctx: &mut KeyedContext<'_, u64>) -> Result<()> {
+        self.account = Some(ctx.state().value_state("account")?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        (key, amount): (u64, u64),
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Collector<(u64, i64)>,
+    ) -> Result<()> {
+        let a = self.update(ctx, |a| {
+            a.balance += amount as i64;
+            a.deposits_seen += 1;
+        })?;
+        out.emit((key, a.balance));
+        Ok(())
+    }
+}
+
+impl CommandHandler<Deposit> for Bank {
+    fn command(
+        &mut self,
+        Deposit(amount): Deposit,
+        ctx: &mut KeyedContext<'_, u64>,
+        _out: &mut Collector<(u64, i64)>,
+    ) -> Result<i64> {
+        Ok(self
+            .update(ctx, |a| {
+                a.balance += amount;
+                a.commands += 1;
+            })?
+            .balance)
+    }
+}
+
+impl CommandHandler<Withdraw> for Bank {
+    fn command(
+        &mut self,
+        Withdraw(amount): Withdraw,
+        ctx: &mut KeyedContext<'_, u64>,
+        _out: &mut Collector<(u64, i64)>,
+    ) -> Result<bool> {
+        let mut done = false;
+        self.update(ctx, |a| {
+            a.commands += 1;
+            if a.balance >= amount {
+                a.balance -= amount;
+                done = true;
+            }
+        })?;
+        Ok(done)
+    }
+}
+
+impl QueryHandler<Read> for Bank {
+    fn query(&self, _q: Read, ctx: &QueryContext<'_, u64>) -> Result<Account> {
+        Ok(self.state()?.get(ctx.state())?.copied().unwrap_or_default())
+    }
+}
+
+const ACCOUNTS: u64 = 16;
+
+fn bank_job(name: &str, config: JobConfig, deposits: u64) -> JobBuilder {
+    let job = JobBuilder::with_config(name, config);
+    let commands: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(2));
+    job.source(
+        "deposits",
+        LogSource::msgpack(counting_log(deposits, ACCOUNTS, 2)),
+    )
+    .key_by(|d: &(u64, u64)| d.0)
+    .actor("bank", Bank::default(), commands)
+    .sink("out", CollectSink::new());
+    job
+}
+
+fn seeds() -> u64 {
+    std::env::var("SNAPFLOW_ACTOR_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
+/// What one application actor sent, counted from its own side.
+#[derive(Debug, Default)]
+struct Sent {
+    commands: HashMap<u64, u64>,
+    /// Deposits minus successful withdrawals, from the durable replies.
+    net: i64,
+    queries: u64,
+    unavailable: u64,
+}
+
+/// One application client: random deposits, withdrawals and queries to random accounts.
+async fn client(bank: OperatorRef<Bank>, seed: u64, n: u64) -> Result<Sent> {
+    let mut rng = seed;
+    let mut sent = Sent::default();
+    let mut durables = Vec::new();
+    for _ in 0..n {
+        let key = splitmix(&mut rng) % ACCOUNTS;
+        let amount = (splitmix(&mut rng) % 5 + 1) as i64;
+        match splitmix(&mut rng) % 3 {
+            0 => {
+                let applied = bank.command(key, Deposit(amount)).await?;
+                *sent.commands.entry(key).or_default() += 1;
+                durables.push(tokio::spawn(async move {
+                    applied.durable().await.map(|_| amount)
+                }));
+            }
+            1 => {
+                let applied = bank.command(key, Withdraw(amount)).await?;
+                *sent.commands.entry(key).or_default() += 1;
+                durables.push(tokio::spawn(async move {
+                    applied
+                        .durable()
+                        .await
+                        .map(|done| if done { -amount } else { 0 })
+                }));
+            }
+            _ => match bank.query(key, Read).await {
+                Ok(_) => sent.queries += 1,
+                Err(e @ Error::Unavailable { .. }) => {
+                    assert!(e.is_retryable());
+                    sent.unavailable += 1;
+                }
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    for d in durables {
+        sent.net += d.await.expect("durable task")?;
+    }
+    Ok(sent)
+}
+
+/// Queries every account until the stream's deposits are all seen, then returns them.
+async fn settle(bank: &OperatorRef<Bank>, deposits: u64) -> Vec<Account> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = Vec::new();
+        for key in 0..ACCOUNTS {
+            match bank.query(key, Read).await {
+                Ok(a) => all.push(a),
+                Err(Error::Unavailable { .. }) => break,
+                Err(e) => panic!("query failed: {e}"),
+            }
+        }
+        let seen: u64 = all.iter().map(|a| a.deposits_seen).sum();
+        if all.len() == ACCOUNTS as usize && seen == deposits {
+            return all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deposits never all seen ({seen} of {deposits})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One run: (kills, restarts, queries answered, queries that found the task restarting).
+async fn bank_run(seed: u64) -> (u32, u32, u64, u64) {
+    const DEPOSITS: u64 = 20_000;
+    let mut config = chaos_config(Threads::Arbiters(2));
+    config.query_timeout = Duration::from_secs(20);
+    let job = bank_job("bank", config, DEPOSITS);
+    job.chaos(
+        ChaosMonkey::new(seed)
+            .random_interval(Duration::from_millis(5), Duration::from_millis(25))
+            .kills(vec![Kill::PanicInUserCode, Kill::StopFromOutside])
+            .max_kills(8),
+    );
+    let handle = job.build().expect("build").start().await.expect("start");
+    let bank = handle.operator::<Bank>("bank").expect("address");
+    let clients: Vec<_> = (0..4)
+        .map(|c| tokio::spawn(client(bank.clone(), seed ^ ((c + 1) * 0x9E37), 150)))
+        .collect();
+    let mut sent = Vec::new();
+    for c in clients {
+        sent.push(
+            c.await
+                .expect("client")
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}")),
+        );
+    }
+    let accounts = settle(&bank, DEPOSITS).await;
+    let total: i64 = accounts.iter().map(|a| a.balance).sum();
+    let net: i64 = sent.iter().map(|s| s.net).sum();
+    assert_eq!(
+        total,
+        DEPOSITS as i64 + net,
+        "seed {seed}: money was made or lost"
+    );
+    for key in 0..ACCOUNTS {
+        let expected: u64 = sent
+            .iter()
+            .map(|s| s.commands.get(&key).copied().unwrap_or(0))
+            .sum();
+        assert_eq!(
+            accounts[key as usize].commands, expected,
+            "seed {seed}: account {key} applied a command other than once"
+        );
+    }
+    let answered: u64 = sent.iter().map(|s| s.queries).sum();
+    let unavailable: u64 = sent.iter().map(|s| s.unavailable).sum();
+    handle.stop();
+    let report = handle
+        .wait()
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    assert_eq!(report.end, JobEnd::Stopped);
+    (
+        report.kills,
+        report.restarts + report.job_restarts,
+        answered,
+        unavailable,
+    )
+}
+
+#[actix::test]
+async fn every_command_is_applied_exactly_once_and_every_query_answered_under_random_kills() {
+    snapflow::chaos::quiet_chaos_panics();
+    let (mut kills, mut restarts, mut answered, mut unavailable) = (0, 0, 0, 0);
+    for i in 0..seeds() {
+        let (k, r, a, u) = bank_run(0xB4_0000 + i).await;
+        kills += k;
+        restarts += r;
+        answered += a;
+        unavailable += u;
+    }
+    eprintln!("{kills} kills, {restarts} restarts, {answered} queries answered, {unavailable} unavailable");
+    assert!(kills > 0 && restarts > 0, "the runs were not disturbed");
+    assert!(answered > 0, "no query was answered");
+}
+
+/// A query the bank refuses.
+struct Refused;
+
+impl Query for Refused {
+    type Reply = ();
+}
+
+impl QueryHandler<Refused> for Bank {
+    fn query(&self, _q: Refused, _ctx: &QueryContext<'_, u64>) -> Result<()> {
+        Err(Error::Config("refused on purpose".into()))
+    }
+}
+
+/// A command that fails after changing nothing.
+#[derive(Debug, Serialize, Deserialize)]
+struct Explode;
+
+impl Command for Explode {
+    type Reply = ();
+}
+
+impl CommandHandler<Explode> for Bank {
+    fn command(
+        &mut self,
+        _c: Explode,
+        _ctx: &mut KeyedContext<'_, u64>,
+        _out: &mut Collector<(u64, i64)>,
+    ) -> Result<()> {
+        panic!("explode on purpose")
+    }
+}
+
+/// Another actor operator type, to ask for the bank under the wrong type.
+#[derive(Clone)]
+struct NotTheBank;
+
+impl ActorOperator for NotTheBank {
+    type Key = u64;
+    type In = (u64, u64);
+    type Out = (u64, i64);
+
+    fn process(
+        &mut self,
+        _r: (u64, u64),
+        _ctx: &mut KeyedContext<'_, u64>,
+        _out: &mut Collector<(u64, i64)>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn bad_addresses_failing_handlers_and_messages_after_the_end_give_clear_errors() {
+    let mut config = chaos_config(Threads::Arbiters(1));
+    config.query_timeout = Duration::from_secs(20);
+    let handle = bank_job("bank-errors", config, 1_000)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let no_such = |e: &Error, text: &str| matches!(e, Error::NoSuchEndpoint { reason, .. } if reason.contains(text));
+    let e = handle.operator::<Bank>("nope").expect_err("no vertex");
+    assert!(
+        no_such(&e, "there is no vertex named 'nope' (the job has: bank)"),
+        "{e}"
+    );
+    let e = handle.operator::<Bank>("deposits").expect_err("a source");
+    assert!(
+        no_such(&e, "vertex 'deposits' is not an actor operator"),
+        "{e}"
+    );
+    let e = handle
+        .operator::<NotTheBank>("bank")
+        .expect_err("wrong type");
+    assert!(no_such(&e, "Bank, not") && no_such(&e, "NotTheBank"), "{e}");
+
+    let bank = handle.operator::<Bank>("bank").expect("address");
+    let e = bank.query(3, Refused).await.expect_err("refused");
+    assert!(
+        matches!(&e, Error::HandlerFailed { source, .. } if source.to_string().contains("refused on purpose")),
+        "{e}"
+    );
+    // Undeclared in `commands()`: answered with an error, the task goes on.
+    let e = bank.command(3, Explode).await.expect_err("undeclared");
+    assert!(
+        e.to_string().contains("declares no command of that name"),
+        "{e}"
+    );
+    let applied = bank.command(3, Deposit(10)).await.expect("deposit");
+    let durable = applied.reply;
+    assert_eq!(applied.durable().await.expect("durable"), durable);
+    assert!(
+        !handle.metrics().checkpoints.is_empty(),
+        "durable before a checkpoint completed"
+    );
+    assert!(bank.query(3, Read).await.expect("read").balance >= 10);
+
+    handle.stop();
+    handle.wait().await.expect("stopped");
+    let e = bank.query(3, Read).await.expect_err("ended");
+    assert!(matches!(e, Error::JobEnded { .. }), "{e}");
+    let e = bank.command(3, Deposit(1)).await.expect_err("ended");
+    assert!(matches!(e, Error::JobEnded { .. }), "{e}");
+}
+
+/// Declares `Explode` too, so that its panic is the handler's.
+#[derive(Clone, Default)]
+struct ExplodingBank(Bank);
+
+#[actix::test]
+async fn a_panicking_command_handler_fails_its_command_and_not_the_task() {
+    let job = JobBuilder::with_config("bank-panic", chaos_config(Threads::Arbiters(1)));
+    let commands: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
+    job.source(
+        "deposits",
+        LogSource::msgpack(counting_log(100, ACCOUNTS, 1)),
+    )
+    .key_by(|d: &(u64, u64)| d.0)
+    .actor("bank", ExplodingBank::default(), commands)
+    .sink("out", CollectSink::new());
+    let handle = job.build().expect("build").start().await.expect("start");
+    let bank = handle.operator::<ExplodingBank>("bank").expect("address");
+    snapflow::chaos::quiet_chaos_panics();
+    let e = bank.command(1, Explode).await.expect_err("panics");
+    assert!(
+        matches!(&e, Error::HandlerFailed { source, .. } if matches!(**source, Error::Panic { .. })),
+        "{e}"
+    );
+    let after = bank.command(1, Deposit(5)).await.expect("the task goes on");
+    assert!(after.reply >= 5);
+    handle.stop();
+    let report = handle.wait().await.expect("stopped");
+    assert_eq!(report.restarts, 0, "a failing command restarted the task");
+}
+
+impl ActorOperator for ExplodingBank {
+    type Key = u64;
+    type In = (u64, u64);
+    type Out = (u64, i64);
+
+    fn commands(commands: &mut Commands<Self>) {
+        commands.add::<Deposit>().add::<Explode>();
+    }
+
+    fn open(&mut self, ctx: &mut KeyedContext<'_, u64>) -> Result<()> {
+        self.0.open(ctx)
+    }
+
+    fn process(
+        &mut self,
+        r: (u64, u64),
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Collector<(u64, i64)>,
+    ) -> Result<()> {
+        self.0.process(r, ctx, out)
+    }
+}
+
+impl CommandHandler<Deposit> for ExplodingBank {
+    fn command(
+        &mut self,
+        c: Deposit,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Collector<(u64, i64)>,
+    ) -> Result<i64> {
+        CommandHandler::<Deposit>::command(&mut self.0, c, ctx, out)
+    }
+}
+
+impl CommandHandler<Explode> for ExplodingBank {
+    fn command(
+        &mut self,
+        c: Explode,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Collector<(u64, i64)>,
+    ) -> Result<()> {
+        CommandHandler::<Explode>::command(&mut self.0, c, ctx, out)
+    }
+}
