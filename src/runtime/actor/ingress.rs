@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::log::{Append, LogOffset, PartitionId};
 use crate::state::{stable_hash, StableHash};
 
-/// Typed input into a running job (see the [module docs](self)). Cheap to clone.
+/// Typed input into a running job, from [`JobHandle::ingress`](crate::JobHandle::ingress) for a
+/// vertex added with [`JobBuilder::ingress`](crate::JobBuilder::ingress). Cheap to clone.
 pub struct Ingress<T> {
     entry: Arc<IngressEntry>,
     outside: Arc<Outside>,

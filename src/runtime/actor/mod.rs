@@ -24,6 +24,26 @@
 //! future, as `Addr::send` does. Sending a message type the operator has no handler for does
 //! not compile.
 //!
+//! A query the operator has no handler for is a compile error:
+//!
+//! ```compile_fail
+//! use snapflow::prelude::*;
+//! struct Unknown;
+//! impl Query for Unknown { type Reply = (); }
+//! #[derive(Clone)]
+//! struct Counter;
+//! impl ActorOperator for Counter {
+//!     type Key = u64; type In = u64; type Out = u64;
+//!     fn process(&mut self, r: u64, _: &mut KeyedContext<'_, u64>, out: &mut Collector<u64>) -> Result<()> {
+//!         out.emit(r);
+//!         Ok(())
+//!     }
+//! }
+//! async fn ask(counter: OperatorRef<Counter>) {
+//!     let _ = counter.query(1, Unknown).await; // no `QueryHandler<Unknown> for Counter`
+//! }
+//! ```
+//!
 //! Restarts: a query for a task that is restarting waits for the restored task, for at most
 //! [`JobConfig::query_timeout`](crate::JobConfig::query_timeout), then fails with
 //! [`Error::Unavailable`](crate::Error::Unavailable), which is retryable. A command does not
