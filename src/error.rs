@@ -289,11 +289,9 @@ pub enum Error {
     /// An address, ingress or message named something the running job does not have: a vertex
     /// that does not exist, one that is not an actor operator or an ingress, or one of
     /// another type.
-    #[error("job '{job}' has no {what}: {reason}")]
+    #[error("{what}: {reason}")]
     NoSuchEndpoint {
-        /// The job.
-        job: String,
-        /// What was asked for (`actor operator 'accounts'`, `ingress 'clicks'`, a command).
+        /// What was asked for, of which job (`job 'bank' has no actor operator 'accounts'`).
         what: String,
         /// Why it does not match, with what the job does have.
         reason: String,

@@ -176,3 +176,38 @@ async fn bad_addresses_and_ingress_after_the_end_give_clear_errors() {
     assert!(matches!(after, Error::JobEnded { .. }), "{after}");
     assert_eq!(after.class(), ErrorClass::Fatal);
 }
+
+#[actix::test]
+async fn the_job_trims_its_ingress_log_once_no_retained_checkpoint_needs_the_records() {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let receiver = Receiver(Arc::clone(&got)).start();
+    let job = JobBuilder::with_config("trim", chaos_config(Threads::Arbiters(1)));
+    let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
+    job.ingress::<(u64, u64)>("numbers", Arc::clone(&log))
+        .key_by(|r: &(u64, u64)| r.0)
+        .reduce("count", |a, b| (a.0, a.1 + b.1))
+        .sink("receiver", ActorSink::new(receiver.recipient()));
+    let handle = job.build().expect("build").start().await.expect("start");
+    let ingress = handle.ingress::<(u64, u64)>("numbers").expect("ingress");
+    for i in 0..1_000 {
+        ingress.send(&(i % KEYS, 1)).await.expect("send");
+    }
+    let all_in = poll_until(Duration::from_secs(30), || {
+        got.lock().expect("receiver").len() == 1_000
+    })
+    .await;
+    assert!(all_in, "the outputs never all arrived");
+    // Once more checkpoints than the storage retains have completed past the last record,
+    // everything before it is dropped.
+    let trimmed = poll_until(Duration::from_secs(30), || {
+        log.start_offset(PartitionId(0)).expect("start") == LogOffset(1_000)
+    })
+    .await;
+    handle.stop();
+    handle.wait().await.expect("stopped");
+    assert!(
+        trimmed,
+        "the ingress log still starts at {}",
+        log.start_offset(PartitionId(0)).expect("start")
+    );
+}

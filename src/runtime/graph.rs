@@ -50,8 +50,8 @@ use super::config::{JobConfig, Threads};
 use super::events::JobEvent;
 use super::handle::JobHandle;
 use super::logic::{
-    DeadLetterSpec, Decoder, EdgeKind, EventTimeSpec, KeyGroupFn, KeyedLogic, OperatorLogic,
-    RestoreState, SinkLogic, SourceLogic, TaskLogic,
+    ActorLogic, DeadLetterSpec, Decoder, EdgeKind, EventTimeSpec, KeyGroupFn, KeyedLogic,
+    OperatorLogic, RestoreState, SinkLogic, SourceLogic, TaskLogic,
 };
 use super::metrics::JobMetrics;
 use super::operator::{Data, FlatMapOp, KeyedOperator, Operator, ReduceOp};
@@ -773,7 +773,7 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
                 dead.clone(),
                 p,
             )?;
-            Ok(Box::new(logic.with_commands(route.clone())) as Box<dyn TaskLogic>)
+            Ok(Box::new(ActorLogic::new(logic, route.clone())) as Box<dyn TaskLogic>)
         });
         let out = self.stream.derive(name, Role::Keyed, inputs, factory);
         let vertex = graph.borrow().vertices.len() - 1;

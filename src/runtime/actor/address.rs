@@ -15,7 +15,7 @@ use super::{ActorOperator, Command, CommandHandler, Query, QueryHandler};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::log::{Append, PartitionId};
-use crate::runtime::logic::KeyedLogic;
+use crate::runtime::logic::ActorLogic;
 use crate::state::{key_group_for, task_for_key_group};
 
 /// The address of an actor operator vertex (see the [module docs](super)). Cheap to clone;
@@ -89,7 +89,7 @@ fn downcast<R: 'static>(reply: AnyReply) -> Result<R> {
     })
 }
 
-type Logic<Op> = KeyedLogic<
+type Logic<Op> = ActorLogic<
     <Op as ActorOperator>::Key,
     <Op as ActorOperator>::In,
     <Op as ActorOperator>::Out,
@@ -134,8 +134,7 @@ impl<Op: ActorOperator> OperatorRef<Op> {
         };
         if entry.type_id != TypeId::of::<Op>() {
             return Err(Error::NoSuchEndpoint {
-                job: outside.job.clone(),
-                what,
+                what: format!("job '{}' has no {what}", outside.job),
                 reason: format!(
                     "it runs {}, not {}",
                     entry.type_name,

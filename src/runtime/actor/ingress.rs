@@ -85,8 +85,7 @@ impl<T: Serialize + Send + 'static> Ingress<T> {
         };
         if entry.type_id != TypeId::of::<T>() {
             return Err(Error::NoSuchEndpoint {
-                job: outside.job.clone(),
-                what,
+                what: format!("job '{}' has no {what}", outside.job),
                 reason: format!(
                     "it takes {}, not {}",
                     entry.type_name,

@@ -77,8 +77,7 @@ impl Outside {
         let mut have: Vec<&str> = have.into_iter().map(String::as_str).collect();
         have.sort_unstable();
         Error::NoSuchEndpoint {
-            job: self.job.clone(),
-            what,
+            what: format!("job '{}' has no {what}", self.job),
             reason: format!("{reason} (the job has: {})", have.join(", ")),
         }
     }

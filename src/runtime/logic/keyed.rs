@@ -48,7 +48,6 @@ pub(crate) struct KeyedLogic<K: StateKey, I, O, Op> {
     operator: OperatorStateBackend,
     restore: Arc<Vec<KeyedSnapshot>>,
     out: Collector<O>,
-    commands: Option<CommandRoute<K, O, Op>>,
 }
 
 impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I, O, Op> {
@@ -76,14 +75,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
             info: p.info,
             key,
             op,
-            commands: None,
         })
-    }
-
-    /// Makes the task an actor operator's: batches of commands are applied with `route`.
-    pub(crate) fn with_commands(mut self, route: CommandRoute<K, O, Op>) -> Self {
-        self.commands = Some(route);
-        self
     }
 
     /// Runs a query on the state of `key` (which this task must own).
@@ -102,21 +94,18 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
 
     /// Applies a batch of commands, each to its key's state, answering each caller. A failing
     /// handler answers its caller with the error; the task goes on.
-    fn on_commands(&mut self, batch: Box<dyn Any + Send>) -> Result<()> {
-        let Some(route) = self.commands.as_ref() else {
-            return Err(Error::Internal(format!(
-                "a channel delivered records that are not {}",
-                std::any::type_name::<I>()
-            )));
-        };
+    pub(super) fn apply_commands(
+        &mut self,
+        route: &CommandRoute<K, O, Op>,
+        batch: Box<dyn Any + Send>,
+    ) -> Result<()> {
         let commands = downcast::<CommandEnvelope<K>>(batch)?;
         let mut ctx = keyed_ctx!(self);
         for c in commands {
             let (op, out, key) = (&mut self.op, &mut self.out, c.key);
             let handler = route.handlers.get(&c.name);
             let mut applied = Err(Error::NoSuchEndpoint {
-                job: String::new(),
-                what: format!("command '{}'", c.name),
+                what: format!("no command '{}'", c.name),
                 reason: format!(
                     "operator '{}' declares no command of that name",
                     route.vertex
@@ -173,12 +162,8 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
     fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
         // One clock reading per batch: `current_processing_time` is that of the batch.
         self.processing_time = crate::runtime::time::processing_time();
-        let batch = match batch.downcast::<Vec<I>>() {
-            Ok(records) => *records,
-            Err(other) => return self.on_commands(other),
-        };
         let mut ctx = keyed_ctx!(self);
-        for (i, r) in batch.into_iter().enumerate() {
+        for (i, r) in downcast::<I>(batch)?.into_iter().enumerate() {
             let kept = self.dead_letter.as_ref().map(|_| r.clone());
             let (op, out, key) = (&mut self.op, &mut self.out, &self.key);
             let result = contained(|| {
@@ -243,9 +228,5 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
 
     fn has_buffered(&self) -> bool {
         self.out.has_buffered()
-    }
-
-    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
-        Some(self)
     }
 }

@@ -5,6 +5,7 @@
 //! offsets) and its output [`Collector`]. The task actor calls it for records, barriers
 //! (`capture`), end of input and checkpoint completion, inside a panic boundary.
 
+mod actor;
 mod dead_letter;
 mod keyed;
 mod operator;
@@ -12,6 +13,7 @@ mod shared;
 mod sink;
 mod source;
 
+pub(crate) use actor::ActorLogic;
 pub use dead_letter::DeadLetter;
 pub(crate) use dead_letter::DeadLetterSpec;
 pub(crate) use keyed::KeyedLogic;
