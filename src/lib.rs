@@ -70,6 +70,7 @@ pub use runtime::{
     ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress, OperatorRef, Query,
     QueryContext, QueryHandler,
 };
+pub use runtime::{AsyncFunction, AsyncMode, AsyncOptions};
 pub use runtime::{
     Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport, KeyedOperator,
     KeyedStream, LogSource, NoValidCheckpoint, Operator, Stream, Threads,
@@ -93,6 +94,7 @@ pub mod prelude {
         ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress, OperatorRef,
         Query, QueryContext, QueryHandler,
     };
+    pub use crate::runtime::{AsyncFunction, AsyncMode, AsyncOptions};
     pub use crate::runtime::{
         Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport,
         KeyedContext, KeyedOperator, KeyedStream, LogSource, Operator, OperatorContext, Stream,

@@ -59,7 +59,10 @@ pub(crate) type Receiver = mpsc::Receiver<Envelope>;
 /// Opens or closes one input channel of a task. Lives on the task's thread only.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
+    /// Closed by barrier alignment.
     closed: Cell<bool>,
+    /// Held while the task's async calls fill its capacity (independent of alignment).
+    held: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -70,8 +73,24 @@ impl Gate {
 
     pub(crate) fn open(&self) {
         self.closed.set(false);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
+        self.wake_if_open();
+    }
+
+    /// Holds (or releases) the channel whatever alignment says.
+    pub(crate) fn hold(&self, held: bool) {
+        self.held.set(held);
+        self.wake_if_open();
+    }
+
+    fn is_shut(&self) -> bool {
+        self.closed.get() || self.held.get()
+    }
+
+    fn wake_if_open(&self) {
+        if !self.is_shut() {
+            if let Some(w) = self.waker.borrow_mut().take() {
+                w.wake();
+            }
         }
     }
 }
@@ -111,7 +130,7 @@ impl Stream for GatedInput {
     type Item = Input;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Input>> {
-        if self.gate.closed.get() {
+        if self.gate.is_shut() {
             *self.gate.waker.borrow_mut() = Some(cx.waker().clone());
             return Poll::Pending;
         }

@@ -45,13 +45,14 @@ use serde::de::DeserializeOwned;
 
 use super::actor::wire::{CommandEnvelope, CommandRoute, Progress, Replies, Trimmer};
 use super::actor::{ActorAdapter, ActorEntry, ActorOperator, Commands, IngressEntry, Outside};
+use super::async_io::{AsyncFunction, AsyncOptions};
 use super::channel::Collector;
 use super::config::{JobConfig, Threads};
 use super::events::JobEvent;
 use super::handle::JobHandle;
 use super::logic::{
-    ActorLogic, DeadLetterSpec, Decoder, EdgeKind, EventTimeSpec, KeyGroupFn, KeyedLogic,
-    OperatorLogic, RestoreState, SinkLogic, SourceLogic, TaskLogic,
+    ActorLogic, AsyncLogic, DeadLetterSpec, Decoder, EdgeKind, EventTimeSpec, KeyGroupFn,
+    KeyedLogic, OperatorLogic, RestoreState, SinkLogic, SourceLogic, TaskLogic,
 };
 use super::metrics::JobMetrics;
 use super::operator::{Data, FlatMapOp, KeyedOperator, Operator, ReduceOp};
@@ -591,6 +592,36 @@ impl<T: Data> Stream<T> {
                 Box::new(OperatorLogic::<T, O, Op>::new(op, dead.clone(), p)?)
                     as Box<dyn TaskLogic>,
             )
+        });
+        self.derive(name, Role::Operator, self.inputs.clone(), factory)
+    }
+
+    /// Calls `f` for every record without waiting for the call to resolve, and emits its
+    /// outputs when it does (see [`crate::runtime::async_io`]): at most `options.capacity`
+    /// calls in flight per task, results in order or as they resolve, the inputs of unfinished
+    /// calls in each checkpoint and issued again after a restore.
+    pub fn async_map<O: Data, F: AsyncFunction<T, O>>(
+        self,
+        name: &str,
+        f: F,
+        options: AsyncOptions,
+    ) -> Stream<O>
+    where
+        T: StateValue,
+    {
+        if let Err(e) = options.validate() {
+            self.graph
+                .borrow_mut()
+                .errors
+                .push(format!("async_map '{name}': {e}"));
+        }
+        let f = Mutex::new(f);
+        let factory: LogicFactory = Arc::new(move |p| {
+            let f = f
+                .lock()
+                .map_err(|_| Error::Internal("async function prototype poisoned".into()))?
+                .clone();
+            Ok(Box::new(AsyncLogic::<T, O, F>::new(f, options, p)?) as Box<dyn TaskLogic>)
         });
         self.derive(name, Role::Operator, self.inputs.clone(), factory)
     }

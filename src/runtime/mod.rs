@@ -15,6 +15,7 @@
 //! and restarts the master if it dies.
 
 pub mod actor;
+pub mod async_io;
 mod channel;
 mod config;
 mod events;
@@ -35,6 +36,7 @@ pub use actor::{
     ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress, OperatorRef, Query,
     QueryContext, QueryHandler,
 };
+pub use async_io::{AsyncFunction, AsyncMode, AsyncOptions};
 pub use channel::Collector;
 pub use config::{JobConfig, NoValidCheckpoint, Threads};
 pub use events::{JobEnd, JobEvent};

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc::error::TrySendError, watch};
 
 use super::actor::wire::{AnyReply, RunQuery};
 use super::channel::{Envelope, Gate, Input, Sender};
-use super::logic::{EncodeSnapshot, SourcePoll, TaskLogic};
+use super::logic::{Completion, EncodeSnapshot, SourcePoll, TaskLogic};
 use super::messages::{
     now, AckInfo, Complete, EventKind, InjectPanic, Shutdown, TaskEvent, Trigger,
 };
@@ -156,6 +156,10 @@ pub(crate) struct TaskActor {
     pub(crate) halted: bool,
     pub(crate) at_end_reported: bool,
     pub(crate) first_record_reported: bool,
+    /// An async operator's task: its logic may hold its inputs.
+    pub(crate) is_async: bool,
+    /// Every input ended while async calls were unfinished: the end waits for them.
+    pub(crate) end_deferred: bool,
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -461,6 +465,13 @@ impl TaskActor {
         }
         self.ended[channel] = true;
         if self.ended.iter().all(|e| *e) {
+            if self.logic.in_flight() {
+                // The end (and any barrier behind it) waits for the calls in flight, whose
+                // results belong before it.
+                self.end_deferred = true;
+                self.hold_inputs();
+                return;
+            }
             if self
                 .guarded(ctx, "end of input", |l| l.end_of_input())
                 .is_none()
@@ -468,6 +479,14 @@ impl TaskActor {
                 return;
             }
             self.send_end(ctx);
+        }
+    }
+
+    /// Holds every input while the logic asks for it (or the end waits for async calls).
+    fn hold_inputs(&self) {
+        let held = self.end_deferred || self.logic.input_held();
+        for g in &self.gates {
+            g.hold(held);
         }
     }
 
@@ -580,6 +599,9 @@ impl StreamHandler<Input> for TaskActor {
                     .guarded(ctx, "process", |l| l.on_records(batch, origin))
                     .is_some()
                 {
+                    if self.is_async {
+                        self.hold_inputs();
+                    }
                     self.after_records(ctx);
                 }
             }
@@ -689,6 +711,34 @@ impl Handler<Shutdown> for TaskActor {
         self.pace.set(Pace::Halt);
         ctx.stop();
     }
+}
+
+impl StreamHandler<Completion> for TaskActor {
+    fn handle(&mut self, done: Completion, ctx: &mut Self::Context) {
+        if self.failed {
+            return;
+        }
+        if self
+            .guarded(ctx, "async call", |l| l.on_completion(done))
+            .is_none()
+        {
+            return;
+        }
+        if self.end_deferred && !self.logic.in_flight() {
+            self.end_deferred = false;
+            if self
+                .guarded(ctx, "end of input", |l| l.end_of_input())
+                .is_none()
+            {
+                return;
+            }
+            self.send_end(ctx);
+        }
+        self.hold_inputs();
+        self.after_records(ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
 impl Handler<RunQuery> for TaskActor {

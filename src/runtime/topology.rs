@@ -578,6 +578,14 @@ impl SpawnTask {
             gates.push(Rc::clone(&gate));
             ctx.add_stream(GatedInput::new(i, rx, gate, Arc::clone(&self.metrics)));
         }
+        let mut logic = self.logic;
+        let completions = logic.take_completions();
+        let is_async = completions.is_some();
+        if let Some(rx) = completions {
+            ctx.add_stream(futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|c| (c, rx))
+            }));
+        }
         let pace = Rc::new(std::cell::Cell::new(Pace::Run));
         if self.is_source {
             ctx.add_stream(pace_stream(
@@ -592,7 +600,7 @@ impl SpawnTask {
             info: self.info,
             number: self.number,
             incarnation: self.incarnation,
-            logic: self.logic,
+            logic,
             is_sink: self.is_sink,
             gates,
             ended: vec![false; channels],
@@ -616,6 +624,8 @@ impl SpawnTask {
             halted: false,
             at_end_reported: false,
             first_record_reported: false,
+            is_async,
+            end_deferred: false,
         };
         let join = actix::spawn(ctx.into_future(actor));
         self.endpoints

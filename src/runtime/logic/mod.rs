@@ -6,6 +6,7 @@
 //! (`capture`), end of input and checkpoint completion, inside a panic boundary.
 
 mod actor;
+mod async_io;
 mod dead_letter;
 mod keyed;
 mod operator;
@@ -14,13 +15,14 @@ mod sink;
 mod source;
 
 pub(crate) use actor::ActorLogic;
+pub(crate) use async_io::AsyncLogic;
 pub use dead_letter::DeadLetter;
 pub(crate) use dead_letter::DeadLetterSpec;
 pub(crate) use keyed::KeyedLogic;
 pub(crate) use operator::OperatorLogic;
 pub(crate) use shared::{
-    EdgeKind, EncodeSnapshot, KeyGroupFn, LogicParams, OutputSpec, RestoreState, SourcePoll,
-    TaskLogic,
+    Completion, EdgeKind, EncodeSnapshot, KeyGroupFn, LogicParams, OutputSpec, RestoreState,
+    SourcePoll, TaskLogic,
 };
 pub(crate) use sink::SinkLogic;
 pub(crate) use source::{Decoder, EventTimeSpec, SourceLogic};

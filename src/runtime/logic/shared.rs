@@ -39,6 +39,12 @@ pub(crate) struct Capture {
     pub(crate) sources: Vec<(PartitionId, LogOffset)>,
 }
 
+/// An async call resolved: its number and its outcome (of the logic's own type).
+pub(crate) struct Completion {
+    pub(crate) seq: u64,
+    pub(crate) outcome: Box<dyn Any + Send>,
+}
+
 /// What one poll of a source produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SourcePoll {
@@ -73,6 +79,25 @@ pub(crate) trait TaskLogic: Send {
     }
     /// For an event-time source: the watermark statuses to send now, if any changed.
     fn source_watermark(&mut self, _now: std::time::Instant, _out: &mut Vec<WatermarkStatus>) {}
+    /// The receiver of the logic's async completions, taken once when the task actor is made
+    /// (async operators only).
+    fn take_completions(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Completion>> {
+        None
+    }
+    /// An async call resolved.
+    fn on_completion(&mut self, _c: Completion) -> Result<()> {
+        Err(Error::Internal(
+            "an async completion for a task without async calls".into(),
+        ))
+    }
+    /// True while the task must read no input (its async calls fill its capacity).
+    fn input_held(&self) -> bool {
+        false
+    }
+    /// True while async calls are unfinished (the end of input waits for them).
+    fn in_flight(&self) -> bool {
+        false
+    }
     /// The logic as `Any`, for a query to downcast (actor operators only).
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         None
