@@ -4,10 +4,12 @@
 //! through a typed ingress; four teller actors move money between accounts with commands
 //! (`Withdraw` from one account, then, once that withdrawal is durable and succeeded, `Deposit`
 //! to another) and read balances with queries, while a chaos monkey kills tasks and the job's
-//! supervisor at random. At the end the example checks, from what the application itself sent:
-//! every command applied exactly once (each account's count of applied commands equals what
-//! the tellers sent it), the total balance equal to the deposits exactly, and every query
-//! answered. It prints `exactly-once: OK ...` and exits 0, or explains and exits 1.
+//! supervisor at random, and kills an auditor actor of the application that the job hosts as
+//! its sink (its state joins the checkpoints). At the end the example checks, from what the
+//! application itself sent: every command applied exactly once (each account's count of
+//! applied commands equals what the tellers sent it), the total balance equal to the deposits
+//! exactly, every query answered, and the auditor's final state counting every deposit once.
+//! It prints `exactly-once: OK ...` and exits 0, or explains and exits 1.
 //!
 //! The deposits and commands logs are `FileLog`s with group commit (a sync every 5 ms): an
 //! ingress send or a command append answers once its record is synced.
@@ -26,6 +28,7 @@ use bank::{Account, Bank, Deposit, Read, Withdraw};
 use snapflow::chaos::{ChaosMonkey, Kill};
 use snapflow::checkpoint::CheckpointTiming;
 use snapflow::prelude::*;
+use snapflow::sink::{ActorParticipant, CheckpointedActor, Deliver};
 
 const ACCOUNTS: u64 = 64;
 
@@ -88,6 +91,36 @@ impl Handler<Work> for Teller {
         })
     }
 }
+
+/// An application actor hosted by the job: counts the balance changes it is given. Its state
+/// joins the job's checkpoints, so it survives its own kills exactly.
+#[derive(Default)]
+struct Auditor {
+    changes: u64,
+}
+
+impl Actor for Auditor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Deliver<(u64, i64)>> for Auditor {
+    type Result = ();
+    fn handle(&mut self, _change: Deliver<(u64, i64)>, _: &mut Context<Self>) {
+        self.changes += 1;
+    }
+}
+
+impl CheckpointedActor for Auditor {
+    type State = u64;
+    fn snapshot(&self) -> u64 {
+        self.changes
+    }
+    fn restore(&mut self, changes: u64) {
+        self.changes = changes;
+    }
+}
+
+snapflow::checkpointed_actor!(Auditor);
 
 /// The application actor feeding deposits into the job's ingress.
 struct Feeder {
@@ -191,6 +224,7 @@ async fn run(seed: u64, transfers: u64, deposits: u64) -> Result<String> {
         ..JobConfig::default()
     };
     let job = JobBuilder::with_config("accounts", config);
+    let auditor = ActorParticipant::new(Auditor::default);
     job.checkpoint_storage(Arc::new(LocalCheckpointStorage::new(&root, "accounts")?));
     // Group commit: appends answer after the next sync, at most 5 ms later.
     let log = |name: &str| -> Result<Arc<dyn ReplayableLog>> {
@@ -206,7 +240,7 @@ async fn run(seed: u64, transfers: u64, deposits: u64) -> Result<String> {
     job.ingress::<(u64, u64)>("deposits", log("deposits")?)
         .key_by(|d: &(u64, u64)| d.0)
         .actor("accounts", Bank::default(), log("commands")?)
-        .sink("changes", CollectSink::new());
+        .sink("auditor", auditor.clone());
     job.chaos(
         ChaosMonkey::new(seed)
             .random_interval(Duration::from_millis(50), Duration::from_millis(150))
@@ -214,6 +248,7 @@ async fn run(seed: u64, transfers: u64, deposits: u64) -> Result<String> {
                 Kill::PanicInUserCode,
                 Kill::StopFromOutside,
                 Kill::JobSupervisor,
+                Kill::ApplicationActor,
             ])
             .max_kills(40),
     );
@@ -264,6 +299,16 @@ async fn run(seed: u64, transfers: u64, deposits: u64) -> Result<String> {
     handle.stop();
     let report = handle.wait().await?;
     let _ = std::fs::remove_dir_all(&root);
+    // The auditor's state at the final checkpoint: every deposit seen once, across its kills.
+    let mut audited = 0;
+    for task in 0..2 {
+        audited += auditor.last_snapshot(task)?.unwrap_or(0);
+    }
+    if audited != deposits {
+        checks.push(format!(
+            "the auditor saw {audited} deposits, {deposits} were sent"
+        ));
+    }
     let commands: u64 = tallies.iter().flat_map(|t| t.commands.values()).sum();
     let queries: u64 = tallies.iter().map(|t| t.queries).sum::<u64>() + ACCOUNTS;
     let moved: u64 = tallies.iter().map(|t| t.transfers).sum();
@@ -273,7 +318,8 @@ async fn run(seed: u64, transfers: u64, deposits: u64) -> Result<String> {
     }
     Ok(format!(
         "exactly-once: OK seed {seed}: {commands} commands applied once each ({moved} transfers, {refused} refused), \
-         total balance {total} = {deposits} deposits summing {deposited}, {queries} queries answered; \
+         total balance {total} = {deposits} deposits summing {deposited}, {queries} queries answered, \
+         {audited} deposits audited once each by a hosted application actor; \
          {} kills, {} region restarts, {} job restarts, {} supervisor restarts",
         report.kills, report.restarts, report.job_restarts, report.supervisor_restarts
     ))

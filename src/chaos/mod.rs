@@ -56,6 +56,11 @@ pub enum Kill {
     /// against [`JobConfig::supervisor_restart`](crate::JobConfig::supervisor_restart)): add it
     /// with [`ChaosMonkey::kills`].
     JobSupervisor,
+    /// An application actor hosted by a sink task ([`ActorParticipant`](crate::sink::ActorParticipant))
+    /// is stopped: its sink task fails and its region restores it from its last snapshot.
+    /// Targets sink tasks only (a sink hosting nothing ignores it); not in
+    /// [`ChaosMonkey::new`]'s list.
+    ApplicationActor,
     /// A panic armed for the next time the moment is reached.
     At(Moment),
 }

@@ -77,6 +77,11 @@ pub(crate) struct InjectPanic {
     pub(crate) kill: u32,
 }
 
+/// Master → task: a chaos kill: stop the application actor the task's sink hosts.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct KillHosted;
+
 /// Master → task: stop now.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

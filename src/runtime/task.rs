@@ -36,7 +36,7 @@ use super::actor::wire::{AnyReply, RunQuery};
 use super::channel::{Envelope, Gate, Input, Sender};
 use super::logic::{Completion, EncodeSnapshot, SourcePoll, TaskLogic};
 use super::messages::{
-    now, AckInfo, Complete, EventKind, InjectPanic, Shutdown, TaskEvent, Trigger,
+    now, AckInfo, Complete, EventKind, InjectPanic, KillHosted, Shutdown, TaskEvent, Trigger,
 };
 use super::metrics::{JobMetrics, TaskCounters};
 use super::operator::TaskInfo;
@@ -701,6 +701,16 @@ impl Handler<InjectPanic> for TaskActor {
         let _ = self.guarded(ctx, "chaos kill", |_| -> Result<()> {
             panic!("chaos kill {kill}: injected panic in user code")
         });
+    }
+}
+
+impl Handler<KillHosted> for TaskActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: KillHosted, _ctx: &mut Self::Context) {
+        if !self.failed && !self.logic.kill_hosted() {
+            tracing::debug!(task = %self.info.task, "chaos: the task hosts no application actor");
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 mod actor;
 mod collect;
 mod file;
+mod participant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,6 +31,9 @@ pub use actor::{ActorSink, SinkOutput};
 pub use collect::CollectSink;
 pub(crate) use file::check_file_name;
 pub use file::{FileSink, FileTxn};
+pub use participant::{
+    ActorParticipant, ChaosStop, CheckpointedActor, Deliver, RestoreSnapshot, TakeSnapshot,
+};
 
 /// What a sink guarantees about its output after failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,5 +76,11 @@ pub trait TwoPhaseCommitSink<T>: Send + 'static {
     /// The guarantee this sink gives.
     fn guarantee(&self) -> Guarantee {
         Guarantee::ExactlyOnce
+    }
+
+    /// The chaos monkey's [`Kill::ApplicationActor`](crate::chaos::Kill::ApplicationActor):
+    /// stop what the sink hosts (an [`ActorParticipant`]'s actor); false when it hosts none.
+    fn kill_hosted(&mut self) -> bool {
+        false
     }
 }

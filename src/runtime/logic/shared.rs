@@ -98,6 +98,10 @@ pub(crate) trait TaskLogic: Send {
     fn in_flight(&self) -> bool {
         false
     }
+    /// The chaos monkey stops the application actor the task hosts; false if it hosts none.
+    fn kill_hosted(&mut self) -> bool {
+        false
+    }
     /// The logic as `Any`, for a query to downcast (actor operators only).
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         None

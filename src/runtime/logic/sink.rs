@@ -123,6 +123,10 @@ impl<T: Data, S: TwoPhaseCommitSink<T>> TaskLogic for SinkLogic<T, S> {
 
     fn drain(&mut self, _all: bool, _out: &mut Vec<(usize, Envelope)>) {}
 
+    fn kill_hosted(&mut self) -> bool {
+        self.sink.kill_hosted()
+    }
+
     fn has_buffered(&self) -> bool {
         false
     }

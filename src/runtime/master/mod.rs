@@ -28,12 +28,12 @@ use super::events::{JobEnd, JobEvent};
 use super::ledger::Ledger;
 use super::logic::RestoreState;
 use super::messages::{
-    now, Complete, InjectPanic, MasterNote, MasterNoteKind, Shutdown, Strike, ToCoordinator,
-    Trigger,
+    now, Complete, InjectPanic, KillHosted, MasterNote, MasterNoteKind, Shutdown, Strike,
+    ToCoordinator, Trigger,
 };
 use super::metrics::JobMetrics;
 use super::task::TaskActor;
-use super::topology::{Spawned, Topology};
+use super::topology::{Role, Spawned, Topology};
 use crate::chaos::Kill;
 use crate::checkpoint::coordinator::actor::CoordinatorActor;
 use crate::checkpoint::CheckpointId;
@@ -634,8 +634,12 @@ impl JobMaster {
         if !self.sup.job_started() || self.ending {
             return;
         }
+        let hosts_only = kill == Kill::ApplicationActor;
         let candidates: Vec<usize> = (0..self.tasks.len())
             .filter(|t| self.live(*t))
+            .filter(|t| {
+                !hosts_only || self.topo.vertices[self.topo.tasks[*t].vertex].role == Role::Sink
+            })
             .filter(|t| vertices.is_empty() || vertices.contains(&self.topo.tasks[*t].id.vertex))
             .collect();
         let target =
@@ -654,6 +658,13 @@ impl JobMaster {
                     a.abort();
                 }
                 (Some(t), "stop from outside".to_string())
+            }
+            Kill::ApplicationActor => {
+                let Some(t) = target else { return };
+                if let Some(a) = &self.tasks[t].addr {
+                    a.do_send(KillHosted);
+                }
+                (Some(t), "application actor stopped".to_string())
             }
             Kill::Coordinator => {
                 if let Some(a) = &self.coordinator_abort {
