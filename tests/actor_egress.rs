@@ -51,13 +51,6 @@ fn counting_job(
     job
 }
 
-fn seeds() -> u64 {
-    std::env::var("SNAPFLOW_ACTOR_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20)
-}
-
 /// Checks that the receiver got, per key, the counts 1..=n exactly once each, in order.
 fn check_outputs(seed: u64, got: &[SinkOutput<(u64, u64)>], sent: u64) {
     let mut per_key: HashMap<u64, Vec<u64>> = HashMap::new();
@@ -133,7 +126,7 @@ async fn egress_run(seed: u64) -> u32 {
 async fn the_egress_receiver_sees_every_output_once_with_no_gap_under_random_kills() {
     snapflow::chaos::quiet_chaos_panics();
     let mut kills = 0;
-    for i in 0..seeds() {
+    for i in 0..common::seeds(20) {
         kills += egress_run(0xE6_0000 + i).await;
     }
     assert!(kills > 0, "the runs were not disturbed");

@@ -39,13 +39,6 @@ fn bank_job(name: &str, config: JobConfig, deposits: u64) -> JobBuilder {
     job
 }
 
-fn seeds() -> u64 {
-    std::env::var("SNAPFLOW_ACTOR_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20)
-}
-
 /// What one application actor sent, counted from its own side.
 #[derive(Debug, Default)]
 struct Sent {
@@ -185,7 +178,7 @@ async fn bank_run(seed: u64) -> (u32, u32, u64, u64) {
 async fn every_command_is_applied_exactly_once_and_every_query_answered_under_random_kills() {
     snapflow::chaos::quiet_chaos_panics();
     let (mut kills, mut restarts, mut answered, mut unavailable) = (0, 0, 0, 0);
-    for i in 0..seeds() {
+    for i in 0..common::seeds(20) {
         let (k, r, a, u) = bank_run(0xB4_0000 + i).await;
         kills += k;
         restarts += r;

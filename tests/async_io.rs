@@ -53,13 +53,6 @@ impl Drop for InFlight {
     }
 }
 
-fn seeds() -> u64 {
-    std::env::var("SNAPFLOW_ACTOR_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20)
-}
-
 const CAPACITY: usize = 32;
 
 fn async_job(
@@ -75,12 +68,7 @@ fn async_job(
         .async_map("enrich", f, AsyncOptions::new(mode, CAPACITY))
         .key_by(|(k, _): &(u64, u64)| *k)
         .reduce("sum", |a, b| (a.0, a.1 + b.1))
-        .sink(
-            "sink",
-            FileSink::new(out, |(k, c): &(u64, u64), l: &mut String| {
-                l.push_str(&format!("{k} {c}"))
-            }),
-        );
+        .sink("sink", common::count_sink(out));
     job
 }
 
@@ -129,7 +117,7 @@ async fn async_results_count_exactly_once_in_ordered_and_unordered_mode_under_ra
     snapflow::chaos::quiet_chaos_panics();
     for mode in [AsyncMode::Ordered, AsyncMode::Unordered] {
         let (mut kills, mut again) = (0, 0);
-        for i in 0..seeds() {
+        for i in 0..common::seeds(20) {
             let (k, a) = chaos_run(0xA5_0000 + i, mode).await;
             kills += k;
             again += a;
@@ -179,12 +167,7 @@ async fn calls_in_flight_at_a_stop_are_in_its_checkpoint_and_issued_again_on_res
         .async_map("enrich", f, AsyncOptions::new(AsyncMode::Unordered, 50))
         .key_by(|(k, _): &(u64, u64)| *k)
         .reduce("sum", |a, b| (a.0, a.1 + b.1))
-        .sink(
-            "sink",
-            FileSink::new(dir.path(), |(k, c): &(u64, u64), l: &mut String| {
-                l.push_str(&format!("{k} {c}"))
-            }),
-        );
+        .sink("sink", common::count_sink(dir.path()));
         job
     };
     // Calls take 300 ms: when the stop's final barrier passes the operator (right after it
@@ -279,12 +262,7 @@ async fn failed_calls_are_retried_and_timed_out_ones_answered_by_the_callback() 
         .async_map("enrich", f.clone(), options)
         .key_by(|(k, _): &(u64, u64)| *k)
         .reduce("sum", |a, b| (a.0, a.1 + b.1))
-        .sink(
-            "sink",
-            FileSink::new(dir.path(), |(k, c): &(u64, u64), l: &mut String| {
-                l.push_str(&format!("{k} {c}"))
-            }),
-        );
+        .sink("sink", common::count_sink(dir.path()));
     run_to_end(job).await.expect("run");
     let lines = FileSink::<(u64, u64)>::read_committed(dir.path()).expect("output");
     let last = |key: &str| {

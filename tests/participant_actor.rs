@@ -89,10 +89,7 @@ async fn a_hosted_application_actor_killed_at_random_ends_with_the_state_of_a_fa
     snapflow::chaos::quiet_chaos_panics();
     let (clean, _) = run(None).await;
     assert!(clean.iter().all(Option::is_some), "no final snapshot");
-    let seeds: u64 = std::env::var("SNAPFLOW_ACTOR_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let seeds = common::seeds(20);
     let mut kills = 0;
     for i in 0..seeds {
         let seed = 0xDA_0000 + i;

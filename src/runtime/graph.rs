@@ -123,6 +123,23 @@ struct OwnedLog {
     replies: Option<Arc<Replies>>,
 }
 
+/// The value a vertex's tasks are cloned from (an operator, a sink, an async function): every
+/// task, and every restart of one, gets a fresh clone.
+struct Prototype<T>(Mutex<T>);
+
+impl<T: Clone> Prototype<T> {
+    fn new(value: T) -> Self {
+        Prototype(Mutex::new(value))
+    }
+
+    fn get(&self, what: &str) -> Result<T> {
+        self.0
+            .lock()
+            .map(|v| v.clone())
+            .map_err(|_| Error::Internal(format!("{what} prototype poisoned")))
+    }
+}
+
 /// A run id no other job handle of this or another process is likely to share.
 fn new_run_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -581,13 +598,10 @@ impl<T: Data> Stream<T> {
 
     /// Applies a user [`Operator`] (cloned for every task).
     pub fn process<O: Data, Op: Operator<T, O> + Clone>(self, name: &str, op: Op) -> Stream<O> {
-        let op = Mutex::new(op);
+        let op = Prototype::new(op);
         let dead = self.dead_letter.clone();
         let factory: LogicFactory = Arc::new(move |p| {
-            let op = op
-                .lock()
-                .map_err(|_| Error::Internal("operator prototype poisoned".into()))?
-                .clone();
+            let op = op.get("operator")?;
             Ok(
                 Box::new(OperatorLogic::<T, O, Op>::new(op, dead.clone(), p)?)
                     as Box<dyn TaskLogic>,
@@ -615,12 +629,9 @@ impl<T: Data> Stream<T> {
                 .errors
                 .push(format!("async_map '{name}': {e}"));
         }
-        let f = Mutex::new(f);
+        let f = Prototype::new(f);
         let factory: LogicFactory = Arc::new(move |p| {
-            let f = f
-                .lock()
-                .map_err(|_| Error::Internal("async function prototype poisoned".into()))?
-                .clone();
+            let f = f.get("async function")?;
             Ok(Box::new(AsyncLogic::<T, O, F>::new(f, options, p)?) as Box<dyn TaskLogic>)
         });
         self.derive(name, Role::Operator, self.inputs.clone(), factory)
@@ -662,12 +673,9 @@ impl<T: Data> Stream<T> {
 
     /// Ends the stream in `sink` (cloned for every task).
     pub fn sink<S: TwoPhaseCommitSink<T> + Clone>(self, name: &str, sink: S) -> Stream<()> {
-        let sink = Mutex::new(sink);
+        let sink = Prototype::new(sink);
         let factory: LogicFactory = Arc::new(move |p| {
-            let s = sink
-                .lock()
-                .map_err(|_| Error::Internal("sink prototype poisoned".into()))?
-                .clone();
+            let s = sink.get("sink")?;
             Ok(Box::new(SinkLogic::<T, S>::new(s, p)?) as Box<dyn TaskLogic>)
         });
         let v = add_vertex(
@@ -727,14 +735,11 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
         op: Op,
     ) -> Stream<O> {
         let inputs = self.hash_inputs();
-        let op = Mutex::new(op);
+        let op = Prototype::new(op);
         let key = Arc::clone(&self.key);
         let dead = self.stream.dead_letter.clone();
         let factory: LogicFactory = Arc::new(move |p| {
-            let op = op
-                .lock()
-                .map_err(|_| Error::Internal("operator prototype poisoned".into()))?
-                .clone();
+            let op = op.get("operator")?;
             Ok(Box::new(KeyedLogic::<K, T, O, Op>::new(
                 op,
                 Arc::clone(&key),
@@ -790,14 +795,11 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
             handlers: Arc::new(declared.handlers),
             replies: Arc::clone(&replies),
         };
-        let op = Mutex::new(ActorAdapter(op));
+        let op = Prototype::new(ActorAdapter(op));
         let key = Arc::clone(&self.key);
         let dead = self.stream.dead_letter.clone();
         let factory: LogicFactory = Arc::new(move |p| {
-            let op = op
-                .lock()
-                .map_err(|_| Error::Internal("operator prototype poisoned".into()))?
-                .clone();
+            let op = op.get("operator")?;
             let logic = KeyedLogic::<K, T, Op::Out, ActorAdapter<Op>>::new(
                 op,
                 Arc::clone(&key),

@@ -186,6 +186,21 @@ impl Operator<(u64, u64), (u64, u64)> for Stage {
 
 /// The standard 3-stage keyed job: source -> stage -> key_by -> reduce(count) -> file sink.
 /// `stage` is usually a [`Stage`]; any pass-through operator fits (a [`PassThrough`]).
+/// A sink writing `key count` lines, as [`check_updates`] reads them.
+pub(crate) fn count_sink(out: &Path) -> FileSink<(u64, u64)> {
+    FileSink::new(out, |(k, c): &(u64, u64), l: &mut String| {
+        l.push_str(&format!("{k} {c}"))
+    })
+}
+
+/// How many seeds a randomized test runs: `SNAPFLOW_ACTOR_SEEDS`, or `default`.
+pub(crate) fn seeds(default: u64) -> u64 {
+    std::env::var("SNAPFLOW_ACTOR_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 pub(crate) fn keyed_job(
     name: &str,
     config: JobConfig,
@@ -200,12 +215,7 @@ pub(crate) fn keyed_job(
         .process("stage", stage)
         .key_by(|(k, _): &(u64, u64)| *k)
         .reduce("sum", |a, b| (a.0, a.1 + b.1))
-        .sink(
-            "sink",
-            FileSink::new(out, |(k, c): &(u64, u64), l: &mut String| {
-                l.push_str(&format!("{k} {c}"))
-            }),
-        );
+        .sink("sink", count_sink(out));
     job
 }
 
