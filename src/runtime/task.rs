@@ -723,15 +723,18 @@ impl Handler<Shutdown> for TaskActor {
     }
 }
 
-impl StreamHandler<Completion> for TaskActor {
-    fn handle(&mut self, done: Completion, ctx: &mut Self::Context) {
+/// The async calls that resolved since the task last looked, handled (and flushed) together.
+pub(crate) struct Completions(pub(crate) Vec<Completion>);
+
+impl StreamHandler<Completions> for TaskActor {
+    fn handle(&mut self, done: Completions, ctx: &mut Self::Context) {
         if self.failed {
             return;
         }
-        if self
-            .guarded(ctx, "async call", |l| l.on_completion(done))
-            .is_none()
-        {
+        let handled = self.guarded(ctx, "async call", |l| {
+            done.0.into_iter().try_for_each(|c| l.on_completion(c))
+        });
+        if handled.is_none() {
             return;
         }
         if self.end_deferred && !self.logic.in_flight() {

@@ -16,7 +16,7 @@ use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
 use super::messages::TaskEvent;
 use super::metrics::JobMetrics;
 use super::operator::TaskInfo;
-use super::task::{pace_stream, Pace, TaskActor, TaskSettings};
+use super::task::{pace_stream, Completions, Pace, TaskActor, TaskSettings};
 use crate::chaos::ChaosHooks;
 use crate::checkpoint::fence::{WriteFence, WritePermit};
 use crate::checkpoint::{Aligner, CheckpointId, CheckpointStorage, TaskId};
@@ -582,8 +582,18 @@ impl SpawnTask {
         let completions = logic.take_completions();
         let is_async = completions.is_some();
         if let Some(rx) = completions {
+            // Every call resolved by the time the task looks is handled in one go, with one
+            // flush of the output, not one tiny batch per call.
             ctx.add_stream(futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|c| (c, rx))
+                let first = rx.recv().await?;
+                let mut all = vec![first];
+                while all.len() < 4096 {
+                    match rx.try_recv() {
+                        Ok(c) => all.push(c),
+                        Err(_) => break,
+                    }
+                }
+                Some((Completions(all), rx))
             }));
         }
         let pace = Rc::new(std::cell::Cell::new(Pace::Run));
