@@ -276,7 +276,7 @@ async fn bad_addresses_failing_handlers_and_messages_after_the_end_give_clear_er
     // Undeclared in `commands()`: answered with an error, the task goes on.
     let e = bank.command(3, Explode).await.expect_err("undeclared");
     assert!(
-        e.to_string().contains("declares no command of that name"),
+        matches!(&e, Error::NoSuchEndpoint { what, .. } if what.contains("takes no command")),
         "{e}"
     );
     let applied = bank.command(3, Deposit(10)).await.expect("deposit");
@@ -369,4 +369,106 @@ impl CommandHandler<Explode> for ExplodingBank {
     ) -> Result<()> {
         CommandHandler::<Explode>::command(&mut self.0, c, ctx, out)
     }
+}
+
+/// Registers an event-time timer per record and counts the timers that fired, per key.
+#[derive(Clone, Default)]
+struct Clock {
+    fired: Option<snapflow::state::ValueState<u64>>,
+}
+
+/// How many of a key's timers fired.
+struct Fired;
+
+impl Query for Fired {
+    type Reply = u64;
+}
+
+impl ActorOperator for Clock {
+    type Key = u64;
+    type In = (u64, u64);
+    type Out = (u64, i64);
+
+    fn open(&mut self, ctx: &mut KeyedContext<'_, u64>) -> Result<()> {
+        self.fired = Some(ctx.state().value_state("fired")?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        (_, ts): (u64, u64),
+        ctx: &mut KeyedContext<'_, u64>,
+        _out: &mut Collector<(u64, i64)>,
+    ) -> Result<()> {
+        ctx.register_event_timer(ts as i64)
+    }
+
+    fn on_timer(
+        &mut self,
+        _ts: Timestamp,
+        _domain: TimeDomain,
+        ctx: &mut KeyedContext<'_, u64>,
+        _out: &mut Collector<(u64, i64)>,
+    ) -> Result<()> {
+        if let Some(f) = &self.fired {
+            *f.get_or_insert_with(ctx.state(), || 0)? += 1;
+        }
+        Ok(())
+    }
+}
+
+impl QueryHandler<Fired> for Clock {
+    fn query(&self, _q: Fired, ctx: &QueryContext<'_, u64>) -> Result<u64> {
+        let Some(f) = &self.fired else { return Ok(0) };
+        Ok(f.get(ctx.state())?.copied().unwrap_or(0))
+    }
+}
+
+#[actix::test]
+async fn the_command_channels_do_not_hold_back_an_actor_operators_event_time() {
+    let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
+    let typed = TypedLog::<(u64, u64)>::new(Arc::clone(&log));
+    let records: Vec<(u64, u64)> = (0..1_000).map(|i| (i % 4, i)).collect();
+    typed
+        .append_batch(PartitionId(0), &records)
+        .expect("append");
+    let job = JobBuilder::with_config("clock", chaos_config(Threads::Arbiters(1)));
+    let commands: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
+    job.source(
+        "events",
+        LogSource::<(u64, u64)>::msgpack(log).event_time(
+            |r: &(u64, u64)| r.1 as i64,
+            WatermarkStrategy::BoundedOutOfOrderness(0),
+        ),
+    )
+    .key_by(|r: &(u64, u64)| r.0)
+    .actor("clock", Clock::default(), commands)
+    .sink("out", CollectSink::new());
+    let handle = job.build().expect("build").start().await.expect("start");
+    let clock = handle.operator::<Clock>("clock").expect("address");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut fired = 0;
+    while fired == 0 && tokio::time::Instant::now() < deadline {
+        fired = clock.query(0, Fired).await.expect("query");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.stop();
+    handle.wait().await.expect("stopped");
+    assert!(
+        fired > 0,
+        "no event-time timer fired: the watermark is stuck"
+    );
+}
+
+#[test]
+fn an_actor_operator_without_aligned_checkpoints_is_refused_at_build() {
+    let mut config = chaos_config(Threads::Arbiters(1));
+    config.mode = snapflow::checkpoint::CheckpointMode::AtLeastOnce;
+    let e = bank_job("bank-unaligned", config, 10)
+        .build()
+        .expect_err("refused");
+    assert!(
+        matches!(&e, Error::Config(m) if m.contains("'bank' needs exactly-once checkpoints")),
+        "{e}"
+    );
 }

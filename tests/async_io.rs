@@ -281,3 +281,50 @@ async fn failed_calls_are_retried_and_timed_out_ones_answered_by_the_callback() 
     );
     assert_eq!(f.seq.load(Ordering::Relaxed), N / 50);
 }
+
+#[actix::test]
+async fn async_results_reach_an_event_time_window_before_the_watermark_passes_them() {
+    const N: u64 = 3_000;
+    // Records (key, timestamp), timestamps ascending; no disorder allowed, no lateness.
+    let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
+    let typed = TypedLog::<(u64, u64)>::new(Arc::clone(&log));
+    let records: Vec<(u64, u64)> = (0..N).map(|i| (i % 3, i)).collect();
+    typed
+        .append_batch(PartitionId(0), &records)
+        .expect("append");
+    let out = CollectSink::new();
+    let mut config = chaos_config(Threads::Arbiters(1));
+    config.parallelism = 1;
+    let job = JobBuilder::with_config("async-windows", config);
+    job.source(
+        "events",
+        LogSource::<(u64, u64)>::msgpack(log).bounded().event_time(
+            |r: &(u64, u64)| r.1 as i64,
+            WatermarkStrategy::BoundedOutOfOrderness(0),
+        ),
+    )
+    .async_map(
+        "enrich",
+        Delayed::default(),
+        AsyncOptions::new(AsyncMode::Unordered, CAPACITY),
+    )
+    .key_by(|r: &(u64, u64)| r.0)
+    .window(WindowAssigner::Tumbling { size: 100 }, |r: &(u64, u64)| {
+        r.1 as i64
+    })
+    .reduce("sums", |a, b| (a.0, a.1 + b.1))
+    .sink("out", out.clone());
+    run_to_end(job).await.expect("run");
+    let results = out.records();
+    let total: u64 = results.iter().map(|w| w.value.1).sum();
+    assert_eq!(
+        total,
+        (0..N).sum::<u64>(),
+        "results arrived after their window closed"
+    );
+    assert_eq!(
+        results.len() as u64,
+        3 * N / 100,
+        "one result per key and window"
+    );
+}

@@ -19,9 +19,10 @@
 //! exactly once there. Their *external* side effects are at-least-once: a call issued again
 //! after a restore reaches the service again.
 //!
-//! Watermarks pass the operator as they arrive: a result may leave it after a watermark that
-//! followed its input (put event-time operators downstream with allowed lateness, or use
-//! processing time).
+//! Watermarks wait for the calls before them: a watermark that arrives while calls are in flight
+//! leaves the operator once every call issued before it has emitted, so a result is never late
+//! downstream because of the operator (in unordered mode too: as in Flink, the watermark is an
+//! ordering point).
 
 use std::time::Duration;
 

@@ -121,6 +121,8 @@ struct OwnedLog {
     trimmer: Arc<Trimmer>,
     /// For an actor operator: its callers' replies.
     replies: Option<Arc<Replies>>,
+    /// For an actor operator: the command names it declared.
+    declared: Arc<HashSet<String>>,
 }
 
 /// The value a vertex's tasks are cloned from (an operator, a sink, an async function): every
@@ -167,6 +169,7 @@ pub struct LogSource<T> {
     bounded: bool,
     event_time: Option<EventTimeSpec<T>>,
     progress: Option<Progress>,
+    timeless: bool,
 }
 
 impl<T> std::fmt::Debug for LogSource<T> {
@@ -188,6 +191,7 @@ impl<T: DeserializeOwned> LogSource<T> {
             bounded: false,
             event_time: None,
             progress: None,
+            timeless: false,
         }
     }
 }
@@ -204,6 +208,7 @@ impl<T> LogSource<T> {
             bounded: false,
             event_time: None,
             progress: None,
+            timeless: false,
         }
     }
 
@@ -368,6 +373,7 @@ impl JobBuilder {
             bounded,
             event_time,
             progress,
+            timeless,
         } = source;
         let log2 = Arc::clone(&log);
         let factory: LogicFactory = Arc::new(move |p| {
@@ -378,7 +384,8 @@ impl JobBuilder {
                     event_time.clone(),
                     p,
                 )?
-                .with_progress(progress.clone()),
+                .with_progress(progress.clone())
+                .timeless(timeless),
             ) as Box<dyn TaskLogic>)
         });
         let v = add_vertex(
@@ -395,7 +402,7 @@ impl JobBuilder {
     /// Adds an ingress: a source reading `log`, a log the job owns, to which the application
     /// appends typed records through [`JobHandle::ingress`] once the job runs (see
     /// [`Ingress`](crate::runtime::Ingress)). The job trims `log` once no retained checkpoint
-    /// needs its records.
+    /// needs its records (so a run that starts over from nothing finds only the newer ones).
     pub fn ingress<T>(&self, name: &str, log: Arc<dyn ReplayableLog>) -> Stream<T>
     where
         T: Data + serde::Serialize + DeserializeOwned,
@@ -418,6 +425,7 @@ impl JobBuilder {
             log,
             trimmer,
             replies: None,
+            declared: Arc::default(),
         });
         stream
     }
@@ -489,9 +497,7 @@ impl JobBuilder {
                 g.name
             )));
         }
-        for o in &g.owned {
-            o.trimmer.set_keep(storage.retained());
-        }
+        check_owned(&g, &config, storage.as_ref())?;
         Ok(Job {
             name: g.name.clone(),
             config,
@@ -502,6 +508,21 @@ impl JobBuilder {
             owned: std::mem::take(&mut g.owned),
         })
     }
+}
+
+/// Sets the retention of the logs the job owns, and refuses actor operators without aligned
+/// checkpoints (their commands could be applied twice).
+fn check_owned(g: &GraphDef, config: &JobConfig, storage: &dyn CheckpointStorage) -> Result<()> {
+    for o in &g.owned {
+        o.trimmer.set_keep(storage.retained());
+        if o.replies.is_some() && config.mode != crate::checkpoint::CheckpointMode::ExactlyOnce {
+            return Err(Error::Config(format!(
+                "actor operator '{}' needs exactly-once checkpoints: without barrier alignment its commands could be applied twice",
+                g.vertices[o.vertex].name
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn add_vertex(
@@ -759,7 +780,10 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
     /// before it is applied, read back by a source vertex named `"{name}-commands"` and
     /// applied in order with the records; the job trims it once no retained checkpoint needs
     /// its records. Give a [`FileLog`](crate::FileLog) for commands that survive the process,
-    /// a [`MemoryLog`](crate::MemoryLog) with a checkpoint storage in memory.
+    /// a [`MemoryLog`](crate::MemoryLog) with a checkpoint storage in memory. The command
+    /// source never ends: a job with an actor operator runs until it is stopped. The job
+    /// trims the log, so a run that starts over (`restore_on_start` off) finds only the
+    /// records no retained checkpoint had covered.
     pub fn actor<Op>(self, name: &str, op: Op, commands: Arc<dyn ReplayableLog>) -> Stream<Op::Out>
     where
         Op: ActorOperator<Key = K, In = T>,
@@ -775,6 +799,8 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
         let trimmer = Arc::new(Trimmer::new(Arc::clone(&commands)));
         let (r2, t2) = (Arc::clone(&replies), Arc::clone(&trimmer));
         let mut source = LogSource::<CommandEnvelope<K>>::msgpack(Arc::clone(&commands));
+        // Commands carry no event time: their channels must not hold the operator's back.
+        source.timeless = true;
         source.progress = Some(Arc::new(move |completed, offsets| {
             r2.durable_upto(offsets);
             if completed {
@@ -790,6 +816,7 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
         let source_vertex = graph.borrow().vertices.len() - 1;
         let mut inputs = self.hash_inputs();
         inputs.extend(command_stream.hash_inputs());
+        let names: HashSet<String> = declared.handlers.keys().cloned().collect();
         let route = CommandRoute {
             vertex: name.to_string(),
             handlers: Arc::new(declared.handlers),
@@ -818,6 +845,7 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
             log: commands,
             trimmer,
             replies: Some(replies),
+            declared: Arc::new(names),
         });
         out
     }
@@ -977,6 +1005,7 @@ fn outside(
                     writer,
                     seq: Default::default(),
                     sources: source_tasks(topo, o.source),
+                    declared: Arc::clone(&o.declared),
                 };
                 actors.insert(name, Arc::new(entry));
             }

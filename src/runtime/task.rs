@@ -433,7 +433,7 @@ impl TaskActor {
             WatermarkChange::Unchanged => {}
             WatermarkChange::Advanced(w) => {
                 if self.guarded(ctx, "timers", |l| l.on_watermark(w)).is_some() {
-                    self.broadcast(ctx, || Envelope::Watermark(WatermarkStatus::At(w)));
+                    self.send_watermark(ctx, WatermarkStatus::At(w));
                 }
             }
             WatermarkChange::BecameIdle(advanced) => {
@@ -441,11 +441,20 @@ impl TaskActor {
                     if self.guarded(ctx, "timers", |l| l.on_watermark(w)).is_none() {
                         return;
                     }
-                    self.broadcast(ctx, || Envelope::Watermark(WatermarkStatus::At(w)));
+                    self.send_watermark(ctx, WatermarkStatus::At(w));
                 }
-                self.broadcast(ctx, || Envelope::Watermark(WatermarkStatus::Idle));
+                self.send_watermark(ctx, WatermarkStatus::Idle);
             }
         }
+    }
+
+    /// Sends a watermark status on, unless an async logic keeps it until the calls issued
+    /// before it have emitted.
+    fn send_watermark(&mut self, ctx: &mut Context<Self>, status: WatermarkStatus) {
+        if self.is_async && self.logic.hold_watermark(status) {
+            return;
+        }
+        self.broadcast(ctx, || Envelope::Watermark(status));
     }
 
     /// Sends the source's watermark status, if it has a new one.
@@ -579,6 +588,10 @@ impl Actor for TaskActor {
         }
         if self.guarded(ctx, "open", |l| l.open()).is_some() {
             tracing::debug!(task = %self.info.task, restored_from = ?self.info.restored_from, "task started");
+            if self.is_async {
+                // Restored calls may fill the capacity before any input is read.
+                self.hold_inputs();
+            }
         }
     }
 }
@@ -736,6 +749,11 @@ impl StreamHandler<Completions> for TaskActor {
         });
         if handled.is_none() {
             return;
+        }
+        let mut released = Vec::new();
+        self.logic.release_watermarks(&mut released);
+        for status in released {
+            self.broadcast(ctx, || Envelope::Watermark(status));
         }
         if self.end_deferred && !self.logic.in_flight() {
             self.end_deferred = false;

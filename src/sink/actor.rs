@@ -44,16 +44,19 @@ pub struct SinkOutput<T: 'static> {
 /// Releases records to a `Recipient` after their epoch's checkpoint completes, in order, each
 /// tagged with `(epoch, task, seq)`, each once (see the module docs). Records of an epoch are
 /// held in the task's snapshot from pre-commit until delivery, so a crash between the two
-/// loses nothing. Clones share what has been served: give one `ActorSink` per job.
+/// loses nothing. Clones share what has been served, per sink vertex and task: a job's restarts
+/// reuse the clones it was built with.
 pub struct ActorSink<T: Send + 'static> {
     recipient: Recipient<SinkOutput<T>>,
     task: u32,
+    vertex: String,
     buffer: Vec<T>,
     served: Served,
 }
 
-/// Per sink task: the epoch being served and how many of its records the receiver has.
-type Served = Arc<Mutex<HashMap<u32, (u64, u64)>>>;
+/// Per sink task (vertex and index): the epoch being served and how many of its records the
+/// receiver has.
+type Served = Arc<Mutex<HashMap<(String, u32), (u64, u64)>>>;
 
 impl<T: Send + 'static> std::fmt::Debug for ActorSink<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,6 +72,7 @@ impl<T: Send + 'static> Clone for ActorSink<T> {
         ActorSink {
             recipient: self.recipient.clone(),
             task: 0,
+            vertex: String::new(),
             buffer: Vec::new(),
             served: Arc::clone(&self.served),
         }
@@ -81,6 +85,7 @@ impl<T: Send + 'static> ActorSink<T> {
         ActorSink {
             recipient,
             task: 0,
+            vertex: String::new(),
             buffer: Vec::new(),
             served: Arc::default(),
         }
@@ -104,6 +109,15 @@ where
 
     fn open(&mut self, task: &TaskInfo) -> Result<()> {
         self.task = task.task.index;
+        self.vertex = task.task.vertex.clone();
+        if task.restored_from.is_none() {
+            // Nothing of this task was committed, so nothing was served: a fresh start (or
+            // another job reusing this sink) begins at its first epoch.
+            self.served
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(self.vertex.clone(), self.task));
+        }
         Ok(())
     }
 
@@ -127,7 +141,9 @@ where
 
     fn commit(&mut self, txn: &ActorTxn<T>) -> Result<()> {
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        let at = served.entry(txn.task).or_insert((0, 0));
+        let at = served
+            .entry((self.vertex.clone(), txn.task))
+            .or_insert((0, 0));
         let from = match txn.epoch.cmp(&at.0) {
             std::cmp::Ordering::Less => return Ok(()), // served before a restore
             std::cmp::Ordering::Equal => at.1 as usize,

@@ -33,6 +33,7 @@ pub(crate) use file::check_file_name;
 pub use file::{FileSink, FileTxn};
 pub use participant::{
     ActorParticipant, ChaosStop, CheckpointedActor, Deliver, RestoreSnapshot, TakeSnapshot,
+    ASK_TIMEOUT,
 };
 
 /// What a sink guarantees about its output after failures.

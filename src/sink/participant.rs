@@ -7,6 +7,11 @@
 //! the barrier and none after: the Chandy-Lamport idea applied to an application actor. The
 //! snapshot is stored in the sink task's state in the checkpoint.
 //!
+//! Costs: the sink task waits (at most [`ASK_TIMEOUT`]) for the actor's snapshot at each
+//! barrier, behind the records queued before it; deliveries are not bounded by the actor's
+//! mailbox (a slow actor's backlog grows, and so does that wait). The parallelism of the sink
+//! cannot change across a restore.
+//!
 //! Supervision: when the actor panics or stops, the next delivery or barrier finds its mailbox
 //! closed and the sink task fails ([`Error::DeliveryFailed`], a restart). Its failover region
 //! restarts with its own restart strategy: a new actor is made, restored from the snapshot of
@@ -148,6 +153,9 @@ impl<A: Actor, T> Drop for ActorParticipant<A, T> {
     }
 }
 
+/// How long a sink task waits for its hosted actor's snapshot or restore.
+pub const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn failed(what: &str, e: impl std::fmt::Display) -> Error {
     Error::DeliveryFailed {
         receiver: format!("the hosted actor {what}"),
@@ -200,16 +208,27 @@ where
             .ok_or_else(|| Error::Internal("a hosted actor used before open".into()))
     }
 
-    /// Waits for the actor's answer on the task's thread (the actor runs on its own arbiter).
+    /// Waits for the actor's answer on the task's thread (the actor runs on its own arbiter),
+    /// for at most [`ASK_TIMEOUT`]: an actor that does not answer fails the sink task.
     fn ask<M>(&self, msg: M) -> Result<M::Result>
     where
         M: Message + Send + 'static,
         M::Result: Send,
         A: Handler<M>,
     {
-        let addr = self.addr_here()?;
-        futures::executor::block_on(addr.send(msg))
-            .map_err(|e| failed(std::any::type_name::<A>(), e))
+        let Some((addr, arbiter)) = &self.actor else {
+            return Err(Error::Internal("a hosted actor used before open".into()));
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let send = addr.send(msg);
+        arbiter.spawn(async move {
+            let _ = tx.send(send.await);
+        });
+        let name = std::any::type_name::<A>();
+        match rx.recv_timeout(ASK_TIMEOUT) {
+            Ok(answer) => answer.map_err(|e| failed(name, e)),
+            Err(_) => Err(failed(name, format!("no answer within {ASK_TIMEOUT:?}"))),
+        }
     }
 }
 
@@ -259,6 +278,13 @@ where
     }
 
     fn recover(&mut self, committed: &[Self::Txn]) -> Result<()> {
+        let newest = committed.iter().map(|(epoch, _)| *epoch).max();
+        if committed.iter().filter(|(e, _)| Some(*e) == newest).count() > 1 {
+            return Err(Error::Config(format!(
+                "sink task {} would restore the snapshots of several hosted actors into one: an ActorParticipant cannot change its parallelism",
+                self.task
+            )));
+        }
         if let Some((_, bytes)) = committed.iter().max_by_key(|(epoch, _)| *epoch) {
             self.ask(RestoreSnapshot(bytes.clone()))??;
         }

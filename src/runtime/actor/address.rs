@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::adapter::ActorAdapter;
 use super::outside::{ActorEntry, Outside};
-use super::wire::{AnyReply, CommandRecord, QueryFn, RunQuery};
+use super::wire::{AnyReply, CommandRecord, QueryFn, Replies, RunQuery};
 use super::{ActorOperator, Command, CommandHandler, Query, QueryHandler};
 use crate::codec;
 use crate::error::{Error, Result};
@@ -76,6 +76,17 @@ impl<R: Send + 'static> Applied<R> {
         match answer {
             Some(r) => downcast(r?),
             None => Err(ended_error),
+        }
+    }
+}
+
+/// Forgets a registered command unless disarmed (its append answered).
+struct Unregister<'a>(Option<(&'a Replies, u64)>);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        if let Some((replies, seq)) = self.0.take() {
+            replies.forget(seq);
         }
     }
 }
@@ -255,6 +266,19 @@ impl<Op: ActorOperator> OperatorRef<Op> {
             return Err(self.outside.ended_error(what()));
         }
         let e = &self.entry;
+        if !e.declared.contains(C::name()) {
+            // Refused before it reaches the log: logged, it would fail on every replay.
+            return Err(Error::NoSuchEndpoint {
+                what: format!(
+                    "actor operator '{}' takes no command '{}'",
+                    e.vertex,
+                    C::name()
+                ),
+                reason:
+                    "its `ActorOperator::commands` does not declare it: add `commands.add::<..>()`"
+                        .into(),
+            });
+        }
         let seq = e.seq.fetch_add(1, Ordering::Relaxed);
         let kg = key_group_for(&key, e.max_parallelism);
         let partition = PartitionId(u32::from(kg.0) % e.partitions);
@@ -267,17 +291,14 @@ impl<Op: ActorOperator> OperatorRef<Op> {
         };
         let payload = codec::encode(&record, "command record")?;
         let (applied, durable) = e.replies.register(seq);
+        // A caller that drops this future before the append answers leaves no entry behind.
+        let mut unregister = Unregister(Some((&e.replies, seq)));
         let offset = match e.writer.send(Append { partition, payload }).await {
             Ok(Ok(offset)) => offset,
-            Ok(Err(err)) => {
-                e.replies.forget(seq);
-                return Err(err);
-            }
-            Err(_) => {
-                e.replies.forget(seq);
-                return Err(self.outside.ended_error(what()));
-            }
+            Ok(Err(err)) => return Err(err),
+            Err(_) => return Err(self.outside.ended_error(what())),
         };
+        unregister.0 = None;
         e.replies.positioned(seq, partition, offset);
         self.outside.endpoints.wake(e.sources.clone());
         let ended = Outside::until_ended(self.outside.ended.clone());

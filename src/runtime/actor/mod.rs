@@ -53,7 +53,16 @@
 //! Invariants: the command log is the only way a message changes an operator's state; a
 //! command's identity (the run that sent it and its sequence number) is in the log record, so a
 //! replayed command answers no new caller twice; query and command handlers run inside the
-//! task's panic boundary, and a failing handler fails its message, never the task.
+//! task's panic boundary, and a failing handler answers its caller with the error and leaves
+//! the task running. A command handler that fails part-way keeps the state changes and records
+//! it made before failing (the same in every replay): validate first, then change state.
+//!
+//! Limits: the command source never ends, so a job with an actor operator runs until it is
+//! stopped ([`JobHandle::stop`](crate::JobHandle::stop)), even when its other sources are
+//! bounded. Commands carry no event time: their channels never hold back the operator's
+//! watermark. An actor operator needs exactly-once (aligned) checkpoints; `build` refuses it
+//! otherwise. A command type must be declared in [`ActorOperator::commands`]: an undeclared
+//! one is refused before it reaches the log.
 
 mod adapter;
 mod address;

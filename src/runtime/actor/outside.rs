@@ -29,6 +29,8 @@ pub(crate) struct ActorEntry {
     pub(crate) seq: AtomicU64,
     /// The task numbers of the command source, woken after each append.
     pub(crate) sources: std::ops::Range<usize>,
+    /// The command names the operator declared (`ActorOperator::commands`).
+    pub(crate) declared: Arc<std::collections::HashSet<String>>,
 }
 
 /// What the handles of a running job reach its actors through.

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::runtime::async_io::{AsyncFunction, AsyncMode, AsyncOptions};
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::operator::{Data, TaskInfo};
+use crate::runtime::time::WatermarkStatus;
 use crate::state::{OperatorListState, OperatorStateBackend, Redistribution, StateValue};
 
 const IN_FLIGHT: &str = "snapflow.async-in-flight";
@@ -54,6 +55,9 @@ pub(crate) struct AsyncLogic<I, O, F> {
     tx: mpsc::UnboundedSender<Completion>,
     rx: Option<mpsc::UnboundedReceiver<Completion>>,
     out: Collector<O>,
+    /// Watermarks kept until every call issued before them has emitted: the first sequence
+    /// number not before the watermark, and the watermark.
+    held: VecDeque<(u64, WatermarkStatus)>,
 }
 
 impl<I, O, F> Drop for AsyncLogic<I, O, F> {
@@ -78,6 +82,7 @@ impl<I: Data + StateValue, O: Data, F: AsyncFunction<I, O>> AsyncLogic<I, O, F> 
             next_seq: 0,
             tx,
             rx: Some(rx),
+            held: VecDeque::new(),
             f,
             opts,
         })
@@ -215,6 +220,26 @@ impl<I: Data + StateValue, O: Data, F: AsyncFunction<I, O>> TaskLogic for AsyncL
         self.emit(at);
         self.fill();
         Ok(())
+    }
+
+    fn hold_watermark(&mut self, status: WatermarkStatus) -> bool {
+        if !self.in_flight() && self.held.is_empty() {
+            return false;
+        }
+        // The inputs that arrived before the watermark get sequence numbers below this.
+        let bound = self.next_seq + self.waiting.len() as u64;
+        self.held.push_back((bound, status));
+        true
+    }
+
+    fn release_watermarks(&mut self, out: &mut Vec<WatermarkStatus>) {
+        // The oldest call not yet emitted (slots stay in issue order in both modes).
+        let lowest = self.slots.front().map_or(self.next_seq, |s| s.seq);
+        while self.held.front().is_some_and(|(bound, _)| *bound <= lowest) {
+            if let Some((_, status)) = self.held.pop_front() {
+                out.push(status);
+            }
+        }
     }
 
     fn input_held(&self) -> bool {

@@ -98,6 +98,13 @@ pub(crate) trait TaskLogic: Send {
     fn in_flight(&self) -> bool {
         false
     }
+    /// An async operator keeps a watermark until the calls issued before it have emitted
+    /// (true: kept, handed back by `release_watermarks`).
+    fn hold_watermark(&mut self, _status: WatermarkStatus) -> bool {
+        false
+    }
+    /// The kept watermarks that may go out now, in order.
+    fn release_watermarks(&mut self, _out: &mut Vec<WatermarkStatus>) {}
     /// The chaos monkey stops the application actor the task hosts; false if it hosts none.
     fn kill_hosted(&mut self) -> bool {
         false

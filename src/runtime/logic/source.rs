@@ -77,6 +77,9 @@ pub(crate) struct SourceLogic<T> {
     progress: Option<Progress>,
     /// The offsets captured per checkpoint not yet complete (with `progress` only).
     captured: VecDeque<(CheckpointId, Vec<(PartitionId, LogOffset)>)>,
+    /// A source of records without event time that must not hold back its consumers'
+    /// watermark (a command source): it sends the watermark `MAX` once.
+    timeless: bool,
 }
 
 impl<T: Data> SourceLogic<T> {
@@ -104,7 +107,14 @@ impl<T: Data> SourceLogic<T> {
             final_sent: false,
             progress: None,
             captured: VecDeque::new(),
+            timeless: false,
         })
+    }
+
+    /// Makes the source hold back no watermark (see `timeless`).
+    pub(crate) fn timeless(mut self, timeless: bool) -> Self {
+        self.timeless = timeless;
+        self
     }
 
     /// Tells `progress` the offsets of each checkpoint that completes.
@@ -258,6 +268,10 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
 
     fn source_watermark(&mut self, now: std::time::Instant, out: &mut Vec<WatermarkStatus>) {
         let Some(et) = self.event_time.as_ref() else {
+            if self.timeless && !self.final_sent {
+                self.final_sent = true;
+                out.push(WatermarkStatus::At(Timestamp::MAX));
+            }
             return;
         };
         let strategy = et.strategy;
