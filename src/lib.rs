@@ -67,8 +67,9 @@ pub use log::{
     RecordBatch, ReplayableLog, SyncPolicy, TypedLog,
 };
 pub use runtime::{
-    ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress, OperatorRef, Query,
-    QueryContext, QueryHandler,
+    ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress,
+    InstanceCommandHandler, InstanceCommands, InstanceOperator, InstanceQueryContext,
+    InstanceQueryHandler, InstanceRef, OperatorRef, Query, QueryContext, QueryHandler,
 };
 pub use runtime::{AsyncFunction, AsyncMode, AsyncOptions};
 pub use runtime::{
@@ -91,8 +92,9 @@ pub mod prelude {
         TimeDomain, Timestamp, WatermarkStrategy, Window, WindowAssigner,
     };
     pub use crate::runtime::{
-        ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress, OperatorRef,
-        Query, QueryContext, QueryHandler,
+        ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress,
+        InstanceCommandHandler, InstanceCommands, InstanceOperator, InstanceQueryContext,
+        InstanceQueryHandler, InstanceRef, OperatorRef, Query, QueryContext, QueryHandler,
     };
     pub use crate::runtime::{AsyncFunction, AsyncMode, AsyncOptions};
     pub use crate::runtime::{

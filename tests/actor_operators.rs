@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use snapflow::chaos::{ChaosMonkey, Kill};
 use snapflow::prelude::*;
 use snapflow::{
-    ActorOperator, Command, CommandHandler, Commands, Query, QueryContext, QueryHandler,
+    ActorOperator, Command, CommandHandler, Commands, InstanceCommandHandler, InstanceCommands,
+    InstanceOperator, InstanceQueryContext, InstanceQueryHandler, Query, QueryContext,
+    QueryHandler,
 };
 
 use common::{chaos_config, counting_log, splitmix};
@@ -471,4 +473,249 @@ fn an_actor_operator_without_aligned_checkpoints_is_refused_at_build() {
         matches!(&e, Error::Config(m) if m.contains("'bank' needs exactly-once checkpoints")),
         "{e}"
     );
+}
+
+/// A non-keyed actor operator: each instance counts its records and the amounts its `Add`
+/// commands brought, in one split list element.
+#[derive(Clone, Default)]
+struct Tally {
+    totals: Option<snapflow::state::OperatorListState<Totals>>,
+}
+
+/// What one instance of `Tally` has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Totals {
+    records: u64,
+    added: u64,
+    commands: u64,
+}
+
+/// Adds to the instance's total; replies with the new total.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Add(u64);
+
+impl Command for Add {
+    type Reply = u64;
+    fn name() -> &'static str {
+        "tally.add"
+    }
+}
+
+/// Reads the instance's totals.
+#[derive(Debug, Clone)]
+struct ReadTotals;
+
+impl Query for ReadTotals {
+    type Reply = Totals;
+}
+
+impl Tally {
+    fn totals(&self, state: &snapflow::state::OperatorStateBackend) -> Result<Totals> {
+        let list = self.totals.as_ref().expect("opened");
+        Ok(list.get(state)?.first().copied().unwrap_or_default())
+    }
+
+    fn change(&self, ctx: &mut OperatorContext<'_>, f: impl FnOnce(&mut Totals)) -> Result<Totals> {
+        let mut t = self.totals(ctx.state())?;
+        f(&mut t);
+        let list = self.totals.as_ref().expect("opened");
+        list.update(ctx.state(), vec![t])?;
+        Ok(t)
+    }
+}
+
+impl InstanceOperator for Tally {
+    type In = (u64, u64);
+    type Out = u64;
+
+    fn commands(commands: &mut InstanceCommands<Self>) {
+        commands.add::<Add>();
+    }
+
+    fn open(&mut self, ctx: &mut OperatorContext<'_>) -> Result<()> {
+        let list = ctx
+            .state()
+            .list_state("totals", snapflow::state::Redistribution::Split)?;
+        self.totals = Some(list);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        _record: (u64, u64),
+        ctx: &mut OperatorContext<'_>,
+        _out: &mut Collector<u64>,
+    ) -> Result<()> {
+        self.change(ctx, |t| t.records += 1).map(|_| ())
+    }
+}
+
+impl InstanceCommandHandler<Add> for Tally {
+    fn command(
+        &mut self,
+        command: Add,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<u64>,
+    ) -> Result<u64> {
+        let t = self.change(ctx, |t| {
+            t.added += command.0;
+            t.commands += 1;
+        })?;
+        out.emit(t.added);
+        Ok(t.added)
+    }
+}
+
+impl InstanceQueryHandler<ReadTotals> for Tally {
+    fn query(&self, _q: ReadTotals, ctx: &InstanceQueryContext<'_>) -> Result<Totals> {
+        self.totals(ctx.state())
+    }
+}
+
+fn tally_job(name: &str, config: JobConfig, records: u64) -> JobBuilder {
+    let job = JobBuilder::with_config(name, config);
+    let commands: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(2));
+    job.source("numbers", LogSource::msgpack(counting_log(records, 7, 2)))
+        .actor("tally", Tally::default(), commands)
+        .sink("out", CollectSink::new());
+    job
+}
+
+/// One run of the non-keyed tally: commands to single instances and to all of them, queries
+/// by index and to all, under kills. Returns (kills, queries answered).
+async fn tally_run(seed: u64) -> (u32, u64) {
+    const RECORDS: u64 = 5_000;
+    let mut config = chaos_config(Threads::Arbiters(2));
+    config.query_timeout = Duration::from_secs(20);
+    let job = tally_job("tally", config, RECORDS);
+    job.chaos(
+        ChaosMonkey::new(seed)
+            .random_interval(Duration::from_millis(5), Duration::from_millis(25))
+            .kills(vec![Kill::PanicInUserCode, Kill::StopFromOutside])
+            .max_kills(4),
+    );
+    let handle = job.build().expect("build").start().await.expect("start");
+    let tally = handle.instance_operator::<Tally>("tally").expect("address");
+    assert_eq!(tally.instances(), 2);
+    let (mut sent, mut answered) = ([(0u64, 0u64); 2], 0u64);
+    let mut durables = Vec::new();
+    let mut rng = seed;
+    for _ in 0..60 {
+        let amount = splitmix(&mut rng) % 9 + 1;
+        match splitmix(&mut rng) % 4 {
+            0 => {
+                for (i, applied) in tally.command_all(Add(amount)).await.into_iter().enumerate() {
+                    durables.push(applied.unwrap_or_else(|e| panic!("seed {seed}: {e}")));
+                    sent[i].0 += amount;
+                    sent[i].1 += 1;
+                }
+            }
+            1 => match tally.query(1, ReadTotals).await {
+                Ok(_) => answered += 1,
+                Err(e @ Error::Unavailable { .. }) => assert!(e.is_retryable()),
+                Err(e) => panic!("seed {seed}: {e}"),
+            },
+            n => {
+                let i = (n - 2) as usize;
+                let applied = tally
+                    .command(i as u32, Add(amount))
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                assert!(
+                    applied.reply >= amount,
+                    "seed {seed}: the reply is the new total"
+                );
+                durables.push(applied);
+                sent[i].0 += amount;
+                sent[i].1 += 1;
+            }
+        }
+    }
+    // Once durable, no restore rolls a command back: the state must then hold them all.
+    for d in futures::future::join_all(durables.into_iter().map(Applied::durable)).await {
+        d.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let totals = loop {
+        let all: Vec<Totals> = tally
+            .query_all(ReadTotals)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        if all.len() == 2 && all.iter().map(|t| t.records).sum::<u64>() == RECORDS {
+            break all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seed {seed}: records never all seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for (i, t) in totals.iter().enumerate() {
+        assert_eq!(
+            (t.added, t.commands),
+            sent[i],
+            "seed {seed}: instance {i} applied a command other than once"
+        );
+    }
+    handle.stop();
+    let report = handle
+        .wait()
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    (report.kills, answered)
+}
+
+#[actix::test]
+async fn commands_to_instances_of_a_non_keyed_actor_operator_are_applied_exactly_once_under_random_kills(
+) {
+    snapflow::chaos::quiet_chaos_panics();
+    let (mut kills, mut answered) = (0, 0);
+    for i in 0..common::seeds(20) {
+        let (k, a) = tally_run(0x1A_0000 + i).await;
+        kills += k;
+        answered += a;
+    }
+    eprintln!("{kills} kills, {answered} queries answered");
+    assert!(kills > 0, "the runs were not disturbed");
+    assert!(answered > 0, "no query was answered");
+}
+
+#[actix::test]
+async fn a_non_keyed_actor_operator_refuses_bad_indexes_and_the_wrong_kind_of_address() {
+    let handle = tally_job("tally-errors", chaos_config(Threads::Arbiters(1)), 100)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let e = handle.operator::<Bank>("tally").expect_err("not keyed");
+    assert!(
+        matches!(&e, Error::NoSuchEndpoint { reason, .. } if reason.contains("non-keyed actor operator: address it with JobHandle::instance_operator")),
+        "{e}"
+    );
+    let e = handle
+        .instance_operator::<Tally>("numbers")
+        .expect_err("a source");
+    assert!(
+        matches!(&e, Error::NoSuchEndpoint { reason, .. } if reason.contains("is not a non-keyed actor operator")),
+        "{e}"
+    );
+    let tally = handle.instance_operator::<Tally>("tally").expect("address");
+    let e = tally.query(2, ReadTotals).await.expect_err("no instance 2");
+    assert!(
+        matches!(&e, Error::NoSuchEndpoint { reason, .. } if reason.contains("it has 2 instances")),
+        "{e}"
+    );
+    let e = tally.command(7, Add(1)).await.expect_err("no instance 7");
+    assert!(matches!(e, Error::NoSuchEndpoint { .. }), "{e}");
+    let applied = tally.command(0, Add(5)).await.expect("add");
+    assert_eq!(applied.durable().await.expect("durable"), 5);
+    let totals = tally.query(0, ReadTotals).await.expect("read");
+    assert_eq!((totals.added, totals.commands), (5, 1));
+    handle.stop();
+    handle.wait().await.expect("stopped");
+    let e = tally.query(0, ReadTotals).await.expect_err("ended");
+    assert!(matches!(e, Error::JobEnded { .. }), "{e}");
 }

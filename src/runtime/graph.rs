@@ -43,16 +43,19 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use serde::de::DeserializeOwned;
 
-use super::actor::wire::{CommandEnvelope, CommandRoute, Progress, Replies, Trimmer};
-use super::actor::{ActorAdapter, ActorEntry, ActorOperator, Commands, IngressEntry, Outside};
+use super::actor::wire::{CommandEnvelope, CommandRoute, Declared, Progress, Replies, Trimmer};
+use super::actor::{
+    ActorAdapter, ActorEntry, ActorOperator, Commands, IngressEntry, InstanceAdapter,
+    InstanceCommands, InstanceOperator, Outside,
+};
 use super::async_io::{AsyncFunction, AsyncOptions};
 use super::channel::Collector;
 use super::config::{JobConfig, Threads};
 use super::events::JobEvent;
 use super::handle::JobHandle;
 use super::logic::{
-    ActorLogic, AsyncLogic, DeadLetterSpec, Decoder, EdgeKind, EventTimeSpec, KeyGroupFn,
-    KeyedLogic, OperatorLogic, RestoreState, SinkLogic, SourceLogic, TaskLogic,
+    ActorLogic, AsyncLogic, DeadLetterSpec, Decoder, EdgeKind, EventTimeSpec, InstanceLogic,
+    KeyGroupFn, KeyedLogic, OperatorLogic, RestoreState, SinkLogic, SourceLogic, TaskLogic,
 };
 use super::metrics::JobMetrics;
 use super::operator::{Data, FlatMapOp, KeyedOperator, Operator, ReduceOp};
@@ -76,6 +79,8 @@ enum Ship {
     Rebalance,
     Broadcast,
     Hash,
+    /// A non-keyed actor operator's commands: to the task whose index is the command's key.
+    ByIndex,
 }
 
 #[derive(Clone)]
@@ -123,6 +128,8 @@ struct OwnedLog {
     replies: Option<Arc<Replies>>,
     /// For an actor operator: the command names it declared.
     declared: Arc<HashSet<String>>,
+    /// For an actor operator: keyed, or addressed by instance index.
+    keyed: bool,
 }
 
 /// The value a vertex's tasks are cloned from (an operator, a sink, an async function): every
@@ -426,6 +433,7 @@ impl JobBuilder {
             trimmer,
             replies: None,
             declared: Arc::default(),
+            keyed: false,
         });
         stream
     }
@@ -727,6 +735,118 @@ impl Stream<()> {
     }
 }
 
+/// The declared command handlers, their names; declaration errors go to `build`.
+fn declare<F>(
+    graph: &Rc<RefCell<GraphDef>>,
+    mut declared: Declared<F>,
+) -> (Arc<HashMap<String, F>>, HashSet<String>) {
+    graph.borrow_mut().errors.append(&mut declared.errors);
+    let names = declared.handlers.keys().cloned().collect();
+    (Arc::new(declared.handlers), names)
+}
+
+/// The command source of an actor operator vertex being added, and what the job keeps for it.
+struct CommandSource {
+    source: usize,
+    replies: Arc<Replies>,
+    trimmer: Arc<Trimmer>,
+}
+
+impl CommandSource {
+    /// Adds the source `"{name}-commands"` reading `commands`; returns its stream.
+    fn add<K: StateKey>(
+        graph: &Rc<RefCell<GraphDef>>,
+        name: &str,
+        commands: &Arc<dyn ReplayableLog>,
+    ) -> (Stream<CommandEnvelope<K>>, CommandSource) {
+        let run = graph.borrow().run;
+        let replies = Arc::new(Replies::new(run));
+        let trimmer = Arc::new(Trimmer::new(Arc::clone(commands)));
+        let (r2, t2) = (Arc::clone(&replies), Arc::clone(&trimmer));
+        let mut source = LogSource::<CommandEnvelope<K>>::msgpack(Arc::clone(commands));
+        // Commands carry no event time: their channels must not hold the operator's back.
+        source.timeless = true;
+        source.progress = Some(Arc::new(move |completed, offsets| {
+            r2.durable_upto(offsets);
+            if completed {
+                t2.completed(offsets);
+            }
+        }));
+        let builder = JobBuilder {
+            graph: Rc::clone(graph),
+        };
+        let stream = builder.source(&format!("{name}-commands"), source);
+        let source = graph.borrow().vertices.len() - 1;
+        let added = CommandSource {
+            source,
+            replies,
+            trimmer,
+        };
+        (stream, added)
+    }
+
+    /// Registers the actor vertex just added (running `Op`) as owning the command log.
+    fn own<Op: 'static>(
+        self,
+        graph: &Rc<RefCell<GraphDef>>,
+        log: Arc<dyn ReplayableLog>,
+        declared: HashSet<String>,
+        keyed: bool,
+    ) {
+        let vertex = graph.borrow().vertices.len() - 1;
+        graph.borrow_mut().owned.push(OwnedLog {
+            vertex,
+            source: self.source,
+            type_id: std::any::TypeId::of::<Op>(),
+            type_name: std::any::type_name::<Op>(),
+            log,
+            trimmer: self.trimmer,
+            replies: Some(self.replies),
+            declared: Arc::new(declared),
+            keyed,
+        });
+    }
+}
+
+impl<T: Data> Stream<T> {
+    /// Applies an [`InstanceOperator`] (cloned for every task): a non-keyed operator that also
+    /// takes the [`Query`](crate::runtime::Query) and [`Command`](crate::runtime::Command)
+    /// types it handles, sent to one instance by index or to all of them through the vertex's
+    /// [`InstanceRef`](crate::runtime::InstanceRef) once the job runs
+    /// ([`JobHandle::instance_operator`]). `commands` is the vertex's command log, as for
+    /// [`KeyedStream::actor`].
+    pub fn actor<Op>(self, name: &str, op: Op, commands: Arc<dyn ReplayableLog>) -> Stream<Op::Out>
+    where
+        Op: InstanceOperator<In = T>,
+    {
+        let mut declared = InstanceCommands::<Op>::new();
+        Op::commands(&mut declared);
+        let (stream, actor) = CommandSource::add::<u32>(&self.graph, name, &commands);
+        let mut inputs = self.inputs.clone();
+        inputs.extend(stream.inputs.iter().map(|e| EdgeDef {
+            from: e.from,
+            ship: Ship::ByIndex,
+            key_group: None,
+        }));
+        let (handlers, names) = declare(&self.graph, declared.0);
+        let route = CommandRoute {
+            vertex: name.to_string(),
+            handlers,
+            replies: Arc::clone(&actor.replies),
+        };
+        let op = Prototype::new(InstanceAdapter(op));
+        let dead = self.dead_letter.clone();
+        let factory: LogicFactory = Arc::new(move |p| {
+            let op = op.get("operator")?;
+            let logic = OperatorLogic::<T, Op::Out, InstanceAdapter<Op>>::new(op, dead.clone(), p)?;
+            Ok(Box::new(InstanceLogic::new(logic, route.clone())) as Box<dyn TaskLogic>)
+        });
+        let out = self.derive(name, Role::Operator, inputs, factory);
+        actor.own::<Op>(&self.graph, commands, names, false);
+        out
+    }
+}
+
 impl<K: StateKey, T: Data> KeyedStream<K, T> {
     /// Records an error to be reported by `build`.
     pub(crate) fn stream_errors(&self, message: String) {
@@ -790,37 +910,14 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
     {
         let mut declared = Commands::<Op>::new();
         Op::commands(&mut declared);
-        for e in declared.errors.drain(..) {
-            self.stream_errors(e);
-        }
-        let graph = Rc::clone(&self.stream.graph);
-        let run = graph.borrow().run;
-        let replies = Arc::new(Replies::new(run));
-        let trimmer = Arc::new(Trimmer::new(Arc::clone(&commands)));
-        let (r2, t2) = (Arc::clone(&replies), Arc::clone(&trimmer));
-        let mut source = LogSource::<CommandEnvelope<K>>::msgpack(Arc::clone(&commands));
-        // Commands carry no event time: their channels must not hold the operator's back.
-        source.timeless = true;
-        source.progress = Some(Arc::new(move |completed, offsets| {
-            r2.durable_upto(offsets);
-            if completed {
-                t2.completed(offsets);
-            }
-        }));
-        let builder = JobBuilder {
-            graph: Rc::clone(&graph),
-        };
-        let command_stream = builder
-            .source(&format!("{name}-commands"), source)
-            .key_by(|c: &CommandEnvelope<K>| c.key.clone());
-        let source_vertex = graph.borrow().vertices.len() - 1;
+        let (stream, actor) = CommandSource::add::<K>(&self.stream.graph, name, &commands);
         let mut inputs = self.hash_inputs();
-        inputs.extend(command_stream.hash_inputs());
-        let names: HashSet<String> = declared.handlers.keys().cloned().collect();
+        inputs.extend(stream.key_by(|c| c.key.clone()).hash_inputs());
+        let (handlers, names) = declare(&self.stream.graph, declared.0);
         let route = CommandRoute {
             vertex: name.to_string(),
-            handlers: Arc::new(declared.handlers),
-            replies: Arc::clone(&replies),
+            handlers,
+            replies: Arc::clone(&actor.replies),
         };
         let op = Prototype::new(ActorAdapter(op));
         let key = Arc::clone(&self.key);
@@ -836,17 +933,7 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
             Ok(Box::new(ActorLogic::new(logic, route.clone())) as Box<dyn TaskLogic>)
         });
         let out = self.stream.derive(name, Role::Keyed, inputs, factory);
-        let vertex = graph.borrow().vertices.len() - 1;
-        graph.borrow_mut().owned.push(OwnedLog {
-            vertex,
-            source: source_vertex,
-            type_id: std::any::TypeId::of::<Op>(),
-            type_name: std::any::type_name::<Op>(),
-            log: commands,
-            trimmer,
-            replies: Some(replies),
-            declared: Arc::new(names),
-        });
+        actor.own::<Op>(&self.stream.graph, commands, names, true);
         out
     }
 
@@ -893,9 +980,22 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// The key groups of a non-keyed actor operator's commands at parallelism `p`: the first key
+/// group of the task whose index is the command's key (an index the address checked).
+fn by_index(p: u32, max_p: u32) -> Arc<dyn Any + Send + Sync> {
+    let kg: KeyGroupFn<CommandEnvelope<u32>> = Arc::new(move |c: &CommandEnvelope<u32>| {
+        let index = c.key.min(p.saturating_sub(1));
+        crate::state::KeyGroupRange::for_task(index, p, max_p)
+            .map_or(crate::state::KeyGroup(0), |r| {
+                crate::state::KeyGroup(r.start)
+            })
+    });
+    Arc::new(kg)
+}
+
 /// The runtime's vertex specs: each edge's shipping resolved to an edge kind now that both
 /// sides' parallelism is known.
-fn vertex_specs(vertices: Vec<VertexDef>, par: &[u32]) -> Vec<VertexSpec> {
+fn vertex_specs(vertices: Vec<VertexDef>, par: &[u32], max_p: u32) -> Vec<VertexSpec> {
     vertices
         .into_iter()
         .enumerate()
@@ -910,6 +1010,9 @@ fn vertex_specs(vertices: Vec<VertexDef>, par: &[u32]) -> Vec<VertexSpec> {
                         Ship::Forward => EdgeKind::Forward,
                         Ship::Broadcast => EdgeKind::Broadcast,
                         Ship::Hash => EdgeKind::Hash,
+                        Ship::ByIndex => {
+                            return (e.from, EdgeKind::Hash, Some(by_index(par[v], max_p)));
+                        }
                     };
                     (e.from, kind, e.key_group.clone())
                 })
@@ -1006,6 +1109,7 @@ fn outside(
                     seq: Default::default(),
                     sources: source_tasks(topo, o.source),
                     declared: Arc::clone(&o.declared),
+                    keyed: o.keyed,
                 };
                 actors.insert(name, Arc::new(entry));
             }
@@ -1076,7 +1180,7 @@ impl Job {
             .iter()
             .map(|v| v.parallelism.unwrap_or(config.parallelism))
             .collect();
-        let specs = vertex_specs(vertices, &par);
+        let specs = vertex_specs(vertices, &par, config.max_parallelism);
         let mut arbiters = Vec::new();
         let handles: Vec<ArbiterHandle> = match config.threads {
             Threads::Current => vec![Arbiter::current()],

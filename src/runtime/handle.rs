@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::Recipient;
 use tokio::sync::watch;
 
-use super::actor::{ActorOperator, Ingress, OperatorRef, Outside};
+use super::actor::{ActorOperator, Ingress, InstanceOperator, InstanceRef, OperatorRef, Outside};
 use super::events::{JobEnd, JobEvent};
 use super::messages::Command;
 use super::metrics::{JobMetrics, MetricsSnapshot};
@@ -123,6 +123,14 @@ impl JobHandle {
     /// or runs another type.
     pub fn operator<Op: ActorOperator>(&self, name: &str) -> Result<OperatorRef<Op>> {
         OperatorRef::lookup(&self.outside, name)
+    }
+
+    /// The address of non-keyed actor operator vertex `name`, which must run `Op` (added with
+    /// [`Stream::actor`](crate::Stream::actor)): its instances by index. Fails with
+    /// [`Error::NoSuchEndpoint`] for a vertex that does not exist, is not a non-keyed actor
+    /// operator, or runs another type.
+    pub fn instance_operator<Op: InstanceOperator>(&self, name: &str) -> Result<InstanceRef<Op>> {
+        InstanceRef::lookup(&self.outside, name)
     }
 
     /// The ingress vertex `name`, which must take records of type `T` (added with

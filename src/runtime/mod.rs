@@ -33,8 +33,9 @@ pub mod time;
 mod topology;
 
 pub use actor::{
-    ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress, OperatorRef, Query,
-    QueryContext, QueryHandler,
+    ActorOperator, Applied, Command, CommandHandler, Commands, Ingest, Ingress,
+    InstanceCommandHandler, InstanceCommands, InstanceOperator, InstanceQueryContext,
+    InstanceQueryHandler, InstanceRef, OperatorRef, Query, QueryContext, QueryHandler,
 };
 pub use async_io::{AsyncFunction, AsyncMode, AsyncOptions};
 pub use channel::Collector;

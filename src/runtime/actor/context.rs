@@ -1,7 +1,7 @@
-//! [`QueryContext`]: what a query handler can read.
+//! [`QueryContext`] and [`InstanceQueryContext`]: what a query handler can read.
 
 use crate::ids::TaskInfo;
-use crate::state::{KeyedStateBackend, StateKey};
+use crate::state::{KeyedStateBackend, OperatorStateBackend, StateKey};
 
 /// What a [`QueryHandler`](super::QueryHandler) can reach: the keyed state, read-only, with the
 /// query's key as the current key.
@@ -25,5 +25,25 @@ impl<'a, K: StateKey> QueryContext<'a, K> {
     /// The task's keyed state (read it with a handle's `get`, `entries`...).
     pub fn state(&self) -> &'a KeyedStateBackend<K> {
         self.keyed
+    }
+}
+
+/// What an [`InstanceQueryHandler`](super::InstanceQueryHandler) can reach: the instance's
+/// operator state, read-only.
+#[derive(Debug)]
+pub struct InstanceQueryContext<'a> {
+    pub(crate) info: &'a TaskInfo,
+    pub(crate) state: &'a OperatorStateBackend,
+}
+
+impl<'a> InstanceQueryContext<'a> {
+    /// The task answering (its index is the instance the query was sent to).
+    pub fn task(&self) -> &TaskInfo {
+        self.info
+    }
+
+    /// The instance's operator state (read it with a handle's `get`, `entries`...).
+    pub fn state(&self) -> &'a OperatorStateBackend {
+        self.state
     }
 }

@@ -44,6 +44,11 @@
 //! }
 //! ```
 //!
+//! A non-keyed operator can be an actor too: an [`InstanceOperator`] keeps operator state and
+//! is addressed by instance index, or broadcast to every instance, through an [`InstanceRef`]
+//! ([`JobHandle::instance_operator`](crate::JobHandle::instance_operator)). What an
+//! index means across a rescale is in [`InstanceOperator`]'s docs.
+//!
 //! Restarts: a query for a task that is restarting waits for the restored task, for at most
 //! [`JobConfig::query_timeout`](crate::JobConfig::query_timeout), then fails with
 //! [`Error::Unavailable`](crate::Error::Unavailable), which is retryable. A command does not
@@ -68,6 +73,7 @@ mod adapter;
 mod address;
 mod context;
 mod ingress;
+mod instance;
 mod outside;
 pub(crate) mod wire;
 
@@ -75,16 +81,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::channel::Collector;
-use super::operator::{Data, KeyedContext};
+use super::operator::{Data, KeyedContext, OperatorContext};
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
 use crate::runtime::time::{TimeDomain, Timestamp};
 use crate::state::StateKey;
 
-pub(crate) use adapter::ActorAdapter;
+pub(crate) use adapter::{ActorAdapter, InstanceAdapter};
 pub use address::{Applied, OperatorRef};
-pub use context::QueryContext;
+pub use context::{InstanceQueryContext, QueryContext};
 pub use ingress::{Ingest, Ingress};
+pub use instance::InstanceRef;
 pub(crate) use outside::{ActorEntry, IngressEntry, Outside};
 
 /// A keyed operator with a mailbox: it handles the stream's records (like a
@@ -192,25 +199,14 @@ pub trait CommandHandler<C: Command>: ActorOperator {
 }
 
 /// The command types an [`ActorOperator`] declares (see [`ActorOperator::commands`]).
-pub struct Commands<Op: ActorOperator> {
-    pub(crate) handlers: wire::CommandTable<Op>,
-    pub(crate) errors: Vec<String>,
-}
-
-impl<Op: ActorOperator> std::fmt::Debug for Commands<Op> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Commands")
-            .field("names", &self.handlers.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
+#[derive(Debug)]
+pub struct Commands<Op: ActorOperator>(
+    pub(crate) wire::Declared<wire::CommandFn<Op::Key, Op::Out, ActorAdapter<Op>>>,
+);
 
 impl<Op: ActorOperator> Commands<Op> {
     pub(crate) fn new() -> Self {
-        Commands {
-            handlers: Default::default(),
-            errors: Vec::new(),
-        }
+        Commands(wire::Declared::new())
     }
 
     /// Declares command type `C`. Two types under one [`Command::name`] are an error of the
@@ -219,15 +215,112 @@ impl<Op: ActorOperator> Commands<Op> {
     where
         Op: CommandHandler<C>,
     {
-        let name = C::name();
-        if self.handlers.contains_key(name) {
-            self.errors.push(format!(
-                "two command types of operator {} are named '{name}'",
-                std::any::type_name::<Op>()
-            ));
-        }
-        self.handlers
-            .insert(name.to_string(), wire::command_fn::<Op, C>());
+        self.0.insert(
+            std::any::type_name::<Op>(),
+            C::name(),
+            wire::command_fn::<Op, C>(),
+        );
+        self
+    }
+}
+
+/// A non-keyed operator with a mailbox: it handles the stream's records (like an
+/// [`Operator`](crate::Operator)) with operator state, and the [`Query`] and [`Command`] types
+/// it has handlers for, sent to one instance by index or to all of them. One instance runs per
+/// task, cloned from the one given to [`Stream::actor`](crate::Stream::actor).
+///
+/// Instance `i` is task `i` of the vertex. Queries and commands behave as for a keyed
+/// [`ActorOperator`] (answered from live state; logged, applied exactly
+/// once in order with the records, replayed after a restore). A restore at the same
+/// parallelism gives each instance its own state back; at another parallelism the operator
+/// state is redistributed (split lists divided, union lists and broadcast state copied), so
+/// address an instance by index for what is per-instance by nature (a shard, a connection)
+/// and broadcast ([`InstanceRef::command_all`]) for what every instance should apply.
+pub trait InstanceOperator: Clone + Send + 'static {
+    /// The records it reads.
+    type In: Data;
+    /// The records it emits.
+    type Out: Data;
+
+    /// Declares the command types it takes: `commands.add::<Reset>()` for each type it has an
+    /// [`InstanceCommandHandler`] for (see [`ActorOperator::commands`]).
+    fn commands(_commands: &mut InstanceCommands<Self>) {}
+
+    /// Called once before the first record or message, after state is restored: register
+    /// state here.
+    fn open(&mut self, _ctx: &mut OperatorContext<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called for every record.
+    fn process(
+        &mut self,
+        record: Self::In,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<Self::Out>,
+    ) -> Result<()>;
+
+    /// Called once when every input has ended.
+    fn end_of_input(
+        &mut self,
+        _ctx: &mut OperatorContext<'_>,
+        _out: &mut Collector<Self::Out>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called when a checkpoint this task took part in is complete.
+    fn checkpoint_complete(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _ctx: &mut OperatorContext<'_>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Answers a [`Query`] from an instance's operator state.
+pub trait InstanceQueryHandler<Q: Query>: InstanceOperator {
+    /// Reads state and answers; an error goes to the caller as
+    /// [`Error::HandlerFailed`](crate::Error::HandlerFailed).
+    fn query(&self, query: Q, ctx: &InstanceQueryContext<'_>) -> Result<Q::Reply>;
+}
+
+/// Applies a [`Command`] to an instance's operator state.
+pub trait InstanceCommandHandler<C: Command>: InstanceOperator {
+    /// Changes state, may emit records, and answers. It must be deterministic given the state
+    /// and the command: it runs again, on the restored state, after a restore. An error goes to
+    /// the caller as [`Error::HandlerFailed`](crate::Error::HandlerFailed); the task goes on.
+    fn command(
+        &mut self,
+        command: C,
+        ctx: &mut OperatorContext<'_>,
+        out: &mut Collector<Self::Out>,
+    ) -> Result<C::Reply>;
+}
+
+/// The command types an [`InstanceOperator`] declares (see [`InstanceOperator::commands`]).
+#[derive(Debug)]
+pub struct InstanceCommands<Op: InstanceOperator>(
+    pub(crate) wire::Declared<wire::InstanceCommandFn<Op::Out, InstanceAdapter<Op>>>,
+);
+
+impl<Op: InstanceOperator> InstanceCommands<Op> {
+    pub(crate) fn new() -> Self {
+        InstanceCommands(wire::Declared::new())
+    }
+
+    /// Declares command type `C`. Two types under one [`Command::name`] are an error of the
+    /// job's `build`.
+    pub fn add<C: Command>(&mut self) -> &mut Self
+    where
+        Op: InstanceCommandHandler<C>,
+    {
+        self.0.insert(
+            std::any::type_name::<Op>(),
+            C::name(),
+            wire::instance_command_fn::<Op, C>(),
+        );
         self
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct ActorEntry {
     pub(crate) sources: std::ops::Range<usize>,
     /// The command names the operator declared (`ActorOperator::commands`).
     pub(crate) declared: Arc<std::collections::HashSet<String>>,
+    /// Keyed (addressed by key) or not (addressed by instance index).
+    pub(crate) keyed: bool,
 }
 
 /// What the handles of a running job reach its actors through.

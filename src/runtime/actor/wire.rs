@@ -14,14 +14,13 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use super::adapter::ActorAdapter;
-use super::{ActorOperator, Command, CommandHandler};
+use super::adapter::{ActorAdapter, InstanceAdapter};
+use super::{Command, CommandHandler, InstanceCommandHandler};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId, ReplayableLog};
 use crate::runtime::channel::Collector;
-use crate::runtime::operator::KeyedContext;
-use crate::state::StateKey;
+use crate::runtime::operator::{KeyedContext, OperatorContext};
 
 /// A reply, type-erased on its way from a task to the caller, who knows its type.
 pub(crate) type AnyReply = Box<dyn Any + Send>;
@@ -58,11 +57,51 @@ pub(crate) type CommandFn<K, O, Op> = Arc<
         + Sync,
 >;
 
-/// The command handlers of an actor operator, by command name.
-pub(crate) type CommandTable<A> = HashMap<
-    String,
-    CommandFn<<A as ActorOperator>::Key, <A as ActorOperator>::Out, ActorAdapter<A>>,
+/// Applies one decoded command to a non-keyed operator (its operator state): as
+/// [`CommandFn`].
+pub(crate) type InstanceCommandFn<O, Op> = Arc<
+    dyn Fn(
+            &[u8],
+            &mut Op,
+            &mut OperatorContext<'_>,
+            &mut Collector<O>,
+        ) -> Result<(AnyReply, AnyReply)>
+        + Send
+        + Sync,
 >;
+
+/// The command types an operator declared, and the errors found while declaring them.
+pub(crate) struct Declared<F> {
+    pub(crate) handlers: HashMap<String, F>,
+    pub(crate) errors: Vec<String>,
+}
+
+impl<F> Declared<F> {
+    pub(crate) fn new() -> Self {
+        Declared {
+            handlers: HashMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Declares the handler `f` of command `name` on operator type `op`.
+    pub(crate) fn insert(&mut self, op: &str, name: &str, f: F) {
+        if self.handlers.contains_key(name) {
+            self.errors.push(format!(
+                "two command types of operator {op} are named '{name}'"
+            ));
+        }
+        self.handlers.insert(name.to_string(), f);
+    }
+}
+
+impl<F> std::fmt::Debug for Declared<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commands")
+            .field("names", &self.handlers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
 
 /// The handler of command type `C` on operator `A`.
 pub(crate) fn command_fn<A, C>() -> CommandFn<A::Key, A::Out, ActorAdapter<A>>
@@ -73,27 +112,71 @@ where
     Arc::new(|payload, op, ctx, out| {
         let command: C = codec::decode(payload, "command")?;
         let reply = <A as CommandHandler<C>>::command(&mut op.0, command, ctx, out)?;
-        Ok((
-            Box::new(reply.clone()) as AnyReply,
-            Box::new(reply) as AnyReply,
-        ))
+        Ok(twice(reply))
     })
 }
 
-/// What a keyed task needs to apply commands: the handlers and where replies go.
-pub(crate) struct CommandRoute<K: StateKey, O, Op> {
+/// A command's reply, once for the applied and once for the durable answer.
+fn twice<R: Clone + Send + 'static>(reply: R) -> (AnyReply, AnyReply) {
+    (Box::new(reply.clone()), Box::new(reply))
+}
+
+/// The handler of command type `C` on non-keyed operator `A`.
+pub(crate) fn instance_command_fn<A, C>() -> InstanceCommandFn<A::Out, InstanceAdapter<A>>
+where
+    A: InstanceCommandHandler<C>,
+    C: Command,
+{
+    Arc::new(|payload, op, ctx, out| {
+        let command: C = codec::decode(payload, "command")?;
+        let reply = <A as InstanceCommandHandler<C>>::command(&mut op.0, command, ctx, out)?;
+        Ok(twice(reply))
+    })
+}
+
+/// What a task needs to apply commands: the handlers (of type `F`, a [`CommandFn`] or an
+/// [`InstanceCommandFn`]) and where replies go.
+pub(crate) struct CommandRoute<F> {
     pub(crate) vertex: String,
-    pub(crate) handlers: Arc<HashMap<String, CommandFn<K, O, Op>>>,
+    pub(crate) handlers: Arc<HashMap<String, F>>,
     pub(crate) replies: Arc<Replies>,
 }
 
-impl<K: StateKey, O, Op> Clone for CommandRoute<K, O, Op> {
+impl<F> Clone for CommandRoute<F> {
     fn clone(&self) -> Self {
         CommandRoute {
             vertex: self.vertex.clone(),
             handlers: Arc::clone(&self.handlers),
             replies: Arc::clone(&self.replies),
         }
+    }
+}
+
+impl<F> CommandRoute<F> {
+    /// The answer to a command named `name` that has no handler.
+    pub(crate) fn missing(&self, name: &str) -> Error {
+        Error::NoSuchEndpoint {
+            what: format!("no command '{name}'"),
+            reason: format!(
+                "operator '{}' declares no command of that name",
+                self.vertex
+            ),
+        }
+    }
+
+    /// Answers the caller of command `seq` of run `run`, named `name`, with `result`.
+    pub(crate) fn answer(
+        &self,
+        run: u64,
+        seq: u64,
+        name: &str,
+        result: Result<(AnyReply, AnyReply)>,
+    ) {
+        let answer = result.map_err(|e| Error::HandlerFailed {
+            handler: format!("command {name} on '{}'", self.vertex),
+            source: Box::new(e),
+        });
+        self.replies.applied(run, seq, answer);
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::dead_letter::{contained, route_failure, DeadLetterSpec};
 use super::shared::{collector, downcast, Capture, LogicParams, TaskLogic};
 use crate::checkpoint::CheckpointId;
-use crate::error::{Error, Result};
-use crate::runtime::actor::wire::{CommandEnvelope, CommandRoute};
+use crate::error::Result;
+use crate::runtime::actor::wire::{CommandEnvelope, CommandFn, CommandRoute};
 use crate::runtime::actor::QueryContext;
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::operator::{Data, KeyedContext, KeyedOperator, TaskInfo};
@@ -96,7 +96,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
     /// handler answers its caller with the error; the task goes on.
     pub(super) fn apply_commands(
         &mut self,
-        route: &CommandRoute<K, O, Op>,
+        route: &CommandRoute<CommandFn<K, O, Op>>,
         batch: Box<dyn Any + Send>,
     ) -> Result<()> {
         let commands = downcast::<CommandEnvelope<K>>(batch)?;
@@ -104,13 +104,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
         for c in commands {
             let (op, out, key) = (&mut self.op, &mut self.out, c.key);
             let handler = route.handlers.get(&c.name);
-            let mut applied = Err(Error::NoSuchEndpoint {
-                what: format!("no command '{}'", c.name),
-                reason: format!(
-                    "operator '{}' declares no command of that name",
-                    route.vertex
-                ),
-            });
+            let mut applied = Err(route.missing(&c.name));
             let result = contained(|| {
                 ctx.keyed.set_current_key(key)?;
                 if let Some(h) = handler {
@@ -118,11 +112,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
                 }
                 Ok(())
             });
-            let answer = result.and(applied).map_err(|e| Error::HandlerFailed {
-                handler: format!("command {} on '{}'", c.name, route.vertex),
-                source: Box::new(e),
-            });
-            route.replies.applied(c.run, c.seq, answer);
+            route.answer(c.run, c.seq, &c.name, result.and(applied));
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ mod shared;
 mod sink;
 mod source;
 
-pub(crate) use actor::ActorLogic;
+pub(crate) use actor::{ActorLogic, InstanceLogic};
 pub(crate) use async_io::AsyncLogic;
 pub use dead_letter::DeadLetter;
 pub(crate) use dead_letter::DeadLetterSpec;

@@ -1,5 +1,6 @@
 //! The logic of a non-keyed operator task ([`OperatorLogic`]): an [`Operator`] with operator
-//! state, its failed records contained and routed.
+//! state, its failed records contained and routed; for a non-keyed actor operator also its
+//! commands (applied in order with the records) and queries (run between batches).
 
 use std::any::Any;
 
@@ -7,6 +8,8 @@ use super::dead_letter::{contained, route_failure, DeadLetterSpec};
 use super::shared::{collector, downcast, operator_capture, Capture, LogicParams, TaskLogic};
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
+use crate::runtime::actor::wire::{CommandEnvelope, CommandRoute, InstanceCommandFn};
+use crate::runtime::actor::InstanceQueryContext;
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::operator::{Data, Operator, OperatorContext, TaskInfo};
 use crate::state::OperatorStateBackend;
@@ -46,6 +49,43 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorLogic<I, O, Op> {
             op,
             _i: std::marker::PhantomData,
         })
+    }
+}
+
+impl<I: Data, O: Data, Op: Operator<I, O>> OperatorLogic<I, O, Op> {
+    /// Runs a query on the operator state.
+    pub(crate) fn query<R>(
+        &mut self,
+        f: impl FnOnce(&Op, &InstanceQueryContext<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let ctx = InstanceQueryContext {
+            info: &self.info,
+            state: &self.state,
+        };
+        f(&self.op, &ctx)
+    }
+
+    /// Applies a batch of commands to the operator state, answering each caller. A failing
+    /// handler answers its caller with the error; the task goes on.
+    pub(super) fn apply_commands(
+        &mut self,
+        route: &CommandRoute<InstanceCommandFn<O, Op>>,
+        batch: Box<dyn Any + Send>,
+    ) -> Result<()> {
+        let mut ctx = op_ctx!(self);
+        for c in downcast::<CommandEnvelope<u32>>(batch)? {
+            let (op, out) = (&mut self.op, &mut self.out);
+            let handler = route.handlers.get(&c.name);
+            let mut applied = Err(route.missing(&c.name));
+            let result = contained(|| {
+                if let Some(h) = handler {
+                    applied = h(&c.payload, op, &mut ctx, out);
+                }
+                Ok(())
+            });
+            route.answer(c.run, c.seq, &c.name, result.and(applied));
+        }
+        Ok(())
     }
 }
 
