@@ -155,3 +155,57 @@ fn a_file_sink_refuses_every_write_after_a_failed_fsync_and_a_fresh_one_recovers
         vec!["1".to_string()]
     );
 }
+
+#[test]
+fn a_checkpoint_storage_refused_before_any_checkpoint_completed_accepts_writes_after_a_restore() {
+    let disk = SimDisk::new("/sim", 4);
+    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
+    let storage =
+        LocalCheckpointStorage::with_file_system(fs, "/sim/checkpoints", "job").expect("storage");
+    disk.fail_at(disk.ops() + 4, SimFault::Eio);
+    storage
+        .write_task_state(CheckpointId(1), &task(), b"state one")
+        .expect_err("the failed fsync");
+    let refused = storage
+        .write_task_state(CheckpointId(2), &task(), b"state two")
+        .expect_err("refused");
+    assert!(matches!(refused, Error::Poisoned { .. }), "{refused}");
+    // The restore finds no checkpoint at all, and starts from nothing: writes go on.
+    assert!(storage.latest_complete().expect("read").is_none());
+    storage
+        .write_task_state(CheckpointId(2), &task(), b"state two")
+        .expect("writes resume after a restore that found nothing");
+}
+
+#[test]
+fn a_failed_removal_of_an_aborted_checkpoints_files_refuses_no_later_write() {
+    let disk = SimDisk::new("/sim", 5);
+    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
+    let storage =
+        LocalCheckpointStorage::with_file_system(fs, "/sim/checkpoints", "job").expect("storage");
+    storage
+        .write_task_state(CheckpointId(1), &task(), b"state one")
+        .expect("write");
+    // The abort removes the manifest (there is none), then the directory: every attempt at
+    // the directory fails.
+    let first = disk.ops() + 1;
+    for op in first + 1..first + 4 {
+        disk.fail_at(op, SimFault::Eio);
+    }
+    storage
+        .abort(CheckpointId(1))
+        .expect("the files are left behind, with a warning");
+    let kinds: Vec<_> = disk
+        .trace()
+        .into_iter()
+        .filter(|o| o.number >= first)
+        .collect();
+    assert!(
+        kinds.iter().filter(|o| o.kind == "remove").count() >= 3,
+        "the directory removal was not retried: {kinds:?}"
+    );
+    storage
+        .write_task_state(CheckpointId(2), &task(), b"state two")
+        .expect("a failed removal refuses nothing");
+    assert!(storage.completed_ids().expect("ids").is_empty());
+}

@@ -13,8 +13,10 @@
 //! [`LocalCheckpointStorage::with_file_system`] names another). After a failed write, fsync,
 //! rename or removal the storage refuses every further write with [`Error::Poisoned`] (class
 //! Restart): the kernel may have dropped what it reported as written, so nothing may be built
-//! on it. The refusal ends when a restore verifies a checkpoint ([`CheckpointStorage::verify`]),
-//! which reads only what is on the disk.
+//! on it. The refusal ends when a restore reads the storage again
+//! ([`CheckpointStorage::latest_complete`], [`CheckpointStorage::verify`]), which reads only
+//! what is on the disk. Removing a checkpoint's files after its manifest's removal is durable
+//! is best effort: a failure there leaves an incomplete checkpoint and refuses nothing.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,13 +210,26 @@ impl LocalCheckpointStorage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove manifest", &manifest, e)),
         }
-        // Once the manifest's removal is durable, the rest need not be: files that come back
-        // after a crash form an incomplete checkpoint, never restored and removed as stale by
-        // the next commit's retention.
-        match self.fs.remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove checkpoint directory", &dir, e)),
+        // Once the manifest's removal is durable, the rest need not be: files left behind form
+        // an incomplete checkpoint, never restored. So a failure here (a task of an aborted
+        // checkpoint renaming its late state file into the directory being removed gives
+        // "directory not empty") is retried, then left with a warning: it must not make the
+        // storage refuse writes, since nothing written is in doubt.
+        let mut attempts = 0;
+        loop {
+            match self.fs.remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if attempts < 2 => {
+                    attempts += 1;
+                    tracing::debug!(job = %self.job, dir = %dir.display(), error = %e, "removing a checkpoint directory failed; trying again");
+                }
+                Err(e) => {
+                    tracing::warn!(job = %self.job, dir = %dir.display(), error = %e,
+                        "left the files of a removed checkpoint behind (it has no manifest: it will never be restored)");
+                    return Ok(());
+                }
+            }
         }
     }
 
@@ -280,6 +295,14 @@ impl CheckpointStorage for LocalCheckpointStorage {
 
     fn max_id(&self) -> Result<Option<CheckpointId>> {
         Ok(self.all_ids()?.last().copied())
+    }
+
+    fn latest_complete(&self) -> Result<Option<CompletedCheckpoint>> {
+        // A restore reads what is on the disk, even when it finds no checkpoint at all: writes
+        // may go on after it (without this, a storage refused before its first checkpoint
+        // completed would refuse forever).
+        *self.refusal() = None;
+        super::latest_verified(self)
     }
 
     fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {

@@ -349,26 +349,38 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// [`Error::NoValidCheckpoint`], naming every checkpoint and why it was rejected, when
     /// there are complete checkpoints but none of them verifies: starting over then would
     /// repeat committed output, so it is never done silently.
+    ///
+    /// A restore calls this: a storage that refuses writes after a failed one (as
+    /// [`LocalCheckpointStorage`](crate::checkpoint::LocalCheckpointStorage) does) accepts them
+    /// again from here on. A storage that wraps another must forward this method.
     fn latest_complete(&self) -> Result<Option<CompletedCheckpoint>> {
-        let mut rejected = Vec::new();
-        for id in self.completed_ids()?.into_iter().rev() {
-            match self.verify(id) {
-                Ok(c) => return Ok(Some(c)),
-                Err(e) => {
-                    tracing::error!(job = self.job(), checkpoint = %id, error = %e,
-                        "checkpoint does not verify; falling back to the previous one");
-                    rejected.push((id, e.to_string()));
-                }
+        latest_verified(self)
+    }
+}
+
+/// The newest complete checkpoint of `storage` that verifies, falling back past those that do
+/// not (the default [`CheckpointStorage::latest_complete`]).
+pub(crate) fn latest_verified<S: CheckpointStorage + ?Sized>(
+    storage: &S,
+) -> Result<Option<CompletedCheckpoint>> {
+    let mut rejected = Vec::new();
+    for id in storage.completed_ids()?.into_iter().rev() {
+        match storage.verify(id) {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => {
+                tracing::error!(job = storage.job(), checkpoint = %id, error = %e,
+                    "checkpoint does not verify; falling back to the previous one");
+                rejected.push((id, e.to_string()));
             }
         }
-        if rejected.is_empty() {
-            return Ok(None);
-        }
-        Err(Error::NoValidCheckpoint {
-            job: self.job().to_string(),
-            rejected,
-        })
     }
+    if rejected.is_empty() {
+        return Ok(None);
+    }
+    Err(Error::NoValidCheckpoint {
+        job: storage.job().to_string(),
+        rejected,
+    })
 }
 
 pub(crate) const STATE_MAGIC: &[u8; 8] = b"SNAPSTAT";

@@ -100,6 +100,12 @@ impl CheckpointStorage for FaultyStorage {
     fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
         self.inner.verify(id)
     }
+    fn latest_complete(&self) -> Result<Option<CompletedCheckpoint>> {
+        self.inner.latest_complete()
+    }
+    fn retained(&self) -> usize {
+        self.inner.retained()
+    }
     fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
         self.inner.read_task_state(id, handle)
     }
@@ -436,6 +442,12 @@ impl CheckpointStorage for LatchedStorage {
     }
     fn verify(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
         self.inner.verify(id)
+    }
+    fn latest_complete(&self) -> Result<Option<CompletedCheckpoint>> {
+        self.inner.latest_complete()
+    }
+    fn retained(&self) -> usize {
+        self.inner.retained()
     }
     fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
         self.inner.read_task_state(id, handle)
