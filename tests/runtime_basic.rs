@@ -159,3 +159,42 @@ async fn an_on_demand_checkpoint_completes_when_periodic_checkpoints_are_off() {
         "the requested one and the final one"
     );
 }
+
+#[actix_rt::test]
+async fn metrics_and_events_keep_bounded_windows_and_count_the_rest() {
+    let log = words_log(&["a"], 1);
+    let mut cfg = config(Threads::Current);
+    cfg.checkpoints = CheckpointTiming::every(Duration::from_millis(2));
+    cfg.metrics_window = 3;
+    cfg.event_window = 5;
+    let job = JobBuilder::with_config("windows", cfg);
+    job.source("lines", LogSource::<String>::msgpack(log))
+        .sink("out", CollectSink::new());
+    let handle = job.build().expect("build").start().await.expect("start");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while handle.metrics().checkpoints_completed < 10 && std::time::Instant::now() < deadline {
+        actix::clock::sleep(Duration::from_millis(5)).await;
+    }
+    let m = handle.metrics();
+    assert!(m.checkpoints_completed >= 10, "{}", m.checkpoints_completed);
+    assert_eq!(m.checkpoints.len(), 3, "only the newest 3 are kept");
+    let ids: Vec<_> = m.checkpoints.iter().map(|c| c.id.0).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    handle.stop();
+    let report = handle.wait().await.expect("stop");
+    assert_eq!(report.events.len(), 5, "only the newest 5 events are kept");
+    assert!(report.events_total > 20, "{}", report.events_total);
+    assert!(matches!(
+        report.events.last(),
+        Some(JobEvent::JobFinished { .. })
+    ));
+    assert!(report.metrics.checkpoints_completed >= report.checkpoints_completed);
+
+    let mut cfg = config(Threads::Current);
+    cfg.event_window = 0;
+    let job = JobBuilder::with_config("no-window", cfg);
+    job.source("lines", LogSource::<String>::msgpack(words_log(&["a"], 1)))
+        .sink("out", CollectSink::new());
+    let e = job.build().expect_err("an empty window");
+    assert!(e.to_string().contains("event_window"), "{e}");
+}

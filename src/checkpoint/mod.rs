@@ -351,7 +351,7 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// repeat committed output, so it is never done silently.
     ///
     /// A restore calls this: a storage that refuses writes after a failed one (as
-    /// [`LocalCheckpointStorage`](crate::checkpoint::LocalCheckpointStorage) does) accepts them
+    /// [`LocalCheckpointStorage`] does) accepts them
     /// again from here on. A storage that wraps another must forward this method.
     fn latest_complete(&self) -> Result<Option<CompletedCheckpoint>> {
         latest_verified(self)

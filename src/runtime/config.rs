@@ -109,6 +109,17 @@ pub struct JobConfig {
     /// How long a query to an actor operator waits for a task that is restarting before it
     /// fails with [`Error::Unavailable`](crate::Error::Unavailable) (retryable).
     pub query_timeout: Duration,
+    /// How many of the newest checkpoints' stats and recovery times the job's metrics keep
+    /// ([`MetricsSnapshot::checkpoints`](crate::runtime::MetricsSnapshot::checkpoints),
+    /// [`recoveries`](crate::runtime::MetricsSnapshot::recoveries)); older ones are only
+    /// counted. Keeps a job that runs for months in bounded memory, and
+    /// [`JobHandle::metrics`](crate::JobHandle::metrics) in bounded time. At least 1.
+    pub metrics_window: usize,
+    /// How many of the newest lifecycle events the job keeps for its
+    /// [`JobReport::events`](crate::JobReport::events) (an event recipient still gets every
+    /// one); older ones are only counted ([`JobReport::events_total`](crate::JobReport::events_total)).
+    /// At least 1.
+    pub event_window: usize,
 }
 
 impl Default for JobConfig {
@@ -145,12 +156,20 @@ impl Default for JobConfig {
             idle_timeout: Duration::from_millis(200),
             deterministic: false,
             query_timeout: Duration::from_secs(5),
+            metrics_window: 1_000,
+            event_window: 10_000,
         }
     }
 }
 
 impl JobConfig {
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.metrics_window == 0 || self.event_window == 0 {
+            return Err(Error::Config(format!(
+                "metrics_window ({}) and event_window ({}) must be at least 1",
+                self.metrics_window, self.event_window
+            )));
+        }
         if self.max_parallelism == 0 || self.max_parallelism > MAX_MAX_PARALLELISM {
             return Err(Error::Config(format!(
                 "max_parallelism must be between 1 and {MAX_MAX_PARALLELISM}, not {}",

@@ -1191,7 +1191,7 @@ impl Job {
                 arbiters.iter().map(|a| a.handle()).collect()
             }
         };
-        let metrics = Arc::new(JobMetrics::default());
+        let metrics = Arc::new(JobMetrics::new(config.metrics_window));
         let topo = Topology::new(
             name.clone(),
             config.clone(),

@@ -39,8 +39,11 @@ pub struct JobReport {
     pub elapsed: Duration,
     /// The metrics at the end.
     pub metrics: MetricsSnapshot,
-    /// Every lifecycle event, in order.
+    /// The newest lifecycle events, in order: at most
+    /// [`JobConfig::event_window`](crate::JobConfig::event_window) of them.
     pub events: Vec<JobEvent>,
+    /// How many lifecycle events the run had (kept in `events` or not).
+    pub events_total: u64,
 }
 
 /// A running job. Cheap to clone: every clone follows and controls the same job, and any

@@ -12,12 +12,14 @@ use std::sync::{Mutex, MutexGuard};
 use actix::Recipient;
 
 use super::events::JobEvent;
+use super::metrics::Window;
 use crate::checkpoint::CheckpointId;
 
 /// The counters of one job run.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct Tally {
-    pub(crate) events: Vec<JobEvent>,
+    /// The newest events (the configured event window), and how many there were.
+    pub(crate) events: Window<JobEvent>,
     pub(crate) completed: u64,
     pub(crate) last_completed: Option<CheckpointId>,
     pub(crate) last_triggered: Option<CheckpointId>,
@@ -34,11 +36,20 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    /// An empty ledger for job `job`, forwarding every event to `sink`.
-    pub(crate) fn new(job: String, sink: Option<Recipient<JobEvent>>) -> Ledger {
+    /// An empty ledger for job `job`, keeping the newest `window` events and forwarding every
+    /// event to `sink`.
+    pub(crate) fn new(job: String, window: usize, sink: Option<Recipient<JobEvent>>) -> Ledger {
+        let tally = Tally {
+            events: Window::new(window),
+            completed: 0,
+            last_completed: None,
+            last_triggered: None,
+            region_restarts: 0,
+            job_restarts: 0,
+        };
         Ledger {
             job,
-            tally: Mutex::new(Tally::default()),
+            tally: Mutex::new(tally),
             sink,
         }
     }
@@ -103,7 +114,7 @@ mod tests {
 
     #[test]
     fn the_ledger_counts_completed_checkpoints_triggers_and_restarts() {
-        let l = Ledger::new("j".into(), None);
+        let l = Ledger::new("j".into(), 2, None);
         l.emit(JobEvent::CheckpointTriggered {
             checkpoint: CheckpointId(4),
             is_final: false,
@@ -119,7 +130,16 @@ mod tests {
         l.count_restart(true);
         l.count_restart(false);
         let t = l.tally();
-        assert_eq!(t.events.len(), 3);
+        assert_eq!(
+            t.events.to_vec().len(),
+            2,
+            "the window keeps the newest 2 events"
+        );
+        assert_eq!(t.events.total(), 3);
+        assert!(matches!(
+            t.events.last(),
+            Some(JobEvent::CheckpointCompleted { .. })
+        ));
         assert_eq!(t.completed, 1);
         assert_eq!(t.last_completed, Some(CheckpointId(3)));
         assert_eq!(l.last_triggered(), Some(CheckpointId(4)));

@@ -91,7 +91,11 @@ impl JobRoot {
         let (done, done_rx) = watch::channel(None);
         let seed = chaos.as_ref().map(|c| c.seed).unwrap_or(0);
         let root = JobRoot {
-            ledger: Arc::new(Ledger::new(topo.name.clone(), events)),
+            ledger: Arc::new(Ledger::new(
+                topo.name.clone(),
+                topo.config.event_window,
+                events,
+            )),
             tracker: RestartTracker::new(topo.config.supervisor_restart.clone(), seed),
             topo,
             metrics,
@@ -293,7 +297,8 @@ impl JobRoot {
             kills: self.monkey.as_ref().map(|m| m.kills).unwrap_or(0),
             elapsed: self.started.elapsed(),
             metrics: self.metrics.snapshot(),
-            events: t.events,
+            events: t.events.to_vec(),
+            events_total: t.events.total(),
         }
     }
 

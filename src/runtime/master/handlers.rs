@@ -148,10 +148,7 @@ impl Handler<TaskEvent> for JobMaster {
                 }
                 if let Some(at) = self.failure_at.remove(&region) {
                     let took = now().saturating_duration_since(at);
-                    match self.metrics.recoveries.lock() {
-                        Ok(mut r) => r.push(took),
-                        Err(p) => p.into_inner().push(took),
-                    }
+                    self.metrics.recovered(took);
                 }
             }
         }
@@ -197,10 +194,7 @@ impl Handler<FromCoordinator> for JobMaster {
                     is_final,
                     "checkpoint completed"
                 );
-                match self.metrics.checkpoints.lock() {
-                    Ok(mut c) => c.push(stats),
-                    Err(p) => p.into_inner().push(stats),
-                }
+                self.metrics.checkpoint_completed(stats);
                 self.emit(JobEvent::CheckpointCompleted { checkpoint });
                 let addrs: Vec<Addr<TaskActor>> =
                     self.tasks.iter().filter_map(|t| t.addr.clone()).collect();
