@@ -222,3 +222,85 @@ async fn the_actor_sink_never_releases_an_uncommitted_epoch() {
         (0..10).map(|k| (k, 10_000)).collect::<HashMap<u64, u64>>()
     );
 }
+
+/// The keyed count of `trim_log_runs`, reading `log` (trimmed by the job).
+fn trimming_job(
+    storage: &Arc<dyn CheckpointStorage>,
+    log: &Arc<dyn ReplayableLog>,
+    out: &std::path::Path,
+    bounded: bool,
+) -> JobBuilder {
+    let mut config = JobConfig {
+        parallelism: 1,
+        ..JobConfig::default()
+    };
+    config.checkpoints = snapflow::checkpoint::CheckpointTiming::every(Duration::from_millis(5));
+    let job = JobBuilder::with_config("trim", config);
+    job.checkpoint_storage(Arc::clone(storage));
+    let mut source = LogSource::<(u64, u64)>::msgpack(Arc::clone(log)).trim_log();
+    if bounded {
+        source = source.bounded();
+    }
+    job.source("source", source)
+        .key_by(|(k, _): &(u64, u64)| *k)
+        .reduce("sum", |a, b| (a.0, a.1 + b.1))
+        .sink("sink", common::count_sink(out));
+    job
+}
+
+fn append_counts(log: &Arc<dyn ReplayableLog>, from: u64, n: u64) {
+    let typed = snapflow::TypedLog::<(u64, u64)>::new(Arc::clone(log));
+    let records: Vec<(u64, u64)> = (from..from + n).map(|i| (i % 16, 1)).collect();
+    for chunk in records.chunks(100) {
+        typed.append_batch(PartitionId(0), chunk).expect("append");
+    }
+}
+
+#[actix_rt::test]
+async fn a_trimmed_log_loses_its_old_segments_and_still_restores_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = FileLogOptions {
+        partitions: 1,
+        segment_bytes: 4096,
+        ..FileLogOptions::default()
+    };
+    let log: Arc<dyn ReplayableLog> =
+        Arc::new(FileLog::open(dir.path().join("log"), options).expect("log"));
+    let storage: Arc<dyn CheckpointStorage> = Arc::new(
+        LocalCheckpointStorage::new(dir.path().join("checkpoints"), "trim").expect("storage"),
+    );
+    let out = dir.path().join("out");
+    let files = || std::fs::read_dir(dir.path().join("log/p-00000")).map_or(0, |d| d.count());
+    append_counts(&log, 0, 4_000);
+    let before = files();
+    let handle = trimming_job(&storage, &log, &out, false)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let trimmed = poll_until(Duration::from_secs(30), || {
+        log.start_offset(PartitionId(0)).expect("start").0 > 0
+    })
+    .await;
+    assert!(trimmed, "the log was never trimmed");
+    handle.stop();
+    handle.wait().await.expect("stopped");
+    assert!(
+        files() < before,
+        "no segment file was removed ({before} before)"
+    );
+    // The restore needs what the newest checkpoint had not read: still there.
+    append_counts(&log, 4_000, 4_000);
+    trimming_job(&storage, &log, &out, true)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start")
+        .wait()
+        .await
+        .expect("the restored run");
+    let (_, lost, duplicated) = common::check_updates(&out, 8_000, 16);
+    assert_eq!((lost, duplicated), (0, 0));
+}

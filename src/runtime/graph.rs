@@ -111,6 +111,8 @@ struct GraphDef {
     /// The run id of the job's command records (see `actor::wire::CommandRecord`).
     run: u64,
     owned: Vec<OwnedLog>,
+    /// The retention of user logs whose sources trim them (`LogSource::trim_log`).
+    trimmers: Vec<Arc<Trimmer>>,
 }
 
 /// A log the job owns (an actor operator's command log, an ingress): the job appends to it
@@ -177,6 +179,7 @@ pub struct LogSource<T> {
     event_time: Option<EventTimeSpec<T>>,
     progress: Option<Progress>,
     timeless: bool,
+    trim: bool,
 }
 
 impl<T> std::fmt::Debug for LogSource<T> {
@@ -199,6 +202,7 @@ impl<T: DeserializeOwned> LogSource<T> {
             event_time: None,
             progress: None,
             timeless: false,
+            trim: false,
         }
     }
 }
@@ -216,6 +220,7 @@ impl<T> LogSource<T> {
             event_time: None,
             progress: None,
             timeless: false,
+            trim: false,
         }
     }
 
@@ -223,6 +228,18 @@ impl<T> LogSource<T> {
     /// starts, then the job takes a final checkpoint and ends.
     pub fn bounded(mut self) -> Self {
         self.bounded = true;
+        self
+    }
+
+    /// Lets the job trim the log ([`ReplayableLog::truncate_before`], which for a
+    /// [`FileLog`](crate::FileLog) deletes whole segments from the disk) below the offsets the
+    /// oldest retained checkpoint needs: the oldest of the last
+    /// [`CheckpointStorage::retained`] checkpoints completed in this process. Never above it,
+    /// and nothing after a restart until that many checkpoints have completed again. Opt-in,
+    /// since a log may be shared with other readers (another job, a consumer of its own): only
+    /// turn it on for a log this job alone reads.
+    pub fn trim_log(mut self) -> Self {
+        self.trim = true;
         self
     }
 
@@ -350,6 +367,7 @@ impl JobBuilder {
                 chaos: None,
                 run: new_run_id(),
                 owned: Vec::new(),
+                trimmers: Vec::new(),
             })),
         }
     }
@@ -379,9 +397,23 @@ impl JobBuilder {
             decode,
             bounded,
             event_time,
-            progress,
+            mut progress,
             timeless,
+            trim,
         } = source;
+        if trim {
+            let trimmer = Arc::new(Trimmer::new(Arc::clone(&log)));
+            let (t2, before) = (Arc::clone(&trimmer), progress.take());
+            progress = Some(Arc::new(move |completed, offsets| {
+                if let Some(p) = &before {
+                    p(completed, offsets);
+                }
+                if completed {
+                    t2.completed(offsets);
+                }
+            }));
+            self.graph.borrow_mut().trimmers.push(trimmer);
+        }
         let log2 = Arc::clone(&log);
         let factory: LogicFactory = Arc::new(move |p| {
             Ok(Box::new(
@@ -521,6 +553,9 @@ impl JobBuilder {
 /// Sets the retention of the logs the job owns, and refuses actor operators without aligned
 /// checkpoints (their commands could be applied twice).
 fn check_owned(g: &GraphDef, config: &JobConfig, storage: &dyn CheckpointStorage) -> Result<()> {
+    for t in &g.trimmers {
+        t.set_keep(storage.retained());
+    }
     for o in &g.owned {
         o.trimmer.set_keep(storage.retained());
         if o.replies.is_some() && config.mode != crate::checkpoint::CheckpointMode::ExactlyOnce {

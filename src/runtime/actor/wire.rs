@@ -476,6 +476,30 @@ mod tests {
     }
 
     #[test]
+    fn a_log_is_trimmed_below_the_oldest_retained_checkpoint_and_never_above_it() {
+        let log: Arc<dyn ReplayableLog> = Arc::new(crate::log::MemoryLog::new(1));
+        for i in 0..50u8 {
+            log.append(PartitionId(0), &[i]).expect("append");
+        }
+        let trimmer = Trimmer::new(Arc::clone(&log));
+        trimmer.set_keep(3);
+        let start = || log.start_offset(PartitionId(0)).expect("start").0;
+        for (i, at) in [10u64, 20, 30].into_iter().enumerate() {
+            trimmer.completed(&[(PartitionId(0), LogOffset(at))]);
+            assert_eq!(
+                start(),
+                0,
+                "checkpoint {i}: fewer than 3 retained, nothing trimmed"
+            );
+        }
+        // Four completed, three retained (20, 30, 40): the oldest retained needs offset 20.
+        trimmer.completed(&[(PartitionId(0), LogOffset(40))]);
+        assert_eq!(start(), 20);
+        trimmer.completed(&[(PartitionId(0), LogOffset(45))]);
+        assert_eq!(start(), 30);
+    }
+
+    #[test]
     fn replies_of_another_run_answer_nobody() {
         let replies = Replies::new(7);
         let (mut applied, _durable) = replies.register(1);
