@@ -292,13 +292,7 @@ async fn a_trimmed_log_loses_its_old_segments_and_still_restores_exactly_once() 
     );
     // The restore needs what the newest checkpoint had not read: still there.
     append_counts(&log, 4_000, 4_000);
-    trimming_job(&storage, &log, &out, true)
-        .build()
-        .expect("build")
-        .start()
-        .await
-        .expect("start")
-        .wait()
+    common::run_to_end(trimming_job(&storage, &log, &out, true))
         .await
         .expect("the restored run");
     let (_, lost, duplicated) = common::check_updates(&out, 8_000, 16);
