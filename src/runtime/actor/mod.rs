@@ -199,10 +199,15 @@ pub trait CommandHandler<C: Command>: ActorOperator {
 }
 
 /// The command types an [`ActorOperator`] declares (see [`ActorOperator::commands`]).
-#[derive(Debug)]
 pub struct Commands<Op: ActorOperator>(
     pub(crate) wire::Declared<wire::CommandFn<Op::Key, Op::Out, ActorAdapter<Op>>>,
 );
+
+impl<Op: ActorOperator> std::fmt::Debug for Commands<Op> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl<Op: ActorOperator> Commands<Op> {
     pub(crate) fn new() -> Self {
@@ -300,10 +305,15 @@ pub trait InstanceCommandHandler<C: Command>: InstanceOperator {
 }
 
 /// The command types an [`InstanceOperator`] declares (see [`InstanceOperator::commands`]).
-#[derive(Debug)]
 pub struct InstanceCommands<Op: InstanceOperator>(
     pub(crate) wire::Declared<wire::InstanceCommandFn<Op::Out, InstanceAdapter<Op>>>,
 );
+
+impl<Op: InstanceOperator> std::fmt::Debug for InstanceCommands<Op> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl<Op: InstanceOperator> InstanceCommands<Op> {
     pub(crate) fn new() -> Self {
