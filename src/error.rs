@@ -165,6 +165,26 @@ pub enum Error {
         checkpoint: CheckpointId,
     },
 
+    /// A restore was asked to start from a location (a savepoint's directory) that holds no
+    /// checkpoint manifest.
+    #[error("no checkpoint or savepoint at {location:?} (no manifest there)")]
+    NothingAtLocation {
+        /// The location asked for.
+        location: String,
+    },
+
+    /// The checkpoint or savepoint a job starts from holds state of vertices the job does not
+    /// have (matched by uid: removed, or renamed without keeping the uid). Restoring would
+    /// drop that state silently, so the job refuses to start unless
+    /// [`JobConfig::allow_unclaimed_state`](crate::JobConfig::allow_unclaimed_state) is set.
+    #[error("checkpoint {checkpoint} holds state of {} that no vertex of the job claims: keep their uids (Stream::uid), or set JobConfig::allow_unclaimed_state to drop it", .vertices.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", "))]
+    UnclaimedState {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// The uids nobody claims.
+        vertices: Vec<String>,
+    },
+
     /// A name that would reach the file system (job, vertex, task, checkpoint) is unsafe.
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidName {
@@ -366,6 +386,7 @@ impl Error {
             }
             Error::RestartsExhausted { source, .. } => source.class(),
             Error::InvalidGraph(_) | Error::NoValidCheckpoint { .. } => ErrorClass::Fatal,
+            Error::NothingAtLocation { .. } | Error::UnclaimedState { .. } => ErrorClass::Fatal,
             Error::RecordTooLarge { .. }
             | Error::OffsetOutOfRange { .. }
             | Error::UnknownPartition { .. }

@@ -58,8 +58,9 @@ pub mod supervision;
 pub use runtime::time;
 
 pub use checkpoint::{
-    CheckpointId, CheckpointStorage, CompletedCheckpoint, LocalCheckpointStorage, Manifest,
-    MemoryCheckpointStorage, SourceOffset, StateHandle, TaskId, TaskStateEntry,
+    CheckpointId, CheckpointKind, CheckpointStorage, CompletedCheckpoint, LocalCheckpointStorage,
+    Manifest, MemoryCheckpointStorage, SourceOffset, StateDescriptor, StateHandle, TaskId,
+    TaskStateEntry, VertexRecord,
 };
 pub use error::{Error, ErrorClass, Result};
 pub use log::{
@@ -74,7 +75,7 @@ pub use runtime::{
 pub use runtime::{AsyncFunction, AsyncMode, AsyncOptions};
 pub use runtime::{
     Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport, KeyedOperator,
-    KeyedStream, LogSource, NoValidCheckpoint, Operator, Stream, Threads,
+    KeyedStream, LogSource, NoValidCheckpoint, Operator, Savepoint, StartFrom, Stream, Threads,
 };
 pub use sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
 pub use storage::validate_name;
@@ -99,8 +100,8 @@ pub mod prelude {
     pub use crate::runtime::{AsyncFunction, AsyncMode, AsyncOptions};
     pub use crate::runtime::{
         Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport,
-        KeyedContext, KeyedOperator, KeyedStream, LogSource, Operator, OperatorContext, Stream,
-        Threads,
+        KeyedContext, KeyedOperator, KeyedStream, LogSource, Operator, OperatorContext, Savepoint,
+        StartFrom, Stream, Threads,
     };
     pub use crate::runtime::{WindowAggregator, WindowResult};
     pub use crate::sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};

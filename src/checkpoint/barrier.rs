@@ -94,6 +94,18 @@ impl Aligner {
         checkpoint: CheckpointId,
         now: Instant,
     ) -> BarrierOutcome {
+        self.on_barrier_in(channel, checkpoint, now, self.mode)
+    }
+
+    /// [`on_barrier`](Self::on_barrier) for a barrier that aligns in `mode` whatever the
+    /// aligner's own: a savepoint's barrier aligns in [`CheckpointMode::ExactlyOnce`].
+    pub fn on_barrier_in(
+        &mut self,
+        channel: usize,
+        checkpoint: CheckpointId,
+        now: Instant,
+        mode: CheckpointMode,
+    ) -> BarrierOutcome {
         assert!(
             !self.blocked[channel],
             "invariant: a blocked channel delivered barrier {checkpoint}"
@@ -119,7 +131,7 @@ impl Aligner {
                 alignment: now.saturating_duration_since(first),
             };
         }
-        match self.mode {
+        match mode {
             CheckpointMode::ExactlyOnce => {
                 self.blocked[channel] = true;
                 BarrierOutcome::BlockChannel
@@ -161,6 +173,27 @@ mod tests {
             }
         );
         assert_eq!(a.blocked_channels().count(), 0);
+    }
+
+    #[test]
+    fn a_savepoint_barrier_aligns_even_in_at_least_once_mode() {
+        let t = Instant::now();
+        let mut a = Aligner::new(2, CheckpointMode::AtLeastOnce);
+        assert_eq!(
+            a.on_barrier_in(0, CheckpointId(1), t, CheckpointMode::ExactlyOnce),
+            BarrierOutcome::BlockChannel
+        );
+        assert!(a.is_blocked(0), "the savepoint's channel waits");
+        assert!(matches!(
+            a.on_barrier_in(1, CheckpointId(1), t, CheckpointMode::ExactlyOnce),
+            BarrierOutcome::Aligned { .. }
+        ));
+        assert!(!a.is_blocked(0));
+        assert_eq!(
+            a.on_barrier(0, CheckpointId(2), t),
+            BarrierOutcome::Continue,
+            "the next checkpoint's barrier does not block"
+        );
     }
 
     #[test]

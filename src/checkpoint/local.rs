@@ -22,9 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::collections::HashMap;
+
 use super::{
-    check_state, decode_manifest, encode_manifest, CheckpointId, CheckpointStorage,
-    CompletedCheckpoint, Manifest, StateHandle, TaskId, MAX_MANIFEST_BYTES, STATE_MAGIC,
+    check_state, decode_any_manifest, decode_manifest, encode_manifest, CheckpointId,
+    CheckpointKind, CheckpointStorage, CompletedCheckpoint, Manifest, StateHandle, TaskId,
+    MAX_MANIFEST_BYTES, STATE_MAGIC,
 };
 use crate::error::{Error, Result};
 use crate::storage::{self, FileSystem, StdFs};
@@ -48,6 +51,9 @@ pub struct LocalCheckpointStorage {
     direct_bufs: Mutex<Vec<storage::AlignedBuf>>,
     /// Why writes are refused, after a failed write or sync (see the module documentation).
     refused: Mutex<Option<String>>,
+    /// The kind of each complete checkpoint whose manifest was written or read (a manifest
+    /// never changes): retention keeps savepoints.
+    kinds: Mutex<HashMap<CheckpointId, CheckpointKind>>,
 }
 
 /// The default of [`LocalCheckpointStorage::with_direct_io`]: 1 MiB.
@@ -80,6 +86,7 @@ impl LocalCheckpointStorage {
             direct_refused: AtomicBool::new(false),
             direct_bufs: Mutex::new(Vec::new()),
             refused: Mutex::new(None),
+            kinds: Mutex::new(HashMap::new()),
         })
     }
 
@@ -233,15 +240,44 @@ impl LocalCheckpointStorage {
         }
     }
 
+    /// The kind of complete checkpoint `id`, from its manifest (read once). An unreadable
+    /// manifest counts as a checkpoint's: it can never be restored, so retention may remove it.
+    fn kind_of(&self, id: CheckpointId) -> CheckpointKind {
+        let kinds = || self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kinds().get(&id) {
+            return *k;
+        }
+        let path = self.checkpoint_dir(id).join(MANIFEST_FILE);
+        let limit = MAX_MANIFEST_BYTES + storage::ENVELOPE_HEADER as u64;
+        let read = storage::read_bounded(self.fs.as_ref(), &path, limit);
+        match read
+            .ok()
+            .and_then(|r| r.ok())
+            .map(|b| decode_any_manifest(&b))
+        {
+            Some(Ok(m)) => {
+                kinds().insert(id, m.kind);
+                m.kind
+            }
+            _ => CheckpointKind::Checkpoint,
+        }
+    }
+
     fn apply_retention(&self, committed: CheckpointId) -> Result<()> {
-        let complete = self.completed_ids()?;
+        // Savepoints are never removed, nor counted among the checkpoints kept.
+        let complete: Vec<CheckpointId> = self
+            .completed_ids()?
+            .into_iter()
+            .filter(|id| self.kind_of(*id) == CheckpointKind::Checkpoint)
+            .collect();
         let keep_from = complete.len().saturating_sub(self.retain);
         for &id in &complete[..keep_from] {
             self.remove_checkpoint(id)?;
             tracing::debug!(job = %self.job, checkpoint = %id, "retention removed checkpoint");
         }
         for id in self.all_ids()? {
-            if id < committed && !complete.contains(&id) {
+            let has_manifest = self.exists(&self.checkpoint_dir(id).join(MANIFEST_FILE));
+            if id < committed && !has_manifest {
                 self.remove_checkpoint(id)?;
                 tracing::debug!(job = %self.job, checkpoint = %id, "removed stale incomplete checkpoint");
             }
@@ -312,7 +348,40 @@ impl CheckpointStorage for LocalCheckpointStorage {
     }
 
     fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
-        self.read_state(id, handle)
+        self.read_state(&self.checkpoint_dir(id), id, handle)
+    }
+
+    fn read_manifest(&self, id: CheckpointId) -> Result<Manifest> {
+        self.read_manifest_in(&self.checkpoint_dir(id), id, Some(id))
+    }
+
+    fn location(&self, id: CheckpointId) -> String {
+        self.checkpoint_dir(id).display().to_string()
+    }
+
+    fn verify_location(&self, location: &str) -> Result<CompletedCheckpoint> {
+        // A restore reads what is on the disk: writes may go on after it.
+        *self.refusal() = None;
+        let dir = PathBuf::from(location);
+        // Until the manifest is read, the directory's name is the best guess at the id.
+        let guess = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|n| n.parse().ok())
+            .map_or(CheckpointId(0), CheckpointId);
+        let manifest = self.read_manifest_in(&dir, guess, None)?;
+        for t in &manifest.tasks {
+            self.read_state(&dir, manifest.checkpoint, &t.state)?;
+        }
+        Ok(CompletedCheckpoint {
+            location: location.to_string(),
+            manifest,
+        })
+    }
+
+    fn read_task_state_at(&self, location: &str, handle: &StateHandle) -> Result<Vec<u8>> {
+        self.read_state(Path::new(location), CheckpointId(0), handle)
     }
 }
 
@@ -399,7 +468,27 @@ impl LocalCheckpointStorage {
     }
 
     fn verify_files(&self, id: CheckpointId) -> Result<CompletedCheckpoint> {
-        let path = self.checkpoint_dir(id).join(MANIFEST_FILE);
+        let dir = self.checkpoint_dir(id);
+        let manifest = self.read_manifest_in(&dir, id, Some(id))?;
+        for t in &manifest.tasks {
+            self.read_task_state(id, &t.state)?;
+        }
+        Ok(CompletedCheckpoint {
+            location: self.location(id),
+            manifest,
+        })
+    }
+
+    /// Reads and checks the manifest in `dir`: of checkpoint `expect` of this job, or of any
+    /// checkpoint of any job when `expect` is `None` (a savepoint read by location). `id`
+    /// names the checkpoint in errors.
+    fn read_manifest_in(
+        &self,
+        dir: &Path,
+        id: CheckpointId,
+        expect: Option<CheckpointId>,
+    ) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
         let bytes = match storage::read_bounded(
             self.fs.as_ref(),
             &path,
@@ -408,30 +497,32 @@ impl LocalCheckpointStorage {
             Ok(Ok(b)) => b,
             Ok(Err(reason)) => return Err(self.corrupt(id, &path, reason)),
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::CheckpointNotFound {
-                    job: self.job.clone(),
-                    checkpoint: id,
+                return Err(match expect {
+                    Some(_) => Error::CheckpointNotFound {
+                        job: self.job.clone(),
+                        checkpoint: id,
+                    },
+                    None => Error::NothingAtLocation {
+                        location: dir.display().to_string(),
+                    },
                 })
             }
             Err(e) => return Err(e),
         };
-        let manifest =
-            decode_manifest(&bytes, id, &self.job).map_err(|r| self.corrupt(id, &path, r))?;
-        for t in &manifest.tasks {
-            self.read_task_state(id, &t.state)?;
+        let manifest = match expect {
+            Some(id) => decode_manifest(&bytes, id, &self.job),
+            None => decode_any_manifest(&bytes),
         }
-        Ok(CompletedCheckpoint { manifest })
+        .map_err(|r| self.corrupt(id, &path, r))?;
+        Ok(manifest)
     }
 
-    fn read_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
+    /// Reads the state file of `handle` in the directory `dir` of checkpoint `id`.
+    fn read_state(&self, dir: &Path, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
         if storage::validate_name("state file", &handle.file).is_err() {
-            return Err(self.corrupt(
-                id,
-                &self.checkpoint_dir(id),
-                format!("unsafe state file name {:?}", handle.file),
-            ));
+            return Err(self.corrupt(id, dir, format!("unsafe state file name {:?}", handle.file)));
         }
-        let path = self.checkpoint_dir(id).join(&handle.file);
+        let path = dir.join(&handle.file);
         if handle.size > self.max_state_bytes {
             return Err(self.corrupt(
                 id,

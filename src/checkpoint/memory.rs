@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    check_state, decode_manifest, encode_manifest, state_handle, CheckpointId, CheckpointStorage,
-    CompletedCheckpoint, Manifest, StateHandle, TaskId, STATE_MAGIC,
+    check_state, decode_manifest, encode_manifest, state_handle, CheckpointId, CheckpointKind,
+    CheckpointStorage, CompletedCheckpoint, Manifest, StateHandle, TaskId, STATE_MAGIC,
 };
 use crate::error::{Error, Result};
 use crate::storage;
@@ -14,6 +14,7 @@ use crate::storage;
 struct Stored {
     files: HashMap<String, Vec<u8>>,
     manifest: Option<Vec<u8>>,
+    kind: CheckpointKind,
 }
 
 /// Checkpoint storage held in memory, with the same envelopes, checks, retention and fallback
@@ -61,6 +62,14 @@ impl MemoryCheckpointStorage {
             }
             None => false,
         }
+    }
+
+    /// The checkpoint of this storage that `location` names, if it names one.
+    fn parse_location(&self, location: &str) -> Option<CheckpointId> {
+        let rest = location.strip_prefix("memory:")?;
+        let (job, id) = rest.rsplit_once('/')?;
+        (job == self.job).then_some(())?;
+        id.parse().ok().map(CheckpointId)
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<CheckpointId, Stored>> {
@@ -132,14 +141,20 @@ impl CheckpointStorage for MemoryCheckpointStorage {
             }
         }
         c.manifest = Some(bytes);
+        c.kind = manifest.kind;
+        // Savepoints are never removed, nor counted among the checkpoints kept.
         let complete: Vec<CheckpointId> = cps
             .iter()
-            .filter(|(_, c)| c.manifest.is_some())
+            .filter(|(_, c)| c.manifest.is_some() && c.kind == CheckpointKind::Checkpoint)
             .map(|(id, _)| *id)
             .collect();
         let keep_from = complete.len().saturating_sub(self.retain);
         let keep_ids = &complete[keep_from..];
-        cps.retain(|cid, c| keep_ids.contains(cid) || (c.manifest.is_none() && *cid > id));
+        cps.retain(|cid, c| {
+            keep_ids.contains(cid)
+                || (c.manifest.is_some() && c.kind == CheckpointKind::Savepoint)
+                || (c.manifest.is_none() && *cid > id)
+        });
         Ok(())
     }
 
@@ -185,7 +200,32 @@ impl CheckpointStorage for MemoryCheckpointStorage {
         for t in &manifest.tasks {
             self.read_task_state(id, &t.state)?;
         }
-        Ok(CompletedCheckpoint { manifest })
+        Ok(CompletedCheckpoint {
+            location: self.location(id),
+            manifest,
+        })
+    }
+
+    fn location(&self, id: CheckpointId) -> String {
+        format!("memory:{}/{}", self.job, id.0)
+    }
+
+    fn verify_location(&self, location: &str) -> Result<CompletedCheckpoint> {
+        match self.parse_location(location) {
+            Some(id) => self.verify(id),
+            None => Err(Error::NothingAtLocation {
+                location: location.to_string(),
+            }),
+        }
+    }
+
+    fn read_task_state_at(&self, location: &str, handle: &StateHandle) -> Result<Vec<u8>> {
+        match self.parse_location(location) {
+            Some(id) => self.read_task_state(id, handle),
+            None => Err(Error::NothingAtLocation {
+                location: location.to_string(),
+            }),
+        }
     }
 
     fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {

@@ -33,6 +33,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId};
 use crate::state::KeyGroupRange;
+pub use crate::state::StateDescriptor;
 use crate::storage;
 
 pub use barrier::{Aligner, BarrierOutcome, CheckpointMode};
@@ -90,6 +91,44 @@ pub struct SourceOffset {
     pub offset: LogOffset,
 }
 
+/// What a complete checkpoint is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum CheckpointKind {
+    /// A periodic (or on-demand, or final) checkpoint: retention removes it once newer ones
+    /// complete.
+    #[default]
+    Checkpoint,
+    /// A savepoint ([`JobHandle::savepoint`](crate::JobHandle::savepoint)): always aligned,
+    /// never removed by retention, self-contained (its directory can be copied elsewhere and
+    /// restored from there with [`StartFrom::Savepoint`](crate::StartFrom::Savepoint)).
+    Savepoint,
+}
+
+impl fmt::Display for CheckpointKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckpointKind::Checkpoint => "checkpoint",
+            CheckpointKind::Savepoint => "savepoint",
+        })
+    }
+}
+
+/// One vertex of the job that wrote a checkpoint, as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VertexRecord {
+    /// The vertex's stable uid: what a restore matches vertices by (its name unless set with
+    /// [`Stream::uid`](crate::Stream::uid)). Its tasks' entries in the manifest are named by it.
+    pub uid: String,
+    /// The vertex's name in the job that wrote the checkpoint.
+    pub name: String,
+    /// What it is: `source`, `operator`, `keyed` or `sink`.
+    pub role: String,
+    /// Its parallelism.
+    pub parallelism: u32,
+    /// The states its tasks registered (the union over its tasks).
+    pub states: Vec<StateDescriptor>,
+}
+
 /// The description of a complete checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -107,6 +146,14 @@ pub struct Manifest {
     pub tasks: Vec<TaskStateEntry>,
     /// Every source task's log positions.
     pub sources: Vec<SourceOffset>,
+    /// A checkpoint or a savepoint (manifests written before savepoints existed decode as
+    /// checkpoints).
+    #[serde(default)]
+    pub kind: CheckpointKind,
+    /// The job's graph when the checkpoint was taken: every vertex's uid, name, role,
+    /// parallelism and states (empty in manifests written before it was recorded).
+    #[serde(default)]
+    pub vertices: Vec<VertexRecord>,
 }
 
 impl Manifest {
@@ -124,7 +171,14 @@ impl Manifest {
             parallelism: BTreeMap::new(),
             tasks: Vec::new(),
             sources: Vec::new(),
+            kind: CheckpointKind::Checkpoint,
+            vertices: Vec::new(),
         }
+    }
+
+    /// True for a savepoint.
+    pub fn is_savepoint(&self) -> bool {
+        self.kind == CheckpointKind::Savepoint
     }
 
     /// The state entry of `task`, if the manifest has one.
@@ -272,6 +326,8 @@ fn check_key_group_ranges(
 pub struct CompletedCheckpoint {
     /// Its manifest.
     pub manifest: Manifest,
+    /// Where it is ([`CheckpointStorage::location`]): a directory for a local storage.
+    pub location: String,
 }
 
 impl CompletedCheckpoint {
@@ -343,6 +399,39 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Reads one task's state and checks it against its handle.
     fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>>;
 
+    /// Reads and checks the manifest of complete checkpoint `id`, without its state files
+    /// (the default reads them too, through [`verify`](Self::verify)).
+    fn read_manifest(&self, id: CheckpointId) -> Result<Manifest> {
+        self.verify(id).map(|c| c.manifest)
+    }
+
+    /// Where checkpoint `id` is (or would be): a location that
+    /// [`verify_location`](Self::verify_location) reads, a directory for a local storage. It
+    /// is what [`JobHandle::savepoint`](crate::JobHandle::savepoint) reports.
+    fn location(&self, id: CheckpointId) -> String;
+
+    /// Reads and verifies the checkpoint or savepoint at `location`, which need not be inside
+    /// this storage (a savepoint copied elsewhere): its manifest says its id, and it may come
+    /// from a job of another name. [`Error::CheckpointNotFound`] when nothing is there,
+    /// [`Error::CheckpointCorrupt`] when it does not verify. A storage that cannot read by
+    /// location refuses with [`Error::Config`] (the default).
+    fn verify_location(&self, location: &str) -> Result<CompletedCheckpoint> {
+        Err(Error::Config(format!(
+            "checkpoint storage of job {:?} cannot read a checkpoint by location ({location:?})",
+            self.job()
+        )))
+    }
+
+    /// Reads one task's state of the checkpoint at `location` (see
+    /// [`verify_location`](Self::verify_location)) and checks it against its handle.
+    fn read_task_state_at(&self, location: &str, handle: &StateHandle) -> Result<Vec<u8>> {
+        let _ = handle;
+        Err(Error::Config(format!(
+            "checkpoint storage of job {:?} cannot read a checkpoint by location ({location:?})",
+            self.job()
+        )))
+    }
+
     /// The newest checkpoint that verifies. A checkpoint that does not verify is skipped for
     /// the previous one, with an error logged naming what failed. `Ok(None)` when there is no
     /// complete checkpoint at all (start from the beginning of the log with empty state);
@@ -394,21 +483,28 @@ pub(crate) fn encode_manifest(manifest: &Manifest) -> Result<Vec<u8>> {
     Ok(storage::encode_envelope(MANIFEST_MAGIC, &payload))
 }
 
+/// Decodes and checks a manifest's bytes, whatever checkpoint and job it names (a savepoint
+/// read by location); `Err` holds the reason.
+pub(crate) fn decode_any_manifest(bytes: &[u8]) -> std::result::Result<Manifest, String> {
+    let payload = storage::decode_envelope(MANIFEST_MAGIC, bytes, MAX_MANIFEST_BYTES)?;
+    let m: Manifest = codec::decode(payload, "checkpoint manifest").map_err(|e| e.to_string())?;
+    m.validate()?;
+    Ok(m)
+}
+
 /// Decodes and checks a manifest's bytes; `Err` holds the reason.
 pub(crate) fn decode_manifest(
     bytes: &[u8],
     id: CheckpointId,
     job: &str,
 ) -> std::result::Result<Manifest, String> {
-    let payload = storage::decode_envelope(MANIFEST_MAGIC, bytes, MAX_MANIFEST_BYTES)?;
-    let m: Manifest = codec::decode(payload, "checkpoint manifest").map_err(|e| e.to_string())?;
+    let m = decode_any_manifest(bytes)?;
     if m.checkpoint != id {
         return Err(format!("manifest names checkpoint {}", m.checkpoint));
     }
     if m.job != job {
         return Err(format!("manifest names job {:?}", m.job));
     }
-    m.validate()?;
     Ok(m)
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::stats::CheckpointStats;
-use super::{CheckpointId, StateHandle};
+use super::{CheckpointId, StateDescriptor, StateHandle};
 use crate::error::Error;
 use crate::log::{LogOffset, PartitionId};
 use crate::state::KeyGroupRange;
@@ -33,6 +33,8 @@ pub(crate) enum ToCoordinator {
     },
     RequestNow,
     RequestFinal,
+    /// Take a savepoint next (and until one completes).
+    RequestSavepoint,
     CancelFinal,
     Rearm,
     /// Trigger nothing while `true` (a failover region is down: its tasks could not take part).
@@ -49,10 +51,13 @@ pub(crate) enum FromCoordinator {
     Triggered {
         checkpoint: CheckpointId,
         is_final: bool,
+        savepoint: bool,
     },
     Completed {
         checkpoint: CheckpointId,
         is_final: bool,
+        /// For a savepoint: where it is.
+        savepoint: Option<String>,
         stats: CheckpointStats,
     },
     Aborted {
@@ -71,6 +76,8 @@ pub(crate) struct AckInfo {
     pub(crate) state: StateHandle,
     pub(crate) key_groups: Option<KeyGroupRange>,
     pub(crate) sources: Vec<(PartitionId, LogOffset)>,
+    /// The states the task has registered.
+    pub(crate) states: Vec<StateDescriptor>,
     pub(crate) alignment: Duration,
     pub(crate) capture: Duration,
     /// The keyed state the task encoded itself for this checkpoint.

@@ -35,7 +35,9 @@ pub(crate) enum Envelope {
     /// A batch of records: a boxed `Vec<T>`, its length, and where it was read if known.
     Records(Box<dyn Any + Send>, usize, Option<Origin>),
     /// Checkpoint barrier: every record before it belongs to epoch `n` or earlier.
-    Barrier(CheckpointId),
+    /// A checkpoint's barrier; `true` when it must align whatever the job's checkpoint mode
+    /// (a savepoint's).
+    Barrier(CheckpointId, bool),
     /// An event-time watermark status: behind every record sent before it.
     Watermark(crate::runtime::time::WatermarkStatus),
     /// The producer will send no more records (a final barrier may still follow).
@@ -46,7 +48,7 @@ impl std::fmt::Debug for Envelope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Envelope::Records(_, n, _) => write!(f, "Records({n})"),
-            Envelope::Barrier(id) => write!(f, "Barrier({id})"),
+            Envelope::Barrier(id, aligned) => write!(f, "Barrier({id}, aligned: {aligned})"),
             Envelope::Watermark(w) => write!(f, "Watermark({w:?})"),
             Envelope::End => f.write_str("End"),
         }

@@ -22,6 +22,26 @@ pub enum Threads {
     Arbiters(usize),
 }
 
+/// What a job starts from ([`JobConfig::start_from`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Empty state, every source at its start position (the beginning of its log). Restarts
+    /// during the run restore only checkpoints the run itself completed.
+    Nothing,
+    /// The newest complete checkpoint or savepoint in the job's checkpoint storage that
+    /// verifies (the default); nothing when there is none.
+    #[default]
+    Latest,
+    /// Checkpoint (or savepoint) `id` of the job's checkpoint storage. It must exist and
+    /// verify: no fallback to another one.
+    Checkpoint(crate::checkpoint::CheckpointId),
+    /// The savepoint (or checkpoint) at this location, as
+    /// [`JobHandle::savepoint`](crate::JobHandle::savepoint) returned it: a directory for a
+    /// [`LocalCheckpointStorage`](crate::LocalCheckpointStorage), which may have been copied
+    /// anywhere, and may come from a job of another name. It must exist and verify.
+    Savepoint(String),
+}
+
 /// What a restore does when the checkpoint storage holds checkpoints but none of them verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NoValidCheckpoint {
@@ -58,9 +78,18 @@ pub struct JobConfig {
     pub threads: Threads,
     /// How long an unbounded source waits before polling a log that had nothing new.
     pub source_idle_poll: Duration,
-    /// Resume from the latest complete checkpoint in the checkpoint storage when the job
-    /// starts (the default), or start from the beginning of the log with empty state.
-    pub restore_on_start: bool,
+    /// What the job starts from: nothing, the latest checkpoint (the default), a checkpoint id,
+    /// or a savepoint's location. Each vertex takes the state stored under its uid
+    /// ([`Stream::uid`](crate::Stream::uid), its name by default) and its stored parallelism
+    /// may differ from its new one (keyed state moves by key group, operator state is
+    /// redistributed). A vertex with no state stored starts empty, and a source with no
+    /// offsets stored starts at its log's beginning. Until the run completes a checkpoint of
+    /// its own, a restart restores the same starting point again.
+    pub start_from: StartFrom,
+    /// Start even when the checkpoint the job starts from holds state of vertices (uids) the
+    /// job does not have, dropping that state with a warning. Off by default: the start fails
+    /// with [`Error::UnclaimedState`](crate::Error::UnclaimedState) naming them.
+    pub allow_unclaimed_state: bool,
     /// What a restore does when checkpoints exist but none of them verifies (all corrupt or
     /// missing files). Default: [`NoValidCheckpoint::Fail`].
     pub when_no_checkpoint_verifies: NoValidCheckpoint,
@@ -137,7 +166,8 @@ impl Default for JobConfig {
             channel_capacity: 8,
             threads: Threads::Arbiters(cores),
             source_idle_poll: Duration::from_millis(10),
-            restore_on_start: true,
+            start_from: StartFrom::Latest,
+            allow_unclaimed_state: false,
             when_no_checkpoint_verifies: NoValidCheckpoint::Fail,
             tolerable_failed_checkpoints: 10,
             checkpoint_failure_backoff: Duration::from_millis(100),

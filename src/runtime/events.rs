@@ -6,6 +6,19 @@ use actix::Message;
 
 use crate::checkpoint::{CheckpointId, TaskId};
 
+/// A complete savepoint ([`JobHandle::savepoint`](super::JobHandle::savepoint)): a checkpoint
+/// that retention never removes and a job can start from
+/// ([`StartFrom::Savepoint`](super::StartFrom::Savepoint)), here or (its directory copied)
+/// anywhere else.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Savepoint {
+    /// Its checkpoint id.
+    pub id: CheckpointId,
+    /// Where it is ([`CheckpointStorage::location`](crate::CheckpointStorage::location)): its
+    /// directory, for a [`LocalCheckpointStorage`](crate::LocalCheckpointStorage).
+    pub location: String,
+}
+
 /// Why a job that did not fail ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobEnd {
@@ -46,6 +59,14 @@ pub enum JobEvent {
     CheckpointCompleted {
         /// The checkpoint.
         checkpoint: CheckpointId,
+    },
+    /// A savepoint's manifest was written (a
+    /// [`CheckpointCompleted`](Self::CheckpointCompleted) of the same id precedes it).
+    SavepointCompleted {
+        /// The savepoint.
+        checkpoint: CheckpointId,
+        /// Where it is.
+        location: String,
     },
     /// A checkpoint was given up.
     CheckpointAborted {

@@ -92,6 +92,8 @@ struct EdgeDef {
 
 struct VertexDef {
     name: String,
+    /// The stable uid set with `Stream::uid` (the name when `None`).
+    uid: Option<String>,
     parallelism: Option<u32>,
     role: Role,
     inputs: Vec<EdgeDef>,
@@ -112,7 +114,7 @@ struct GraphDef {
     run: u64,
     owned: Vec<OwnedLog>,
     /// The retention of user logs whose sources trim them (`LogSource::trim_log`).
-    trimmers: Vec<Arc<Trimmer>>,
+    trimmers: Vec<(usize, Arc<Trimmer>)>,
 }
 
 /// A log the job owns (an actor operator's command log, an ingress): the job appends to it
@@ -404,15 +406,16 @@ impl JobBuilder {
         if trim {
             let trimmer = Arc::new(Trimmer::new(Arc::clone(&log)));
             let (t2, before) = (Arc::clone(&trimmer), progress.take());
-            progress = Some(Arc::new(move |completed, offsets| {
+            progress = Some(Arc::new(move |kind, offsets| {
                 if let Some(p) = &before {
-                    p(completed, offsets);
+                    p(kind, offsets);
                 }
-                if completed {
-                    t2.completed(offsets);
-                }
+                t2.progress(kind, offsets);
             }));
-            self.graph.borrow_mut().trimmers.push(trimmer);
+            let mut g = self.graph.borrow_mut();
+            // The vertex this source is about to become.
+            let v = g.vertices.len();
+            g.trimmers.push((v, trimmer));
         }
         let log2 = Arc::clone(&log);
         let factory: LogicFactory = Arc::new(move |p| {
@@ -449,11 +452,7 @@ impl JobBuilder {
         let trimmer = Arc::new(Trimmer::new(Arc::clone(&log)));
         let t2 = Arc::clone(&trimmer);
         let mut source = LogSource::<T>::msgpack(Arc::clone(&log));
-        source.progress = Some(Arc::new(move |completed, offsets| {
-            if completed {
-                t2.completed(offsets);
-            }
-        }));
+        source.progress = Some(Arc::new(move |kind, offsets| t2.progress(kind, offsets)));
         let stream = self.source(name, source);
         let v = self.graph.borrow().vertices.len() - 1;
         self.graph.borrow_mut().owned.push(OwnedLog {
@@ -479,16 +478,9 @@ impl JobBuilder {
         if let Some(e) = g.errors.first() {
             return Err(Error::InvalidGraph(e.clone()));
         }
-        let mut names = HashSet::new();
+        check_names(&g.vertices)?;
         let max = config.max_parallelism;
         for v in &g.vertices {
-            validate_name("vertex", &v.name)?;
-            if !names.insert(v.name.clone()) {
-                return Err(Error::InvalidGraph(format!(
-                    "two vertices are named '{}'",
-                    v.name
-                )));
-            }
             let p = v.parallelism.unwrap_or(config.parallelism);
             if p == 0 || p > max {
                 return Err(Error::InvalidParallelism {
@@ -542,6 +534,12 @@ impl JobBuilder {
             name: g.name.clone(),
             config,
             storage,
+            trimmers: g
+                .trimmers
+                .iter()
+                .cloned()
+                .chain(g.owned.iter().map(|o| (o.source, Arc::clone(&o.trimmer))))
+                .collect(),
             vertices: std::mem::take(&mut g.vertices),
             events: g.events.take(),
             chaos: g.chaos.take(),
@@ -550,10 +548,33 @@ impl JobBuilder {
     }
 }
 
+/// Refuses unsafe or repeated vertex names and uids.
+fn check_names(vertices: &[VertexDef]) -> Result<()> {
+    let mut names = HashSet::new();
+    let mut uids = HashSet::new();
+    for v in vertices {
+        validate_name("vertex", &v.name)?;
+        let uid = v.uid.as_deref().unwrap_or(&v.name);
+        validate_name("vertex uid", uid)?;
+        if !uids.insert(uid.to_string()) {
+            return Err(Error::InvalidGraph(format!(
+                "two vertices have the uid '{uid}' (a uid defaults to the vertex's name)"
+            )));
+        }
+        if !names.insert(v.name.clone()) {
+            return Err(Error::InvalidGraph(format!(
+                "two vertices are named '{}'",
+                v.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Sets the retention of the logs the job owns, and refuses actor operators without aligned
 /// checkpoints (their commands could be applied twice).
 fn check_owned(g: &GraphDef, config: &JobConfig, storage: &dyn CheckpointStorage) -> Result<()> {
-    for t in &g.trimmers {
+    for (_, t) in &g.trimmers {
         t.set_keep(storage.retained());
     }
     for o in &g.owned {
@@ -582,6 +603,7 @@ fn add_vertex(
     }
     g.vertices.push(VertexDef {
         name: name.to_string(),
+        uid: None,
         parallelism: None,
         role,
         inputs,
@@ -602,6 +624,23 @@ impl<T: Data> Stream<T> {
     ) -> Stream<O> {
         let v = add_vertex(&self.graph, name, role, inputs, factory, None);
         Stream::from_vertex(&self.graph, v)
+    }
+
+    /// Sets the stable uid of the vertex that produces this stream (or the sink that ended
+    /// it): what its state is stored under in checkpoints and savepoints, and what a restore
+    /// matches. Defaults to the vertex's name; set it to keep a vertex's state when renaming
+    /// the vertex in a new version of the job. Must be a safe file name
+    /// ([`validate_name`](crate::validate_name)) and unique in the job.
+    pub fn uid(self, uid: &str) -> Self {
+        match self.vertex {
+            Some(v) => self.graph.borrow_mut().vertices[v].uid = Some(uid.to_string()),
+            None => self
+                .graph
+                .borrow_mut()
+                .errors
+                .push("uid() was called on a union; set it on each input instead".into()),
+        }
+        self
     }
 
     /// Sets the parallelism of the vertex that produces this stream.
@@ -801,11 +840,9 @@ impl CommandSource {
         let mut source = LogSource::<CommandEnvelope<K>>::msgpack(Arc::clone(commands));
         // Commands carry no event time: their channels must not hold the operator's back.
         source.timeless = true;
-        source.progress = Some(Arc::new(move |completed, offsets| {
+        source.progress = Some(Arc::new(move |kind, offsets| {
             r2.durable_upto(offsets);
-            if completed {
-                t2.completed(offsets);
-            }
+            t2.progress(kind, offsets);
         }));
         let builder = JobBuilder {
             graph: Rc::clone(graph),
@@ -937,7 +974,7 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
     /// its records. Give a [`FileLog`](crate::FileLog) for commands that survive the process,
     /// a [`MemoryLog`](crate::MemoryLog) with a checkpoint storage in memory. The command
     /// source never ends: a job with an actor operator runs until it is stopped. The job
-    /// trims the log, so a run that starts over (`restore_on_start` off) finds only the
+    /// trims the log, so a run that starts over (`StartFrom::Nothing`) finds only the
     /// records no retained checkpoint had covered.
     pub fn actor<Op>(self, name: &str, op: Op, commands: Arc<dyn ReplayableLog>) -> Stream<Op::Out>
     where
@@ -979,7 +1016,6 @@ impl<K: StateKey, T: Data> KeyedStream<K, T> {
         T: StateValue,
     {
         let op = ReduceOp {
-            name: name.to_string(),
             f: Arc::new(f),
             state: None,
             _k: PhantomData,
@@ -994,6 +1030,8 @@ pub struct Job {
     config: JobConfig,
     storage: Arc<dyn CheckpointStorage>,
     vertices: Vec<VertexDef>,
+    /// Every log the job trims, by the source vertex that reads it.
+    trimmers: Vec<(usize, Arc<Trimmer>)>,
     events: Option<Recipient<JobEvent>>,
     chaos: Option<ChaosMonkey>,
     owned: Vec<OwnedLog>,
@@ -1052,6 +1090,7 @@ fn vertex_specs(vertices: Vec<VertexDef>, par: &[u32], max_p: u32) -> Vec<Vertex
                     (e.from, kind, e.key_group.clone())
                 })
                 .collect(),
+            uid: def.uid.unwrap_or_else(|| def.name.clone()),
             name: def.name,
             role: def.role,
             factory: def.factory,
@@ -1069,19 +1108,60 @@ type Prepared = (
     CheckpointId,
 );
 
-/// Reads the latest complete checkpoint (unless `restore_on_start` is off) and the largest id
-/// in the storage, above which the run's checkpoint ids start.
-async fn prepare(topo: Arc<Topology>, config: &JobConfig) -> Result<Prepared> {
-    let (restored_from, restore) = if config.restore_on_start {
-        let all: Vec<usize> = (0..topo.tasks.len()).collect();
-        topo.restore_plan(&all).await?
-    } else {
-        let fresh = (0..topo.tasks.len()).map(|n| (n, RestoreState::default()));
-        (None, fresh.collect())
-    };
+/// Reads the checkpoint the job starts from ([`JobConfig::start_from`]) and the largest id in
+/// the storage, above which (and above the restored one) the run's checkpoint ids start.
+async fn prepare(topo: Arc<Topology>, trimmers: Vec<(usize, Arc<Trimmer>)>) -> Result<Prepared> {
+    if !trimmers.is_empty() {
+        let storage = Arc::clone(&topo.storage);
+        let by_uid: Vec<(String, Arc<Trimmer>)> = trimmers
+            .into_iter()
+            .map(|(v, t)| (topo.vertices[v].uid.clone(), t))
+            .collect();
+        let pin = move || pin_savepoints(storage.as_ref(), &by_uid);
+        if topo.config.deterministic {
+            pin()?;
+        } else {
+            tokio::task::spawn_blocking(pin)
+                .await
+                .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))??;
+        }
+    }
+    let all: Vec<usize> = (0..topo.tasks.len()).collect();
+    let (restored_from, restore) = topo.restore_plan(&all).await?;
     let max_id = topo.max_checkpoint_id().await?;
     let first = CheckpointId(max_id.max(restored_from).map(|c| c.0 + 1).unwrap_or(1));
     Ok((topo, restored_from, restore, first))
+}
+
+/// Keeps in every trimmed log what the savepoints in `storage` need: the offsets their manifests
+/// hold for the log's source (by uid). A savepoint whose manifest cannot be read pins nothing
+/// (it cannot be restored either); it is logged.
+fn pin_savepoints(
+    storage: &dyn CheckpointStorage,
+    trimmers: &[(String, Arc<Trimmer>)],
+) -> Result<()> {
+    for id in storage.completed_ids()? {
+        let manifest = match storage.read_manifest(id) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(checkpoint = %id, error = %e, "could not read a checkpoint's manifest: the logs keep nothing for it");
+                continue;
+            }
+        };
+        if !manifest.is_savepoint() {
+            continue;
+        }
+        for (uid, trimmer) in trimmers {
+            let offsets: Vec<_> = manifest
+                .sources
+                .iter()
+                .filter(|s| &s.task.vertex == uid)
+                .map(|s| (s.partition, s.offset))
+                .collect();
+            trimmer.pin(&offsets);
+        }
+    }
+    Ok(())
 }
 
 /// Starts one [`LogWriter`](crate::log::LogWriter) per log the job owns: on an arbiter of their
@@ -1199,8 +1279,8 @@ impl Job {
     }
 
     /// Starts the job inside the current actix System (the embedding application's) and
-    /// returns its handle. Restores the latest complete checkpoint first, unless
-    /// [`JobConfig::restore_on_start`] is off.
+    /// returns its handle. Restores what [`JobConfig::start_from`] names first (the latest
+    /// complete checkpoint by default).
     pub async fn start(self) -> Result<JobHandle> {
         let Job {
             name,
@@ -1210,6 +1290,7 @@ impl Job {
             events,
             chaos,
             owned,
+            trimmers,
         } = self;
         let par: Vec<u32> = vertices
             .iter()
@@ -1237,7 +1318,7 @@ impl Job {
             Arc::clone(&metrics),
         );
         let prepared = match topo {
-            Ok(topo) => prepare(Arc::new(topo), &config).await,
+            Ok(topo) => prepare(Arc::new(topo), trimmers).await,
             Err(e) => Err(e),
         };
         let (topo, restored_from, restore, first) = match prepared {

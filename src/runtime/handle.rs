@@ -108,6 +108,40 @@ impl JobHandle {
         self.root.do_send(Command::Stop);
     }
 
+    /// Takes a savepoint and returns it once it is complete: an aligned checkpoint (whatever
+    /// [`JobConfig::mode`](crate::JobConfig::mode)) that retention never removes and that a job
+    /// starts from with [`StartFrom::Savepoint`](crate::StartFrom::Savepoint) (its location;
+    /// the directory may be copied anywhere first) or [`StartFrom::Checkpoint`](crate::StartFrom::Checkpoint)
+    /// (its id). Its manifest records the job's graph. Taken after the checkpoint in flight,
+    /// if any; one that is aborted (a task failed) is tried again until one completes. Fails
+    /// with [`Error::JobEnded`] if the job ends first. Like every checkpoint, the sinks commit
+    /// it.
+    pub async fn savepoint(&self) -> Result<super::events::Savepoint> {
+        self.ask_savepoint(false).await
+    }
+
+    /// [`stop`](Self::stop) with a savepoint as the final checkpoint: returns the savepoint
+    /// once it is complete, then the job ends with [`JobEnd::Stopped`] (follow with
+    /// [`wait`](Self::wait)). The way to upgrade a job: stop with a savepoint, change the
+    /// code, start the new version with `StartFrom::Savepoint(location)`.
+    pub async fn stop_with_savepoint(&self) -> Result<super::events::Savepoint> {
+        self.ask_savepoint(true).await
+    }
+
+    async fn ask_savepoint(&self, stop: bool) -> Result<super::events::Savepoint> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.root.do_send(Command::Savepoint {
+            stop,
+            reply: Some(tx),
+        });
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::JobEnded {
+                job: self.outside.job.clone(),
+                what: "a savepoint request".into(),
+            })
+        })
+    }
+
     /// Stops the job at once, without a final checkpoint: [`wait`](Self::wait) then returns a
     /// report with [`JobEnd::Cancelled`]. Output of epochs whose checkpoint had not completed
     /// stays uncommitted.

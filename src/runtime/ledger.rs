@@ -11,9 +11,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use actix::Recipient;
 
-use super::events::JobEvent;
+use super::events::{JobEvent, Savepoint};
 use super::metrics::Window;
 use crate::checkpoint::CheckpointId;
+use crate::error::Result;
 
 /// The counters of one job run.
 #[derive(Debug, Clone)]
@@ -33,6 +34,9 @@ pub(crate) struct Ledger {
     job: String,
     tally: Mutex<Tally>,
     sink: Option<Recipient<JobEvent>>,
+    /// Callers waiting for the next savepoint: they outlive a supervisor incarnation, whose
+    /// successor asks for a savepoint again.
+    savepoints: Mutex<Vec<tokio::sync::oneshot::Sender<Result<Savepoint>>>>,
 }
 
 impl Ledger {
@@ -51,6 +55,7 @@ impl Ledger {
             job,
             tally: Mutex::new(tally),
             sink,
+            savepoints: Mutex::new(Vec::new()),
         }
     }
 
@@ -100,6 +105,31 @@ impl Ledger {
             self.lock().events.last(),
             Some(JobEvent::JobFinished { .. })
         )
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, Vec<tokio::sync::oneshot::Sender<Result<Savepoint>>>> {
+        // A vector of senders: consistent whatever a panicking holder did.
+        self.savepoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `reply` until the next savepoint completes (or the job ends).
+    pub(crate) fn wait_for_savepoint(
+        &self,
+        reply: tokio::sync::oneshot::Sender<Result<Savepoint>>,
+    ) {
+        self.waiters().push(reply);
+    }
+
+    /// Whether a caller waits for a savepoint.
+    pub(crate) fn savepoint_wanted(&self) -> bool {
+        self.waiters().iter().any(|w| !w.is_closed())
+    }
+
+    /// Answers every caller waiting for a savepoint with `result()`.
+    pub(crate) fn answer_savepoints(&self, result: impl Fn() -> Result<Savepoint>) {
+        for w in self.waiters().drain(..) {
+            let _ = w.send(result());
+        }
     }
 
     /// The newest checkpoint id triggered so far, if any.

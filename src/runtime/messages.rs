@@ -51,6 +51,12 @@ pub(crate) enum Command {
     TriggerCheckpoint,
     Stop,
     Cancel,
+    /// Take a savepoint (and with `stop`, stop the job with it as its final checkpoint). The
+    /// root keeps `reply` in the job's ledger and passes the command on without it.
+    Savepoint {
+        stop: bool,
+        reply: Option<tokio::sync::oneshot::Sender<Result<super::events::Savepoint>>>,
+    },
 }
 
 /// Master → source: inject a barrier.
@@ -63,6 +69,8 @@ pub(crate) struct Trigger {
     /// With `is_final`: end the input first (`End` before the barrier, so downstream tasks run
     /// their end-of-input hooks). False for a stop, which ends no input.
     pub(crate) end_input: bool,
+    /// A savepoint: its barrier aligns whatever the checkpoint mode.
+    pub(crate) savepoint: bool,
 }
 
 /// Master → task: a checkpoint is complete. Replies whether the task handled it.

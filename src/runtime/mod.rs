@@ -39,8 +39,8 @@ pub use actor::{
 };
 pub use async_io::{AsyncFunction, AsyncMode, AsyncOptions};
 pub use channel::Collector;
-pub use config::{JobConfig, NoValidCheckpoint, Threads};
-pub use events::{JobEnd, JobEvent};
+pub use config::{JobConfig, NoValidCheckpoint, StartFrom, Threads};
+pub use events::{JobEnd, JobEvent, Savepoint};
 pub use graph::{Job, JobBuilder, KeyedStream, LogSource, Stream};
 pub use handle::{JobHandle, JobReport};
 pub use logic::DeadLetter;

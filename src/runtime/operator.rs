@@ -232,10 +232,13 @@ impl<I: Send + 'static, O: Clone + Send + 'static> Operator<I, O> for FlatMapOp<
     }
 }
 
-/// `key_by(..).reduce(..)`: folds each key's records into a value state and emits the new
-/// value after every record.
+/// The name of [`ReduceOp`]'s value state: fixed, not the vertex's name, so that a vertex
+/// renamed with its uid kept finds its state again.
+pub(crate) const REDUCE_STATE: &str = "snapflow.reduce";
+
+/// `key_by(..).reduce(..)`: folds each key's records into a value state
+/// ([`REDUCE_STATE`]) and emits the new value after every record.
 pub(crate) struct ReduceOp<K, T> {
-    pub(crate) name: String,
     pub(crate) f: Arc<dyn Fn(T, T) -> T + Send + Sync>,
     pub(crate) state: Option<ValueState<T>>,
     pub(crate) _k: PhantomData<fn() -> K>,
@@ -244,7 +247,6 @@ pub(crate) struct ReduceOp<K, T> {
 impl<K, T> Clone for ReduceOp<K, T> {
     fn clone(&self) -> Self {
         ReduceOp {
-            name: self.name.clone(),
             f: Arc::clone(&self.f),
             state: None,
             _k: PhantomData,
@@ -254,7 +256,7 @@ impl<K, T> Clone for ReduceOp<K, T> {
 
 impl<K: StateKey, T: StateValue> KeyedOperator<K, T, T> for ReduceOp<K, T> {
     fn open(&mut self, ctx: &mut KeyedContext<'_, K>) -> Result<()> {
-        self.state = Some(ctx.state().value_state::<T>(&self.name)?);
+        self.state = Some(ctx.state().value_state::<T>(REDUCE_STATE)?);
         Ok(())
     }
 

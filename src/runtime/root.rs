@@ -264,6 +264,13 @@ impl JobRoot {
         for arbiter in self.arbiters.drain(..) {
             arbiter.stop();
         }
+        let job = self.job().to_string();
+        self.ledger.answer_savepoints(|| {
+            Err(Error::JobEnded {
+                job: job.clone(),
+                what: "a savepoint request".into(),
+            })
+        });
         let fence = Arc::clone(&self.topo.fence);
         let writes = fence.in_flight();
         if writes > 0 {
@@ -406,13 +413,29 @@ impl Handler<Command> for JobRoot {
 
     fn handle(&mut self, msg: Command, ctx: &mut Self::Context) {
         if self.ending {
+            // Dropping a savepoint's reply tells its caller the job has ended.
             return;
         }
-        match msg {
-            Command::Stop => self.stop_requested = true,
-            Command::Cancel => self.cancel_requested = true,
-            Command::TriggerCheckpoint => {}
-        }
+        let msg = match msg {
+            Command::Stop => {
+                self.stop_requested = true;
+                Command::Stop
+            }
+            Command::Cancel => {
+                self.cancel_requested = true;
+                Command::Cancel
+            }
+            Command::TriggerCheckpoint => Command::TriggerCheckpoint,
+            Command::Savepoint { stop, reply } => {
+                // Kept in the ledger: a master that starts later (after this one died) asks
+                // for the savepoint again.
+                if let Some(reply) = reply {
+                    self.ledger.wait_for_savepoint(reply);
+                }
+                self.stop_requested |= stop;
+                Command::Savepoint { stop, reply: None }
+            }
+        };
         match &self.master {
             Some(m) => m.commands.do_send(msg),
             // Between two incarnations: a stop reaches the next one; a cancel ends the job now.

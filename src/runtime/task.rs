@@ -119,6 +119,8 @@ pub(crate) struct TaskSettings {
 
 pub(crate) struct TaskActor {
     pub(crate) info: TaskInfo,
+    /// The task as its checkpoint files name it (its vertex's uid and its index).
+    pub(crate) state_id: TaskId,
     pub(crate) number: usize,
     pub(crate) incarnation: u32,
     pub(crate) logic: Box<dyn TaskLogic>,
@@ -339,13 +341,24 @@ impl TaskActor {
         self.pump(ctx);
     }
 
-    fn checkpoint(&mut self, ctx: &mut Context<Self>, id: CheckpointId, alignment: Duration) {
+    /// Captures the state for checkpoint `id` (its barrier `aligned` whatever the mode, for a
+    /// savepoint), forwards the barrier, writes the snapshot and acks.
+    fn checkpoint(
+        &mut self,
+        ctx: &mut Context<Self>,
+        id: CheckpointId,
+        alignment: Duration,
+        aligned: bool,
+    ) {
         let started = Instant::now();
+        if aligned {
+            self.logic.savepoint_next(id);
+        }
         let Some(capture) = self.guarded(ctx, "snapshot capture", |l| l.capture(id)) else {
             return;
         };
         let capture_time = started.elapsed();
-        self.broadcast(ctx, || Envelope::Barrier(id));
+        self.broadcast(ctx, || Envelope::Barrier(id, aligned));
         if self.chaos_at(ctx, Moment::AfterCaptureBeforeAck) {
             return;
         }
@@ -357,10 +370,11 @@ impl TaskActor {
         let (number, incarnation) = (self.number, self.incarnation);
         let key_groups = capture.key_groups;
         let sources = capture.sources;
+        let states = capture.states;
         let write = snapshot_writer(
             Arc::clone(&self.storage),
             id,
-            self.info.task.clone(),
+            self.state_id.clone(),
             capture.encode,
             Arc::clone(&self.snapshot_buf),
             permit,
@@ -376,6 +390,7 @@ impl TaskActor {
                     state,
                     key_groups,
                     sources,
+                    states,
                     alignment,
                     capture: capture_time,
                     task_encoding,
@@ -408,8 +423,19 @@ impl TaskActor {
         });
     }
 
-    fn on_barrier(&mut self, ctx: &mut Context<Self>, channel: usize, id: CheckpointId) {
-        match self.aligner.on_barrier(channel, id, now()) {
+    fn on_barrier(
+        &mut self,
+        ctx: &mut Context<Self>,
+        channel: usize,
+        id: CheckpointId,
+        aligned: bool,
+    ) {
+        let mode = if aligned {
+            CheckpointMode::ExactlyOnce
+        } else {
+            self.settings.mode
+        };
+        match self.aligner.on_barrier_in(channel, id, now(), mode) {
             BarrierOutcome::BlockChannel => {
                 self.gates[channel].close();
                 self.chaos_at(ctx, Moment::DuringAlignment);
@@ -419,7 +445,7 @@ impl TaskActor {
                 checkpoint,
                 alignment,
             } => {
-                self.checkpoint(ctx, checkpoint, alignment);
+                self.checkpoint(ctx, checkpoint, alignment, aligned);
                 for g in &self.gates {
                     g.open();
                 }
@@ -618,7 +644,7 @@ impl StreamHandler<Input> for TaskActor {
                     self.after_records(ctx);
                 }
             }
-            Envelope::Barrier(id) => self.on_barrier(ctx, input.channel, id),
+            Envelope::Barrier(id, aligned) => self.on_barrier(ctx, input.channel, id, aligned),
             Envelope::Watermark(status) => {
                 let change = self.watermarks.on_status(input.channel, status);
                 self.on_watermark_change(ctx, change);
@@ -684,7 +710,7 @@ impl Handler<Trigger> for TaskActor {
                 self.send_end(ctx);
             }
         }
-        self.checkpoint(ctx, msg.checkpoint, Duration::ZERO);
+        self.checkpoint(ctx, msg.checkpoint, Duration::ZERO, msg.savepoint);
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actor::wire::Endpoints;
 use super::channel::{Gate, GatedInput, Receiver, Sender};
-use super::config::{JobConfig, NoValidCheckpoint};
+use super::config::{JobConfig, NoValidCheckpoint, StartFrom};
 use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
 use super::messages::TaskEvent;
 use super::metrics::JobMetrics;
@@ -19,7 +19,9 @@ use super::operator::TaskInfo;
 use super::task::{pace_stream, Completions, Pace, TaskActor, TaskSettings};
 use crate::chaos::ChaosHooks;
 use crate::checkpoint::fence::{WriteFence, WritePermit};
-use crate::checkpoint::{Aligner, CheckpointId, CheckpointStorage, TaskId};
+use crate::checkpoint::{
+    Aligner, CheckpointId, CheckpointStorage, CompletedCheckpoint, Manifest, TaskId,
+};
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId, ReplayableLog};
 use crate::state::{KeyedSnapshot, OperatorSnapshot, TaskSnapshot};
@@ -46,6 +48,9 @@ pub(crate) type InputEdge = (
 /// A vertex as the running job needs it.
 pub(crate) struct VertexSpec {
     pub(crate) name: String,
+    /// The vertex's stable uid (its name unless set): what its checkpoint files are named by
+    /// and what a restore matches.
+    pub(crate) uid: String,
     pub(crate) role: Role,
     pub(crate) factory: LogicFactory,
     pub(crate) log: Option<Arc<dyn ReplayableLog>>,
@@ -57,6 +62,8 @@ pub(crate) struct VertexSpec {
 #[derive(Debug, Clone)]
 pub(crate) struct TaskSpec {
     pub(crate) id: TaskId,
+    /// The task as checkpoints name it: its vertex's uid and its index.
+    pub(crate) state_id: TaskId,
     pub(crate) vertex: usize,
     pub(crate) index: u32,
     pub(crate) is_source: bool,
@@ -102,6 +109,9 @@ pub(crate) struct Topology {
     pub(crate) fence: Arc<WriteFence>,
     /// Where each task takes queries now (actor operators).
     pub(crate) endpoints: Arc<Endpoints>,
+    /// What a restore starts from: the configured starting point until the run completes a
+    /// checkpoint, then the latest ([`Topology::start_point`]).
+    pub(crate) start: std::sync::Mutex<StartFrom>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -131,6 +141,10 @@ fn lay_out(vertices: &[VertexSpec], parallelism: &[u32]) -> (Vec<TaskSpec>, Vec<
             tasks.push(TaskSpec {
                 id: TaskId {
                     vertex: vertices[v].name.clone(),
+                    index,
+                },
+                state_id: TaskId {
+                    vertex: vertices[v].uid.clone(),
                     index,
                 },
                 vertex: v,
@@ -217,6 +231,96 @@ fn all_wired<T>(
         .collect()
 }
 
+/// How a restore chooses and checks its checkpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct RestorePlan {
+    pub(crate) start: StartFrom,
+    /// Storage reads on the calling thread (a deterministic job).
+    pub(crate) inline: bool,
+    pub(crate) when_none_verifies: NoValidCheckpoint,
+    pub(crate) allow_unclaimed: bool,
+}
+
+/// The checkpoint `start` names, verified, and whether it was read by location (outside the
+/// storage's own checkpoints); `None` to start empty.
+fn read_start(
+    storage: &dyn CheckpointStorage,
+    start: &StartFrom,
+) -> Result<Option<(CompletedCheckpoint, bool)>> {
+    Ok(match start {
+        StartFrom::Nothing => {
+            // A restore reads the storage again, which ends a refusal of writes after a failed
+            // one; what it finds is not used.
+            if let Err(e) = storage.latest_complete() {
+                tracing::debug!(error = %e, "no usable checkpoint in the storage (none is restored)");
+            }
+            None
+        }
+        StartFrom::Latest => storage.latest_complete()?.map(|c| (c, false)),
+        StartFrom::Checkpoint(id) => Some((storage.verify(*id)?, false)),
+        StartFrom::Savepoint(location) => Some((storage.verify_location(location)?, true)),
+    })
+}
+
+/// Reads and decodes every task snapshot of vertex `uid` in `chosen` (by `location` when it
+/// was read by location), in task order.
+fn vertex_reader(
+    storage: &Arc<dyn CheckpointStorage>,
+    chosen: &CompletedCheckpoint,
+    location: Option<String>,
+    uid: &str,
+) -> impl FnOnce() -> Result<Vec<TaskSnapshot>> + Send + 'static {
+    let id = chosen.id();
+    let mut entries: Vec<_> = chosen
+        .manifest
+        .tasks
+        .iter()
+        .filter(|t| t.task.vertex == uid)
+        .cloned()
+        .collect();
+    entries.sort_by_key(|t| t.task.index);
+    let s = Arc::clone(storage);
+    move || {
+        entries
+            .iter()
+            .map(|t| {
+                let bytes = match &location {
+                    Some(loc) => s.read_task_state_at(loc, &t.state)?,
+                    None => s.read_task_state(id, &t.state)?,
+                };
+                TaskSnapshot::from_bytes(&bytes)
+            })
+            .collect()
+    }
+}
+
+/// Checks that every vertex with state in `manifest` is one of `uids`: otherwise an
+/// [`Error::UnclaimedState`] naming them, or (`allow`) a warning that their state is dropped.
+fn claimed(manifest: &Manifest, uids: &[(String, u32)], allow: bool) -> Result<()> {
+    let ours: HashSet<&str> = uids.iter().map(|(u, _)| u.as_str()).collect();
+    let mut unclaimed: Vec<String> = manifest
+        .tasks
+        .iter()
+        .map(|t| t.task.vertex.as_str())
+        .chain(manifest.parallelism.keys().map(String::as_str))
+        .filter(|v| !ours.contains(v))
+        .map(str::to_string)
+        .collect();
+    unclaimed.sort();
+    unclaimed.dedup();
+    if unclaimed.is_empty() {
+        return Ok(());
+    }
+    if allow {
+        tracing::warn!(checkpoint = %manifest.checkpoint, vertices = ?unclaimed, "dropping the state of vertices the job does not have, as allowed");
+        return Ok(());
+    }
+    Err(Error::UnclaimedState {
+        checkpoint: manifest.checkpoint,
+        vertices: unclaimed,
+    })
+}
+
 impl Topology {
     /// Lays out tasks and channels for `vertices` at `parallelism`.
     pub(crate) fn new(
@@ -241,6 +345,7 @@ impl Topology {
             deterministic: config.deterministic,
         };
         let endpoints = Arc::new(Endpoints::new(tasks.len()));
+        let config_start = config.start_from.clone();
         Ok(Topology {
             name,
             config,
@@ -258,7 +363,29 @@ impl Topology {
             manifest_gate: Arc::new(tokio::sync::Mutex::new(())),
             fence: Arc::new(WriteFence::default()),
             endpoints,
+            start: std::sync::Mutex::new(config_start),
         })
+    }
+
+    /// The job's graph as manifests record it (without states: the tasks' acks add them).
+    pub(crate) fn graph_records(&self) -> Vec<crate::checkpoint::VertexRecord> {
+        self.vertices
+            .iter()
+            .zip(&self.parallelism)
+            .map(|(v, p)| crate::checkpoint::VertexRecord {
+                uid: v.uid.clone(),
+                name: v.name.clone(),
+                role: match v.role {
+                    Role::Source { .. } => "source",
+                    Role::Operator => "operator",
+                    Role::Keyed => "keyed",
+                    Role::Sink => "sink",
+                }
+                .to_string(),
+                parallelism: *p,
+                states: Vec::new(),
+            })
+            .collect()
     }
 
     /// The number of the first task of `vertex` (tasks are numbered vertex by vertex).
@@ -296,55 +423,76 @@ impl Topology {
         }
     }
 
-    /// [`plan_restore`](Self::plan_restore) of `tasks` with this job's storage, gate and
-    /// configuration.
+    /// [`plan_restore`](Self::plan_restore) of `tasks` with this job's storage, gate,
+    /// configuration and starting point.
     pub(crate) fn restore_plan(
         &self,
         tasks: &[usize],
     ) -> impl std::future::Future<
         Output = Result<(Option<CheckpointId>, HashMap<usize, RestoreState>)>,
     > + 'static {
-        let names = self
+        let uids = self
             .vertices
             .iter()
             .zip(&self.parallelism)
-            .map(|(v, p)| (v.name.clone(), *p))
+            .map(|(v, p)| (v.uid.clone(), *p))
             .collect();
         let triples = tasks
             .iter()
             .map(|t| (*t, self.tasks[*t].vertex, self.tasks[*t].index))
             .collect();
+        let plan = RestorePlan {
+            start: self.start_point(),
+            inline: self.config.deterministic,
+            when_none_verifies: self.config.when_no_checkpoint_verifies,
+            allow_unclaimed: self.config.allow_unclaimed_state,
+        };
         Topology::plan_restore(
             Arc::clone(&self.storage),
             Arc::clone(&self.manifest_gate),
-            names,
+            uids,
             triples,
-            self.config.deterministic,
-            self.config.when_no_checkpoint_verifies,
+            plan,
         )
     }
 
-    /// Reads the latest complete checkpoint (falling back past corrupt ones) and prepares the
-    /// restore state of `tasks`. Vertices keep their parallelism within a run; a vertex whose
-    /// parallelism differs from the checkpoint's (at job start) is redistributed.
+    /// What a restore starts from now: the configured starting point until the run has
+    /// completed a checkpoint of its own, then the latest.
+    pub(crate) fn start_point(&self) -> StartFrom {
+        self.start.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The run completed a checkpoint: from now on, restores read the latest one.
+    pub(crate) fn checkpoint_completed(&self) {
+        *self.start.lock().unwrap_or_else(|p| p.into_inner()) = StartFrom::Latest;
+    }
+
+    /// Reads the checkpoint `plan.start` names (for `Latest`: the newest complete one,
+    /// falling back past corrupt ones) and prepares the restore state of `tasks`, matching
+    /// vertices by uid (`uids`: every vertex's uid and parallelism). Vertices keep their
+    /// parallelism within a run; a vertex whose parallelism differs from the checkpoint's (at
+    /// job start) is redistributed. State of a uid no vertex has is an error unless allowed.
     pub(crate) async fn plan_restore(
         storage: Arc<dyn CheckpointStorage>,
         gate: Arc<tokio::sync::Mutex<()>>,
-        names: Vec<(String, u32)>,
+        uids: Vec<(String, u32)>,
         tasks: Vec<(usize, usize, u32)>,
-        inline: bool,
-        when_none_verifies: NoValidCheckpoint,
+        plan: RestorePlan,
     ) -> Result<(Option<CheckpointId>, HashMap<usize, RestoreState>)> {
         let _no_manifest_write = gate.lock_owned().await;
-        let s = Arc::clone(&storage);
-        let latest = if inline {
-            s.latest_complete()
-        } else {
-            blocking(move || s.latest_complete()).await
+        let read = {
+            let s = Arc::clone(&storage);
+            let start = plan.start.clone();
+            move || read_start(s.as_ref(), &start)
         };
-        let latest = match latest {
+        let chosen = if plan.inline {
+            read()
+        } else {
+            blocking(read).await
+        };
+        let chosen = match chosen {
             Err(e @ Error::NoValidCheckpoint { .. })
-                if when_none_verifies == NoValidCheckpoint::StartOver =>
+                if plan.when_none_verifies == NoValidCheckpoint::StartOver =>
             {
                 tracing::error!(error = %e, "starting over from the beginning of the log with empty state, as configured");
                 None
@@ -352,39 +500,28 @@ impl Topology {
             other => other?,
         };
         let mut out = HashMap::new();
-        let Some(latest) = latest else {
+        let Some((chosen, external)) = chosen else {
             for (number, _, _) in tasks {
                 out.insert(number, RestoreState::default());
             }
             return Ok((None, out));
         };
-        let id = latest.id();
+        claimed(&chosen.manifest, &uids, plan.allow_unclaimed)?;
+        let id = chosen.id();
+        let location = external.then(|| chosen.location.clone());
         let vertices: HashSet<usize> = tasks.iter().map(|(_, v, _)| *v).collect();
         let mut per_vertex: HashMap<usize, Vec<RestoreState>> = HashMap::new();
         for v in vertices {
-            let (name, p) = names[v].clone();
-            let mut entries: Vec<_> = latest
-                .manifest
-                .tasks
-                .iter()
-                .filter(|t| t.task.vertex == name)
-                .cloned()
-                .collect();
-            entries.sort_by_key(|t| t.task.index);
-            let s = Arc::clone(&storage);
-            let read = move || {
-                entries
-                    .iter()
-                    .map(|t| TaskSnapshot::from_bytes(&s.read_task_state(id, &t.state)?))
-                    .collect::<Result<Vec<_>>>()
-            };
-            let snapshots = if inline {
+            let (uid, p) = uids[v].clone();
+            let read = vertex_reader(&storage, &chosen, location.clone(), &uid);
+            let snapshots = if plan.inline {
                 read()?
             } else {
                 blocking(read).await?
             };
-            if snapshots.is_empty() {
-                tracing::warn!(vertex = %name, checkpoint = %id, "vertex not in the checkpoint; it starts empty");
+            let found = !snapshots.is_empty();
+            if !found {
+                tracing::warn!(vertex = %uid, checkpoint = %id, "vertex not in the checkpoint; it starts empty (a source at its log's start)");
             }
             let mut keyed: Vec<KeyedSnapshot> = Vec::new();
             let mut operator: Vec<OperatorSnapshot> = Vec::new();
@@ -392,7 +529,9 @@ impl Topology {
                 keyed.extend(s.keyed);
                 operator.push(s.operator);
             }
-            per_vertex.insert(v, RestoreState::for_vertex(keyed, &operator, p)?);
+            let mut states = RestoreState::for_vertex(keyed, &operator, p)?;
+            states.iter_mut().for_each(|s| s.found = found);
+            per_vertex.insert(v, states);
         }
         for (number, v, index) in tasks {
             let state = per_vertex
@@ -509,6 +648,7 @@ impl Topology {
             let spawn = SpawnTask {
                 counters,
                 info,
+                state_id: spec.state_id.clone(),
                 number,
                 incarnation: attempt,
                 logic,
@@ -545,6 +685,7 @@ impl Topology {
 /// Everything needed to create one task actor on its arbiter.
 struct SpawnTask {
     info: TaskInfo,
+    state_id: TaskId,
     number: usize,
     incarnation: u32,
     logic: Box<dyn TaskLogic>,
@@ -608,6 +749,7 @@ impl SpawnTask {
             aligner: Aligner::new(channels, self.settings.mode),
             watermarks: crate::runtime::time::InputWatermarks::new(channels),
             info: self.info,
+            state_id: self.state_id,
             number: self.number,
             incarnation: self.incarnation,
             logic,

@@ -36,6 +36,19 @@ pub use operator::{
 };
 pub use value::{MapKey, StateValue};
 
+/// One state a task has registered, as checkpoints describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StateDescriptor {
+    /// The state's name.
+    pub name: String,
+    /// Its kind: `Value`, `List`, `Map`, `Reducing`, `Aggregating` for keyed state;
+    /// `OperatorList(Split)`, `OperatorList(Union)` or `Broadcast` for operator state.
+    pub kind: String,
+    /// The Rust type of its values (`K -> V` for a broadcast map), as `std::any::type_name`
+    /// spells it.
+    pub value_type: String,
+}
+
 /// Everything one task stores in a checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSnapshot {

@@ -119,6 +119,7 @@ trait ErasedList: Send {
     fn name(&self) -> &str;
     fn mode(&self) -> Redistribution;
     fn elem_type(&self) -> TypeId;
+    fn elem_type_name(&self) -> &'static str;
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn encode(&self) -> Result<ListSnapshot>;
@@ -139,6 +140,9 @@ impl<T: StateValue> ErasedList for List<T> {
     }
     fn elem_type(&self) -> TypeId {
         TypeId::of::<T>()
+    }
+    fn elem_type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -163,6 +167,7 @@ impl<T: StateValue> ErasedList for List<T> {
 trait ErasedMap: Send {
     fn name(&self) -> &str;
     fn types(&self) -> (TypeId, TypeId);
+    fn type_names(&self) -> String;
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn encode(&self) -> Result<BroadcastSnapshot>;
@@ -179,6 +184,13 @@ impl<K: MapKey, V: StateValue> ErasedMap for BMap<K, V> {
     }
     fn types(&self) -> (TypeId, TypeId) {
         (TypeId::of::<K>(), TypeId::of::<V>())
+    }
+    fn type_names(&self) -> String {
+        format!(
+            "{} -> {}",
+            std::any::type_name::<K>(),
+            std::any::type_name::<V>()
+        )
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -280,6 +292,21 @@ impl OperatorStateBackend {
     /// An empty backend.
     pub fn new() -> OperatorStateBackend {
         OperatorStateBackend::default()
+    }
+
+    /// Every state registered: list states, then broadcast states.
+    pub fn descriptors(&self) -> Vec<crate::state::StateDescriptor> {
+        let lists = self.lists.iter().map(|l| crate::state::StateDescriptor {
+            name: l.name().to_string(),
+            kind: format!("OperatorList({:?})", l.mode()),
+            value_type: l.elem_type_name().to_string(),
+        });
+        let maps = self.maps.iter().map(|m| crate::state::StateDescriptor {
+            name: m.name().to_string(),
+            kind: "Broadcast".to_string(),
+            value_type: m.type_names(),
+        });
+        lists.chain(maps).collect()
     }
 
     /// A backend holding `snapshot` until its states are registered.

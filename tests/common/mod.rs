@@ -109,6 +109,18 @@ impl CheckpointStorage for FaultyStorage {
     fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
         self.inner.read_task_state(id, handle)
     }
+    fn location(&self, id: CheckpointId) -> String {
+        self.inner.location(id)
+    }
+    fn read_manifest(&self, id: CheckpointId) -> Result<Manifest> {
+        self.inner.read_manifest(id)
+    }
+    fn verify_location(&self, location: &str) -> Result<CompletedCheckpoint> {
+        self.inner.verify_location(location)
+    }
+    fn read_task_state_at(&self, location: &str, handle: &StateHandle) -> Result<Vec<u8>> {
+        self.inner.read_task_state_at(location, handle)
+    }
 }
 
 use std::collections::BTreeMap;
@@ -451,6 +463,18 @@ impl CheckpointStorage for LatchedStorage {
     }
     fn read_task_state(&self, id: CheckpointId, handle: &StateHandle) -> Result<Vec<u8>> {
         self.inner.read_task_state(id, handle)
+    }
+    fn location(&self, id: CheckpointId) -> String {
+        self.inner.location(id)
+    }
+    fn read_manifest(&self, id: CheckpointId) -> Result<Manifest> {
+        self.inner.read_manifest(id)
+    }
+    fn verify_location(&self, location: &str) -> Result<CompletedCheckpoint> {
+        self.inner.verify_location(location)
+    }
+    fn read_task_state_at(&self, location: &str, handle: &StateHandle) -> Result<Vec<u8>> {
+        self.inner.read_task_state_at(location, handle)
     }
 }
 

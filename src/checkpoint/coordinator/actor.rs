@@ -21,8 +21,8 @@ use crate::checkpoint::fence::WriteFence;
 use crate::checkpoint::protocol::{now, AckInfo, FromCoordinator, ToCoordinator};
 use crate::checkpoint::CheckpointStats;
 use crate::checkpoint::{
-    AckOutcome, CheckpointCoordinator, CheckpointId, CheckpointStorage, CheckpointTiming,
-    FailOutcome, Manifest, SourceOffset, TaskId, TaskStateEntry,
+    AckOutcome, CheckpointCoordinator, CheckpointId, CheckpointKind, CheckpointStorage,
+    CheckpointTiming, FailOutcome, Manifest, SourceOffset, TaskId, TaskStateEntry, VertexRecord,
 };
 use crate::error::{Error, Result};
 
@@ -31,8 +31,11 @@ pub(crate) struct CoordinatorActor {
     pub(crate) core: CheckpointCoordinator<AckInfo>,
     pub(crate) storage: Arc<dyn CheckpointStorage>,
     pub(crate) master: Recipient<FromCoordinator>,
+    /// Every task as its checkpoint files name it (by its vertex's uid).
     pub(crate) tasks: Vec<TaskId>,
     pub(crate) parallelism: BTreeMap<String, u32>,
+    /// The job's graph, recorded in every manifest (with the states of the tasks' acks).
+    pub(crate) graph: Vec<VertexRecord>,
     pub(crate) max_parallelism: u32,
     pub(crate) tick: Duration,
     pub(crate) timeout: Duration,
@@ -57,7 +60,7 @@ impl CoordinatorActor {
         storage: Arc<dyn CheckpointStorage>,
         master: Recipient<FromCoordinator>,
         tasks: Vec<TaskId>,
-        parallelism: BTreeMap<String, u32>,
+        graph: Vec<VertexRecord>,
         max_parallelism: u32,
         inline_io: bool,
         chaos: Arc<ChaosHooks>,
@@ -72,7 +75,11 @@ impl CoordinatorActor {
             storage,
             master,
             tasks,
-            parallelism,
+            parallelism: graph
+                .iter()
+                .map(|v| (v.uid.clone(), v.parallelism))
+                .collect(),
+            graph,
             max_parallelism,
             tick: Duration::from_millis(5),
             timeout: timing.timeout,
@@ -166,6 +173,7 @@ impl CoordinatorActor {
             self.master.do_send(FromCoordinator::Triggered {
                 checkpoint: trigger.checkpoint,
                 is_final: trigger.is_final,
+                savepoint: trigger.savepoint,
             });
         }
     }
@@ -174,12 +182,16 @@ impl CoordinatorActor {
     fn manifest_of(
         &self,
         checkpoint: CheckpointId,
-        is_final: bool,
+        (is_final, savepoint): (bool, bool),
         acks: BTreeMap<usize, AckInfo>,
         triggered_at: std::time::Instant,
     ) -> (Manifest, CheckpointStats) {
         let mut manifest = Manifest::new(&self.job, checkpoint, self.max_parallelism);
         manifest.parallelism = self.parallelism.clone();
+        if savepoint {
+            manifest.kind = CheckpointKind::Savepoint;
+        }
+        let mut states: BTreeMap<&str, std::collections::BTreeSet<_>> = BTreeMap::new();
         let elapsed = now().saturating_duration_since(triggered_at);
         let mut stats = CheckpointStats {
             id: checkpoint,
@@ -195,6 +207,10 @@ impl CoordinatorActor {
         };
         for (task, ack) in acks {
             let id = self.tasks[task].clone();
+            states
+                .entry(self.tasks[task].vertex.as_str())
+                .or_default()
+                .extend(ack.states);
             stats.bytes += ack.state.size;
             stats.max_alignment = stats.max_alignment.max(ack.alignment);
             stats.max_capture = stats.max_capture.max(ack.capture);
@@ -218,6 +234,19 @@ impl CoordinatorActor {
                 key_groups: ack.key_groups,
             });
         }
+        manifest.vertices = self
+            .graph
+            .iter()
+            .map(|v| {
+                let mut v = v.clone();
+                v.states = states
+                    .remove(v.uid.as_str())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                v
+            })
+            .collect();
         (manifest, stats)
     }
 
@@ -225,11 +254,11 @@ impl CoordinatorActor {
         &mut self,
         ctx: &mut Context<Self>,
         checkpoint: CheckpointId,
-        is_final: bool,
+        kind: (bool, bool),
         acks: BTreeMap<usize, AckInfo>,
         triggered_at: std::time::Instant,
     ) {
-        let (manifest, mut stats) = self.manifest_of(checkpoint, is_final, acks, triggered_at);
+        let (manifest, mut stats) = self.manifest_of(checkpoint, kind, acks, triggered_at);
         let Some(permit) = self.fence.begin() else {
             // The job is ending: no manifest is written after that.
             return;
@@ -241,7 +270,7 @@ impl CoordinatorActor {
             let result = storage.commit(&manifest);
             drop(permit);
             stats.duration = now().saturating_duration_since(triggered_at);
-            self.on_written(checkpoint, is_final, result, stats);
+            self.on_written(checkpoint, kind, result, stats);
             return;
         }
         // The gate is held by the write itself, so it stays held until the manifest is on disk
@@ -270,14 +299,14 @@ impl CoordinatorActor {
                 Err(join) => Err(Error::Internal(format!("manifest writer failed: {join}"))),
             };
             stats.duration = now().saturating_duration_since(triggered_at);
-            act.on_written(checkpoint, is_final, result, stats);
+            act.on_written(checkpoint, kind, result, stats);
         }));
     }
 
     fn on_written(
         &mut self,
         checkpoint: CheckpointId,
-        is_final: bool,
+        (is_final, savepoint): (bool, bool),
         result: Result<()>,
         stats: CheckpointStats,
     ) {
@@ -288,6 +317,7 @@ impl CoordinatorActor {
                 self.master.do_send(FromCoordinator::Completed {
                     checkpoint,
                     is_final,
+                    savepoint: savepoint.then(|| self.storage.location(checkpoint)),
                     stats,
                 });
             }
@@ -323,9 +353,16 @@ impl Handler<ToCoordinator> for CoordinatorActor {
                     AckOutcome::AllAcked {
                         checkpoint,
                         is_final,
+                        savepoint,
                         acks,
                         triggered_at,
-                    } => self.on_all_acked(ctx, checkpoint, is_final, acks, triggered_at),
+                    } => self.on_all_acked(
+                        ctx,
+                        checkpoint,
+                        (is_final, savepoint),
+                        acks,
+                        triggered_at,
+                    ),
                 }
             }
             ToCoordinator::Decline {
@@ -338,6 +375,7 @@ impl Handler<ToCoordinator> for CoordinatorActor {
             }
             ToCoordinator::RequestNow => self.core.request_now(),
             ToCoordinator::RequestFinal => self.core.request_final(),
+            ToCoordinator::RequestSavepoint => self.core.request_savepoint(),
             ToCoordinator::CancelFinal => self.core.cancel_final(),
             ToCoordinator::Rearm => self.core.rearm(),
             ToCoordinator::Hold(h) => self.held = h,

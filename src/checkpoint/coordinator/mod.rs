@@ -92,6 +92,8 @@ pub struct Trigger {
     pub checkpoint: CheckpointId,
     /// True for the final checkpoint of a bounded job or a graceful stop.
     pub is_final: bool,
+    /// True for a savepoint: aligned whatever the checkpoint mode, never removed by retention.
+    pub savepoint: bool,
 }
 
 /// What an acknowledgement led to.
@@ -107,6 +109,8 @@ pub enum AckOutcome<A> {
         checkpoint: CheckpointId,
         /// True for a final checkpoint.
         is_final: bool,
+        /// True for a savepoint.
+        savepoint: bool,
         /// Every task's ack, by task number.
         acks: BTreeMap<usize, A>,
         /// When it was triggered.
@@ -137,6 +141,7 @@ pub enum FailOutcome {
 struct InFlight<A> {
     id: CheckpointId,
     is_final: bool,
+    savepoint: bool,
     /// False once the final request this checkpoint answers was withdrawn or renewed while it
     /// was in flight: its completion then ends nothing.
     ends_job: bool,
@@ -157,6 +162,7 @@ pub struct CheckpointCoordinator<A> {
     last_end: Option<Instant>,
     on_demand: bool,
     final_requested: bool,
+    savepoint_requested: bool,
     finished: bool,
     tolerable_failures: u32,
     backoff: Duration,
@@ -176,6 +182,7 @@ impl<A> CheckpointCoordinator<A> {
             last_end: None,
             on_demand: false,
             final_requested: false,
+            savepoint_requested: false,
             finished: false,
             tolerable_failures: u32::MAX,
             backoff: Duration::ZERO,
@@ -212,6 +219,18 @@ impl<A> CheckpointCoordinator<A> {
     /// periodic checkpoint is triggered after the request.
     pub fn request_final(&mut self) {
         self.final_requested = true;
+    }
+
+    /// Asks for a savepoint: the next checkpoint triggered (as soon as nothing is in flight) is
+    /// a savepoint, and so is every one after it until a savepoint completes (one that is
+    /// aborted is tried again).
+    pub fn request_savepoint(&mut self) {
+        self.savepoint_requested = true;
+    }
+
+    /// True while a savepoint is asked for and none has completed since.
+    pub fn savepoint_requested(&self) -> bool {
+        self.savepoint_requested
     }
 
     /// Withdraws a final-checkpoint request (the input did not end after all: a restarted
@@ -264,7 +283,8 @@ impl<A> CheckpointCoordinator<A> {
             (Some(i), Some(t)) => now.saturating_duration_since(t) >= i,
             (None, _) => false,
         };
-        if !(is_final || self.on_demand || periodic_due) {
+        let savepoint = self.savepoint_requested;
+        if !(is_final || savepoint || self.on_demand || periodic_due) {
             return None;
         }
         let id = self.next_id;
@@ -274,6 +294,7 @@ impl<A> CheckpointCoordinator<A> {
         self.in_flight = Some(InFlight {
             id,
             is_final,
+            savepoint,
             ends_job: is_final,
             triggered_at: now,
             acks: BTreeMap::new(),
@@ -282,6 +303,7 @@ impl<A> CheckpointCoordinator<A> {
         Some(Trigger {
             checkpoint: id,
             is_final,
+            savepoint,
         })
     }
 
@@ -309,6 +331,7 @@ impl<A> CheckpointCoordinator<A> {
         AckOutcome::AllAcked {
             checkpoint,
             is_final: f.is_final,
+            savepoint: f.savepoint,
             acks: std::mem::take(&mut f.acks),
             triggered_at: f.triggered_at,
         }
@@ -320,6 +343,9 @@ impl<A> CheckpointCoordinator<A> {
             // After the final checkpoint nothing more is triggered, unless its request was
             // withdrawn or renewed meanwhile.
             self.finished = f.ends_job;
+            if f.savepoint {
+                self.savepoint_requested = false;
+            }
             self.in_flight = None;
             self.last_end = Some(now);
             self.failures = 0;
@@ -452,9 +478,34 @@ mod tests {
             c.poll_trigger(t),
             Some(Trigger {
                 checkpoint: CheckpointId(2),
-                is_final: true
+                is_final: true,
+                savepoint: false,
             })
         );
+    }
+
+    #[test]
+    fn a_savepoint_request_is_tried_again_until_a_savepoint_completes() {
+        let t = Instant::now();
+        let mut c = CheckpointCoordinator::<()>::new(CheckpointTiming::off(), 1, CheckpointId(1));
+        assert_eq!(c.poll_trigger(t), None, "periodic checkpoints are off");
+        c.request_savepoint();
+        let first = c.poll_trigger(t).expect("a savepoint is triggered at once");
+        assert!(first.savepoint && !first.is_final);
+        assert!(c.abort(first.checkpoint, t), "a task failed: aborted");
+        let again = c.poll_trigger(t).expect("the savepoint is tried again");
+        assert!(again.savepoint);
+        assert!(again.checkpoint > first.checkpoint);
+        assert!(matches!(
+            c.on_ack(again.checkpoint, 0, ()),
+            AckOutcome::AllAcked {
+                savepoint: true,
+                ..
+            }
+        ));
+        c.complete(again.checkpoint, t);
+        assert!(!c.savepoint_requested());
+        assert_eq!(c.poll_trigger(t), None, "no savepoint after one completed");
     }
 
     #[test]

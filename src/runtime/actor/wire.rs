@@ -389,17 +389,31 @@ fn resolve_durable(inner: &mut RepliesInner, seq: u64) {
 /// Called by a source with the offsets it had read when a checkpoint completed (`true`), or
 /// that it restored from a complete checkpoint (`false`): everything below them is in a
 /// complete checkpoint.
-pub(crate) type Progress = Arc<dyn Fn(bool, &[(PartitionId, LogOffset)]) + Send + Sync>;
+pub(crate) type Progress = Arc<dyn Fn(ProgressKind, &[(PartitionId, LogOffset)]) + Send + Sync>;
 
-/// Retention of a log the job owns (commands, ingress): records are dropped once no retained
-/// checkpoint needs them, that is below the offsets of the oldest of the last `keep`
-/// checkpoints completed in this process. After a restart nothing is dropped until `keep`
-/// checkpoints have completed again.
+/// What a source's [`Progress`] is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProgressKind {
+    /// The source restored these offsets.
+    Restored,
+    /// A checkpoint completed with the source at these offsets.
+    Completed,
+    /// A savepoint completed with the source at these offsets: the log keeps them for good.
+    Savepoint,
+}
+
+/// Retention of a log the job owns (commands, ingress), or of a user log whose source trims
+/// it: records are dropped once no retained checkpoint or savepoint needs them, that is below
+/// the offsets of the oldest of the last `keep` checkpoints completed in this process and
+/// below the oldest savepoint's (in the storage when the job started, or completed since).
+/// After a restart nothing is dropped until `keep` checkpoints have completed again.
 #[derive(Debug)]
 pub(crate) struct Trimmer {
     log: Arc<dyn ReplayableLog>,
     keep: std::sync::atomic::AtomicUsize,
     history: Mutex<HashMap<PartitionId, VecDeque<LogOffset>>>,
+    /// Per partition, the oldest offset a savepoint needs: never trimmed above.
+    floor: Mutex<HashMap<PartitionId, LogOffset>>,
 }
 
 impl Trimmer {
@@ -408,6 +422,28 @@ impl Trimmer {
             log,
             keep: std::sync::atomic::AtomicUsize::new(3),
             history: Mutex::new(HashMap::new()),
+            floor: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A savepoint needs the log from `offsets` on: nothing at or above them is ever trimmed.
+    pub(crate) fn pin(&self, offsets: &[(PartitionId, LogOffset)]) {
+        let mut floor = self.floor.lock().unwrap_or_else(|e| e.into_inner());
+        for &(p, o) in offsets {
+            let f = floor.entry(p).or_insert(o);
+            *f = (*f).min(o);
+        }
+    }
+
+    /// Tells the trimmer a source's progress.
+    pub(crate) fn progress(&self, kind: ProgressKind, offsets: &[(PartitionId, LogOffset)]) {
+        match kind {
+            ProgressKind::Restored => {}
+            ProgressKind::Completed => self.completed(offsets),
+            ProgressKind::Savepoint => {
+                self.pin(offsets);
+                self.completed(offsets);
+            }
         }
     }
 
@@ -426,7 +462,10 @@ impl Trimmer {
             if h.len() > self.keep.load(std::sync::atomic::Ordering::Relaxed) {
                 h.pop_front();
                 if let Some(&oldest) = h.front() {
-                    if let Err(e) = self.log.truncate_before(p, oldest) {
+                    let floor = self.floor.lock().unwrap_or_else(|e| e.into_inner());
+                    let below = floor.get(&p).map_or(oldest, |f| oldest.min(*f));
+                    drop(floor);
+                    if let Err(e) = self.log.truncate_before(p, below) {
                         tracing::warn!(partition = %p, error = %e, "trimming a job-owned log failed");
                     }
                 }
@@ -473,6 +512,41 @@ mod tests {
         replies.durable_upto(&[(PartitionId(0), LogOffset(50))]);
         replies.positioned(3, PartitionId(0), LogOffset(49));
         assert_eq!(value(durable.try_recv().expect("durable")), 5);
+    }
+
+    #[test]
+    fn a_savepoint_keeps_its_records_in_a_trimmed_log_for_good() {
+        let fifty = || {
+            let log: Arc<dyn ReplayableLog> = Arc::new(crate::log::MemoryLog::new(1));
+            for i in 0..50u8 {
+                log.append(PartitionId(0), &[i]).expect("append");
+            }
+            log
+        };
+        let start =
+            |log: &Arc<dyn ReplayableLog>| log.start_offset(PartitionId(0)).expect("start").0;
+        let log = fifty();
+        let trimmer = Trimmer::new(Arc::clone(&log));
+        trimmer.set_keep(1);
+        trimmer.progress(ProgressKind::Completed, &[(PartitionId(0), LogOffset(5))]);
+        trimmer.progress(ProgressKind::Savepoint, &[(PartitionId(0), LogOffset(10))]);
+        assert_eq!(
+            start(&log),
+            10,
+            "trimmed below the newest checkpoint, the savepoint"
+        );
+        for at in [20, 30, 40] {
+            trimmer.progress(ProgressKind::Completed, &[(PartitionId(0), LogOffset(at))]);
+            assert_eq!(start(&log), 10, "never above the savepoint's offset");
+        }
+        // A savepoint found in the storage when the job starts pins its offsets the same way.
+        let log = fifty();
+        let trimmer = Trimmer::new(Arc::clone(&log));
+        trimmer.set_keep(1);
+        trimmer.pin(&[(PartitionId(0), LogOffset(12))]);
+        trimmer.completed(&[(PartitionId(0), LogOffset(45))]);
+        trimmer.completed(&[(PartitionId(0), LogOffset(48))]);
+        assert_eq!(start(&log), 12);
     }
 
     #[test]

@@ -183,7 +183,10 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
         let keyed = self.keyed.capture();
         let operator = self.operator.snapshot()?;
         let range = self.keyed.key_group_range();
+        let mut states = self.keyed.descriptors();
+        states.extend(self.operator.descriptors());
         Ok(Capture {
+            states,
             // The keyed state's parts go to the storage as they are, never joined into the
             // buffer: each key group's encoded bytes are copied once, by the storage.
             encode: Box::new(move |storage, id, task, _buf| {

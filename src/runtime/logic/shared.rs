@@ -37,6 +37,8 @@ pub(crate) struct Capture {
     pub(crate) encode: EncodeSnapshot,
     pub(crate) key_groups: Option<KeyGroupRange>,
     pub(crate) sources: Vec<(PartitionId, LogOffset)>,
+    /// The states the task has registered (recorded in the manifest's graph).
+    pub(crate) states: Vec<crate::state::StateDescriptor>,
 }
 
 /// An async call resolved: its number and its outcome (of the logic's own type).
@@ -61,6 +63,8 @@ pub(crate) trait TaskLogic: Send {
     fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()>;
     fn end_of_input(&mut self) -> Result<()>;
     fn capture(&mut self, checkpoint: CheckpointId) -> Result<Capture>;
+    /// The next capture is for savepoint `checkpoint` (told to sources only).
+    fn savepoint_next(&mut self, _checkpoint: CheckpointId) {}
     fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()>;
     fn drain(&mut self, all: bool, out: &mut Vec<(usize, Envelope)>);
     fn has_buffered(&self) -> bool;
@@ -122,6 +126,9 @@ pub(crate) struct RestoreState {
     pub(crate) keyed: Arc<Vec<KeyedSnapshot>>,
     /// This task's operator state, redistributed for the current parallelism.
     pub(crate) operator: OperatorSnapshot,
+    /// The vertex had state in the checkpoint restored (false: it starts fresh, a source at
+    /// its log's start, even though the job restored a checkpoint).
+    pub(crate) found: bool,
 }
 
 impl RestoreState {
@@ -147,6 +154,7 @@ impl RestoreState {
             .map(|operator| RestoreState {
                 keyed: Arc::clone(&keyed),
                 operator,
+                found: false,
             })
             .collect())
     }
@@ -244,7 +252,9 @@ pub(super) fn downcast<T: 'static>(batch: Box<dyn Any + Send>) -> Result<Vec<T>>
 
 pub(super) fn operator_capture(state: &OperatorStateBackend) -> Result<Capture> {
     let operator = state.snapshot()?;
+    let states = state.descriptors();
     Ok(Capture {
+        states,
         encode: Box::new(move |storage, id, task, out| {
             let snapshot = TaskSnapshot {
                 keyed: None,

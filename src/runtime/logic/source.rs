@@ -9,7 +9,7 @@ use super::shared::{collector, operator_capture, Capture, LogicParams, SourcePol
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId, ReplayableLog};
-use crate::runtime::actor::wire::Progress;
+use crate::runtime::actor::wire::{Progress, ProgressKind};
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::messages;
 use crate::runtime::operator::{Data, TaskInfo};
@@ -36,6 +36,9 @@ impl<T> Clone for EventTimeSpec<T> {
     }
 }
 
+/// The offsets a source captured for a checkpoint, and whether it is a savepoint.
+type Captured = (CheckpointId, Vec<(PartitionId, LogOffset)>, bool);
+
 /// One log partition a source task reads.
 #[derive(Debug, Clone, Copy)]
 struct SourcePartition {
@@ -61,6 +64,8 @@ pub(crate) struct SourceLogic<T> {
     decode: Decoder<T>,
     info: TaskInfo,
     state: OperatorStateBackend,
+    /// The vertex had state in the checkpoint restored.
+    found: bool,
     offsets_state: Option<OperatorListState<(u32, u64, i64)>>,
     partitions: Vec<SourcePartition>,
     stops: Option<Arc<HashMap<PartitionId, LogOffset>>>,
@@ -76,7 +81,10 @@ pub(crate) struct SourceLogic<T> {
     /// Told the offsets of every checkpoint that completes (a source of a log the job owns).
     progress: Option<Progress>,
     /// The offsets captured per checkpoint not yet complete (with `progress` only).
-    captured: VecDeque<(CheckpointId, Vec<(PartitionId, LogOffset)>)>,
+    /// A savepoint's entry is flagged: its offsets stay in the log for good.
+    captured: VecDeque<Captured>,
+    /// The checkpoint the next capture is for, when it is a savepoint.
+    savepoint: Option<CheckpointId>,
     /// A source of records without event time that must not hold back its consumers'
     /// watermark (a command source): it sends the watermark `MAX` once.
     timeless: bool,
@@ -91,6 +99,7 @@ impl<T: Data> SourceLogic<T> {
     ) -> Result<Self> {
         Ok(SourceLogic {
             out: collector(&p.outputs, p.batch_size, p.info.max_parallelism)?,
+            found: p.restore.found,
             state: OperatorStateBackend::restored(p.restore.operator),
             offsets_state: None,
             partitions: Vec::new(),
@@ -107,6 +116,7 @@ impl<T: Data> SourceLogic<T> {
             final_sent: false,
             progress: None,
             captured: VecDeque::new(),
+            savepoint: None,
             timeless: false,
         })
     }
@@ -143,7 +153,9 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
             .list_state::<(u32, u64, i64)>(SOURCE_OFFSETS, Redistribution::Split)?;
         let restored = list.get(&self.state)?.to_vec();
         let stop = |p: PartitionId| self.stops.as_ref().and_then(|s| s.get(&p).copied());
-        if restored.is_empty() && self.info.restored_from.is_none() {
+        // A source whose vertex has no state in the checkpoint restored (new, or renamed
+        // without keeping its uid) starts at its log's start, like a fresh job.
+        if restored.is_empty() && !self.found {
             for p in 0..self.log.partitions() {
                 if p % self.info.parallelism == self.info.task.index {
                     let id = PartitionId(p);
@@ -171,7 +183,7 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
         self.offsets_state = Some(list);
         if let (Some(progress), Some(_)) = (&self.progress, self.info.restored_from) {
             let offsets: Vec<_> = self.partitions.iter().map(|p| (p.id, p.next)).collect();
-            progress(false, &offsets);
+            progress(ProgressKind::Restored, &offsets);
         }
         self.save_offsets()
     }
@@ -189,9 +201,15 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
         let mut c = operator_capture(&self.state)?;
         c.sources = self.partitions.iter().map(|p| (p.id, p.next)).collect();
         if self.progress.is_some() {
-            self.captured.push_back((checkpoint, c.sources.clone()));
+            let savepoint = self.savepoint.take() == Some(checkpoint);
+            self.captured
+                .push_back((checkpoint, c.sources.clone(), savepoint));
         }
         Ok(c)
+    }
+
+    fn savepoint_next(&mut self, checkpoint: CheckpointId) {
+        self.savepoint = Some(checkpoint);
     }
 
     fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
@@ -199,12 +217,17 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
         while self
             .captured
             .front()
-            .is_some_and(|(id, _)| *id <= checkpoint)
+            .is_some_and(|(id, _, _)| *id <= checkpoint)
         {
             done = self.captured.pop_front();
         }
-        if let (Some(progress), Some((_, offsets))) = (&self.progress, done) {
-            progress(true, &offsets);
+        if let (Some(progress), Some((id, offsets, savepoint))) = (&self.progress, done) {
+            let kind = if savepoint && id == checkpoint {
+                ProgressKind::Savepoint
+            } else {
+                ProgressKind::Completed
+            };
+            progress(kind, &offsets);
         }
         Ok(())
     }

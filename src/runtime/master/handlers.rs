@@ -166,7 +166,8 @@ impl Handler<FromCoordinator> for JobMaster {
             FromCoordinator::Triggered {
                 checkpoint,
                 is_final,
-            } => self.on_triggered(checkpoint, is_final),
+                savepoint,
+            } => self.on_triggered(checkpoint, is_final, savepoint),
             FromCoordinator::Failing { error } => {
                 tracing::error!(job = %self.job(), error = %error, "too many checkpoint failures in a row");
                 self.finish(ctx, Err(error));
@@ -181,6 +182,7 @@ impl Handler<FromCoordinator> for JobMaster {
             FromCoordinator::Completed {
                 checkpoint,
                 is_final,
+                savepoint,
                 stats,
             } => {
                 tracing::info!(
@@ -196,6 +198,21 @@ impl Handler<FromCoordinator> for JobMaster {
                 );
                 self.metrics.checkpoint_completed(stats);
                 self.emit(JobEvent::CheckpointCompleted { checkpoint });
+                // Restores of this run now start from its own checkpoints.
+                self.topo.checkpoint_completed();
+                if let Some(location) = savepoint {
+                    tracing::info!(job = %self.job(), checkpoint = %checkpoint, location = %location, "savepoint completed");
+                    self.emit(JobEvent::SavepointCompleted {
+                        checkpoint,
+                        location: location.clone(),
+                    });
+                    self.ledger.answer_savepoints(|| {
+                        Ok(crate::runtime::events::Savepoint {
+                            id: checkpoint,
+                            location: location.clone(),
+                        })
+                    });
+                }
                 let addrs: Vec<Addr<TaskActor>> =
                     self.tasks.iter().filter_map(|t| t.addr.clone()).collect();
                 if !is_final {
@@ -219,21 +236,37 @@ impl Handler<Strike> for JobMaster {
     }
 }
 
+impl JobMaster {
+    /// A graceful stop: the final checkpoint, without end of input.
+    fn request_stop(&mut self) {
+        if self.ending || self.stop_requested {
+            return;
+        }
+        tracing::info!(job = %self.job(), "graceful stop requested: taking the final checkpoint");
+        self.emit(JobEvent::StopRequested);
+        self.stop_requested = true;
+        self.final_requested = true;
+        self.to_coordinator(ToCoordinator::RequestFinal);
+    }
+}
+
 impl Handler<Command> for JobMaster {
     type Result = ();
 
     fn handle(&mut self, msg: Command, ctx: &mut Self::Context) {
         match msg {
             Command::TriggerCheckpoint => self.to_coordinator(ToCoordinator::RequestNow),
-            Command::Stop => {
-                if self.ending || self.stop_requested {
+            Command::Stop => self.request_stop(),
+            Command::Savepoint { stop, .. } => {
+                if self.ending {
                     return;
                 }
-                tracing::info!(job = %self.job(), "graceful stop requested: taking the final checkpoint");
-                self.emit(JobEvent::StopRequested);
-                self.stop_requested = true;
-                self.final_requested = true;
-                self.to_coordinator(ToCoordinator::RequestFinal);
+                tracing::info!(job = %self.job(), stop, "savepoint requested");
+                // First the savepoint request, so that a stop's final checkpoint is it.
+                self.to_coordinator(ToCoordinator::RequestSavepoint);
+                if stop {
+                    self.request_stop();
+                }
             }
             Command::Cancel => {
                 if self.ending {

@@ -237,12 +237,8 @@ impl JobMaster {
             first,
             Arc::clone(&topo.storage),
             ctx.address().recipient(),
-            topo.tasks.iter().map(|t| t.id.clone()).collect(),
-            topo.vertices
-                .iter()
-                .zip(&topo.parallelism)
-                .map(|(v, p)| (v.name.clone(), *p))
-                .collect(),
+            topo.tasks.iter().map(|t| t.state_id.clone()).collect(),
+            topo.graph_records(),
             topo.config.max_parallelism,
             topo.config.deterministic,
             Arc::clone(&topo.chaos),
@@ -264,6 +260,9 @@ impl JobMaster {
             let _ = join.await;
             me.do_send(CoordinatorExited { incarnation });
         });
+        if self.ledger.savepoint_wanted() {
+            addr.do_send(ToCoordinator::RequestSavepoint);
+        }
         if self.final_requested {
             addr.do_send(ToCoordinator::RequestFinal);
         }
@@ -584,7 +583,7 @@ impl JobMaster {
 
     /// Checkpoint `checkpoint` was triggered: the barrier goes to every source, or, when a
     /// source is not running, the checkpoint is declined at once.
-    fn on_triggered(&mut self, checkpoint: CheckpointId, is_final: bool) {
+    fn on_triggered(&mut self, checkpoint: CheckpointId, is_final: bool, savepoint: bool) {
         self.last_triggered = Some(checkpoint);
         self.emit(JobEvent::CheckpointTriggered {
             checkpoint,
@@ -616,6 +615,7 @@ impl JobMaster {
                         checkpoint,
                         is_final,
                         end_input,
+                        savepoint,
                     });
                 }
             }

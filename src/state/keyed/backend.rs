@@ -96,6 +96,18 @@ impl<K: StateKey> KeyedStateBackend<K> {
         self.current.as_ref().map(|c| &c.key)
     }
 
+    /// Every state registered, by name.
+    pub fn descriptors(&self) -> Vec<crate::state::StateDescriptor> {
+        self.tables
+            .iter()
+            .map(|t| crate::state::StateDescriptor {
+                name: t.name().to_string(),
+                kind: format!("{:?}", t.kind()),
+                value_type: t.value_type().1.to_string(),
+            })
+            .collect()
+    }
+
     /// The number of (state, key) entries held.
     pub fn entries(&self) -> usize {
         self.tables.iter().map(|t| t.entries()).sum()

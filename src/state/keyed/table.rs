@@ -15,6 +15,7 @@ use crate::state::key_group::{key_group_for, KeyGroup};
 use crate::state::value::StateValue;
 
 pub(super) trait ErasedTable<K>: Send {
+    fn name(&self) -> &str;
     fn kind(&self) -> StateKind;
     fn value_type(&self) -> (TypeId, &'static str);
     fn as_any(&self) -> &dyn Any;
@@ -89,6 +90,9 @@ impl<K: StateKey, T: StateValue> Table<K, T> {
 }
 
 impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
+    fn name(&self) -> &str {
+        &self.name
+    }
     fn kind(&self) -> StateKind {
         self.kind
     }
