@@ -116,6 +116,8 @@ async fn bank_job(name: &str, commands: Arc<dyn ReplayableLog>) -> Result<JobHan
         ..JobConfig::default()
     };
     let job = JobBuilder::with_config(name, config);
+    // A demo: checkpoints in memory (without this line they would go to ./snapflow/<job>/).
+    job.checkpoint_in_memory();
     let none: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(2));
     job.source("deposits", LogSource::msgpack(none))
         .key_by(|d: &(u64, u64)| d.0)

@@ -146,6 +146,8 @@ async fn chaos_run(seed: u64) -> Result<String> {
     let profiles =
         Profiles::start_in_arbiter(&profiles_arbiter.handle(), move |_| Profiles { rng: seed });
     let job = JobBuilder::with_config("enrich", config(Duration::from_millis(50)));
+    // A demo: checkpoints in memory (without this line they would go to ./snapflow/<job>/).
+    job.checkpoint_in_memory();
     let options = AsyncOptions::new(AsyncMode::Unordered, 100)
         .timeout(Duration::from_secs(1))
         .retries(5, Duration::from_millis(1));
@@ -191,6 +193,8 @@ async fn bench() -> Result<String> {
     let dir = std::env::temp_dir().join(format!("snapflow-async-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let job = JobBuilder::with_config("enrich-bench", config(Duration::from_secs(1)));
+    // A demo: checkpoints in memory (without this line they would go to ./snapflow/<job>/).
+    job.checkpoint_in_memory();
     job.source("purchases", LogSource::msgpack(purchases(N)?).bounded())
         .async_map(
             "enrich",

@@ -134,6 +134,8 @@ async fn main() -> Result<()> {
     };
     let log: Arc<dyn ReplayableLog> = Arc::new(FileLog::open(root.join("clicks"), log_options)?);
     let job = JobBuilder::with_config("clicks", config);
+    // A demo: checkpoints in memory (without this line they would go to ./snapflow/<job>/).
+    job.checkpoint_in_memory();
     job.ingress::<(u64, u64)>("clicks", log)
         .map("one", |(user, _page): (u64, u64)| (user, 1u64))
         .key_by(|(user, _): &(u64, u64)| *user)

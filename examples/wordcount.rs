@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use snapflow::checkpoint::{CheckpointTiming, LocalCheckpointStorage};
+use snapflow::checkpoint::CheckpointTiming;
 use snapflow::prelude::*;
 use snapflow::state::ValueState;
 use snapflow::{FileSink, TypedLog};
@@ -157,10 +157,8 @@ fn main() -> Result<()> {
     };
     let out_dir = root.join("out");
     let job = JobBuilder::with_config("wordcount", config);
-    job.checkpoint_storage(Arc::new(LocalCheckpointStorage::new(
-        root.join("checkpoints"),
-        "wordcount",
-    )?));
+    // Without this line the checkpoints would go to ./snapflow/wordcount/ (the default).
+    job.checkpoint_dir(root.join("checkpoints"));
     job.source(
         "lines",
         LogSource::<String>::msgpack(Arc::clone(&log)).bounded(),
@@ -194,6 +192,10 @@ fn main() -> Result<()> {
         .copied()
         .unwrap_or_default();
     let max = durations.last().copied().unwrap_or_default();
+    println!(
+        "state: checkpoints in {}",
+        root.join("checkpoints").join("wordcount").display()
+    );
     println!(
         "job: {:.2} s, {:.0} words/s, checkpoints {} ({}), median {:.1} ms, max {:.1} ms, aborted {}",
         secs,

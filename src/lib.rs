@@ -76,6 +76,7 @@ pub use runtime::{AsyncFunction, AsyncMode, AsyncOptions};
 pub use runtime::{
     Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport, KeyedOperator,
     KeyedStream, LogSource, NoValidCheckpoint, Operator, Savepoint, StartFrom, Stream, Threads,
+    DEFAULT_CHECKPOINT_DIR,
 };
 pub use sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
 pub use storage::validate_name;

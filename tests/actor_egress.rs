@@ -42,7 +42,7 @@ fn counting_job(
     config: JobConfig,
     to: Recipient<SinkOutput<(u64, u64)>>,
 ) -> JobBuilder {
-    let job = JobBuilder::with_config(name, config);
+    let job = common::memory_job(name, config);
     let input: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(3));
     job.ingress::<(u64, u64)>("numbers", input)
         .key_by(|r: &(u64, u64)| r.0)
@@ -174,7 +174,7 @@ async fn bad_addresses_and_ingress_after_the_end_give_clear_errors() {
 async fn the_job_trims_its_ingress_log_once_no_retained_checkpoint_needs_the_records() {
     let got = Arc::new(Mutex::new(Vec::new()));
     let receiver = Receiver(Arc::clone(&got)).start();
-    let job = JobBuilder::with_config("trim", chaos_config(Threads::Arbiters(1)));
+    let job = common::memory_job("trim", chaos_config(Threads::Arbiters(1)));
     let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
     job.ingress::<(u64, u64)>("numbers", Arc::clone(&log))
         .key_by(|r: &(u64, u64)| r.0)

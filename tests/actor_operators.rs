@@ -29,7 +29,7 @@ use bank::{Account, Bank, Deposit, Read, Withdraw};
 const ACCOUNTS: u64 = 16;
 
 fn bank_job(name: &str, config: JobConfig, deposits: u64) -> JobBuilder {
-    let job = JobBuilder::with_config(name, config);
+    let job = common::memory_job(name, config);
     let commands: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(2));
     job.source(
         "deposits",
@@ -304,7 +304,7 @@ struct ExplodingBank(Bank);
 
 #[actix::test]
 async fn a_panicking_command_handler_fails_its_command_and_not_the_task() {
-    let job = JobBuilder::with_config("bank-panic", chaos_config(Threads::Arbiters(1)));
+    let job = common::memory_job("bank-panic", chaos_config(Threads::Arbiters(1)));
     let commands: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
     job.source(
         "deposits",
@@ -434,7 +434,7 @@ async fn the_command_channels_do_not_hold_back_an_actor_operators_event_time() {
     typed
         .append_batch(PartitionId(0), &records)
         .expect("append");
-    let job = JobBuilder::with_config("clock", chaos_config(Threads::Arbiters(1)));
+    let job = common::memory_job("clock", chaos_config(Threads::Arbiters(1)));
     let commands: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
     job.source(
         "events",
@@ -573,7 +573,7 @@ impl InstanceQueryHandler<ReadTotals> for Tally {
 }
 
 fn tally_job(name: &str, config: JobConfig, records: u64) -> JobBuilder {
-    let job = JobBuilder::with_config(name, config);
+    let job = common::memory_job(name, config);
     let commands: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(2));
     job.source("numbers", LogSource::msgpack(counting_log(records, 7, 2)))
         .actor("tally", Tally::default(), commands)

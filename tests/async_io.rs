@@ -63,7 +63,7 @@ fn async_job(
     mode: AsyncMode,
     out: &std::path::Path,
 ) -> JobBuilder {
-    let job = JobBuilder::with_config(name, config);
+    let job = common::memory_job(name, config);
     job.source("source", LogSource::<(u64, u64)>::msgpack(log).bounded())
         .async_map("enrich", f, AsyncOptions::new(mode, CAPACITY))
         .key_by(|(k, _): &(u64, u64)| *k)
@@ -158,7 +158,7 @@ async fn calls_in_flight_at_a_stop_are_in_its_checkpoint_and_issued_again_on_res
     let build = |f: Slow| {
         let mut config = chaos_config(Threads::Arbiters(1));
         config.parallelism = 1;
-        let job = JobBuilder::with_config("resume", config);
+        let job = common::memory_job("resume", config);
         job.checkpoint_storage(Arc::clone(&storage));
         job.source(
             "source",
@@ -254,7 +254,7 @@ async fn failed_calls_are_retried_and_timed_out_ones_answered_by_the_callback() 
         typed.append(PartitionId(0), &(0, i)).expect("append");
     }
     let f = Flaky::default();
-    let job = JobBuilder::with_config("flaky", chaos_config(Threads::Arbiters(1)));
+    let job = common::memory_job("flaky", chaos_config(Threads::Arbiters(1)));
     let options = AsyncOptions::new(AsyncMode::Unordered, 100)
         .timeout(Duration::from_millis(50))
         .retries(1, Duration::from_millis(1));
@@ -295,7 +295,7 @@ async fn async_results_reach_an_event_time_window_before_the_watermark_passes_th
     let out = CollectSink::new();
     let mut config = chaos_config(Threads::Arbiters(1));
     config.parallelism = 1;
-    let job = JobBuilder::with_config("async-windows", config);
+    let job = common::memory_job("async-windows", config);
     job.source(
         "events",
         LogSource::<(u64, u64)>::msgpack(log).bounded().event_time(

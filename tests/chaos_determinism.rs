@@ -92,7 +92,7 @@ fn two_single_thread_runs_of_a_seeded_chaos_job_produce_the_same_event_trace() {
 fn planted(seed: Option<u64>) -> Result<Vec<(u64, u64)>> {
     let sink = CollectSink::<(u64, u64)>::new();
     let config = common::chaos_config(Threads::Arbiters(2));
-    let job = JobBuilder::with_config("planted", config);
+    let job = common::memory_job("planted", config);
     job.checkpoint_storage(Arc::new(MemoryCheckpointStorage::new("planted")?));
     job.source(
         "source",

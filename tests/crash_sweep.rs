@@ -105,7 +105,7 @@ fn job(fs: &Arc<dyn FileSystem>, log: Arc<FileLog>) -> Result<JobBuilder> {
         LocalCheckpointStorage::with_file_system(Arc::clone(fs), CHECKPOINTS, "sweep")?
             .with_retain(2),
     );
-    let job = JobBuilder::with_config("sweep", config);
+    let job = common::memory_job("sweep", config);
     job.checkpoint_storage(storage);
     let sink = FileSink::new(OUT, |(k, c): &(u64, u64), l: &mut String| {
         l.push_str(&format!("{k} {c}"))

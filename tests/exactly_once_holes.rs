@@ -174,7 +174,7 @@ async fn a_failure_during_the_final_manifest_write_still_finishes() {
     latched.hold_commit(|_| true);
     let _release = latched.release_on_drop();
     let fail = Arc::new(AtomicBool::new(false));
-    let job = JobBuilder::with_config("final", config(CheckpointTiming::off()));
+    let job = common::memory_job("final", config(CheckpointTiming::off()));
     job.checkpoint_storage(Arc::clone(&latched) as Arc<dyn CheckpointStorage>);
     job.source(
         "source",
@@ -254,7 +254,7 @@ impl Operator<(u64, u64), (u64, u64)> for TotalAtEnd {
 }
 
 fn totals_job(dir: &std::path::Path, log: Arc<dyn ReplayableLog>, bounded: bool) -> JobBuilder {
-    let job = JobBuilder::with_config(
+    let job = common::memory_job(
         "totals",
         config(CheckpointTiming::every(Duration::from_millis(20))),
     );

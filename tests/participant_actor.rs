@@ -53,7 +53,7 @@ type State = Vec<Option<BTreeMap<u64, (u64, u64, u64)>>>;
 
 async fn run(chaos: Option<u64>) -> (State, u32) {
     let dashboard = ActorParticipant::new(Dashboard::default);
-    let job = JobBuilder::with_config("dashboard", chaos_config(Threads::Arbiters(2)));
+    let job = common::memory_job("dashboard", chaos_config(Threads::Arbiters(2)));
     job.source(
         "source",
         LogSource::<(u64, u64)>::msgpack(counting_log(30_000, 13, 2)).bounded(),

@@ -5,6 +5,8 @@
 //! by an environment variable which half it is): the first registers a timer and stops with a
 //! final checkpoint, the second restores it after its moment has passed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -91,7 +93,7 @@ fn child(mode: &str, dir: &Path) {
         checkpoints: CheckpointTiming::every(Duration::from_millis(50)),
         ..JobConfig::default()
     };
-    let job = JobBuilder::with_config("ptime", config);
+    let job = common::memory_job("ptime", config);
     job.checkpoint_storage(Arc::new(
         LocalCheckpointStorage::new(dir.join("checkpoints"), "ptime").expect("storage"),
     ));

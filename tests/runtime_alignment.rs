@@ -1,6 +1,8 @@
 //! Aligned checkpoints capture exactly the records before the barrier on every input, and
 //! channels are FIFO.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -104,7 +106,7 @@ fn check_seed(seed: u64) -> std::result::Result<usize, String> {
             .map_err(|e| e.to_string())?
             .with_retain(100_000),
     );
-    let job = JobBuilder::with_config("align", config);
+    let job = common::memory_job("align", config);
     job.checkpoint_storage(storage.clone());
     // Input A goes through a deliberately slow operator; input B arrives directly: the two
     // race, and their barriers reach the keyed operator at different times.
@@ -239,7 +241,7 @@ fn fifo_holds_per_channel() {
         channel_capacity: 2,
         ..JobConfig::default()
     };
-    let job = JobBuilder::with_config("fifo", config);
+    let job = common::memory_job("fifo", config);
     job.source("src", LogSource::<(u64, u64)>::msgpack(log).bounded())
         .parallelism(2)
         .rebalance()

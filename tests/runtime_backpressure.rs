@@ -1,6 +1,8 @@
 //! Backpressure: a fast source into a slow sink keeps the records in flight under the bound the
 //! configuration sets, whatever the speed difference.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +60,7 @@ fn a_fast_source_into_a_slow_sink_keeps_records_in_flight_under_the_bound() {
         ..JobConfig::default()
     };
     let count = Arc::new(AtomicU64::new(0));
-    let job = JobBuilder::with_config("backpressure", config);
+    let job = common::memory_job("backpressure", config);
     let numbers = GeneratorLog::numbers(1, Some(n));
     job.source(
         "fast",

@@ -1,5 +1,7 @@
 //! End-to-end runs of small bounded jobs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +38,7 @@ fn run_wordcount(threads: Threads) -> BTreeMap<String, u64> {
         .collect();
     let refs: Vec<&str> = lines.iter().map(|s| s.as_str()).collect();
     let log = words_log(&refs, 3);
-    let job = JobBuilder::with_config("wc", config(threads));
+    let job = common::memory_job("wc", config(threads));
     let sink = CollectSink::<(String, u64)>::new();
     job.source("lines", LogSource::<String>::msgpack(log).bounded())
         .flat_map("split", |line: String, out| {
@@ -74,7 +76,7 @@ fn a_bounded_wordcount_counts_every_word_on_one_thread_and_on_two() {
 fn the_file_sink_commits_every_record_of_a_bounded_job() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = words_log(&["a b", "c d", "e f"], 2);
-    let job = JobBuilder::with_config("fs", config(Threads::Arbiters(2)));
+    let job = common::memory_job("fs", config(Threads::Arbiters(2)));
     let out = dir.path().join("out");
     job.source("lines", LogSource::<String>::msgpack(log).bounded())
         .flat_map("split", |line: String, out| {
@@ -98,7 +100,7 @@ fn a_broadcast_edge_gives_every_task_every_record_and_linger_batches_still_arriv
     let seen = CollectSink::<(u32, String)>::new();
     let mut cfg = config(Threads::Arbiters(2));
     cfg.linger = Duration::from_millis(3);
-    let job = JobBuilder::with_config("bc", cfg);
+    let job = common::memory_job("bc", cfg);
     job.source("lines", LogSource::<String>::msgpack(log).bounded())
         .parallelism(1)
         .broadcast()
@@ -138,7 +140,7 @@ async fn an_on_demand_checkpoint_completes_when_periodic_checkpoints_are_off() {
     let log = words_log(&["a"], 1);
     let mut cfg = config(Threads::Current);
     cfg.checkpoints.interval = None;
-    let job = JobBuilder::with_config("ondemand", cfg);
+    let job = common::memory_job("ondemand", cfg);
     job.source("lines", LogSource::<String>::msgpack(log))
         .sink("out", CollectSink::new());
     let handle = job.build().expect("build").start().await.expect("start");
@@ -167,7 +169,7 @@ async fn metrics_and_events_keep_bounded_windows_and_count_the_rest() {
     cfg.checkpoints = CheckpointTiming::every(Duration::from_millis(2));
     cfg.metrics_window = 3;
     cfg.event_window = 5;
-    let job = JobBuilder::with_config("windows", cfg);
+    let job = common::memory_job("windows", cfg);
     job.source("lines", LogSource::<String>::msgpack(log))
         .sink("out", CollectSink::new());
     let handle = job.build().expect("build").start().await.expect("start");
@@ -192,7 +194,7 @@ async fn metrics_and_events_keep_bounded_windows_and_count_the_rest() {
 
     let mut cfg = config(Threads::Current);
     cfg.event_window = 0;
-    let job = JobBuilder::with_config("no-window", cfg);
+    let job = common::memory_job("no-window", cfg);
     job.source("lines", LogSource::<String>::msgpack(words_log(&["a"], 1)))
         .sink("out", CollectSink::new());
     let e = job.build().expect_err("an empty window");

@@ -51,7 +51,7 @@ async fn a_timed_out_checkpoint_is_aborted_and_the_next_completes() {
         checkpoints: timing(10, 100),
         ..JobConfig::default()
     };
-    let job = JobBuilder::with_config("timeout", config);
+    let job = common::memory_job("timeout", config);
     job.checkpoint_storage(Arc::new(faulty));
     job.source(
         "src",
@@ -92,7 +92,7 @@ async fn no_checkpoint_is_triggered_before_every_task_has_started() {
         checkpoints: timing(2, 3_000),
         ..JobConfig::default()
     };
-    let job = JobBuilder::with_config("slow-open", config);
+    let job = common::memory_job("slow-open", config);
     job.checkpoint_storage(Arc::new(
         MemoryCheckpointStorage::new("slow-open").expect("storage"),
     ));
@@ -186,7 +186,7 @@ async fn the_actor_sink_never_releases_an_uncommitted_epoch() {
         checkpoints: timing(2, 10_000),
         ..JobConfig::default()
     };
-    let job = JobBuilder::with_config("release", config);
+    let job = common::memory_job("release", config);
     job.checkpoint_storage(Arc::new(faulty));
     job.source(
         "src",
@@ -235,7 +235,7 @@ fn trimming_job(
         ..JobConfig::default()
     };
     config.checkpoints = snapflow::checkpoint::CheckpointTiming::every(Duration::from_millis(5));
-    let job = JobBuilder::with_config("trim", config);
+    let job = common::memory_job("trim", config);
     job.checkpoint_storage(Arc::clone(storage));
     let mut source = LogSource::<(u64, u64)>::msgpack(Arc::clone(log)).trim_log();
     if bounded {

@@ -1,5 +1,7 @@
 //! Invalid job graphs are refused at build time with an error saying why.
 
+mod common;
+
 use std::sync::Arc;
 
 use snapflow::prelude::*;
@@ -17,7 +19,7 @@ fn err_of(job: JobBuilder) -> Error {
 fn invalid_job_graphs_are_refused_with_their_error() {
     // Parallelism 0 and above the max parallelism.
     for p in [0u32, 129] {
-        let job = JobBuilder::new("g");
+        let job = common::memory_job("g", JobConfig::default());
         job.source("src", LogSource::<u64>::msgpack(log()))
             .parallelism(p)
             .sink("out", CollectSink::new());
@@ -26,7 +28,7 @@ fn invalid_job_graphs_are_refused_with_their_error() {
         );
     }
     // A stream nobody consumes.
-    let job = JobBuilder::new("g");
+    let job = common::memory_job("g", JobConfig::default());
     let s = job.source("src", LogSource::<u64>::msgpack(log()));
     let _dangling = s.map("double", |x: u64| x * 2);
     let e = err_of(job);
@@ -35,29 +37,29 @@ fn invalid_job_graphs_are_refused_with_their_error() {
         "{e}"
     );
     // No sink at all (the source dangles too).
-    let job = JobBuilder::new("g");
+    let job = common::memory_job("g", JobConfig::default());
     let _ = job.source("src", LogSource::<u64>::msgpack(log()));
     assert!(matches!(err_of(job), Error::InvalidGraph(_)));
     // No source.
     assert!(
-        matches!(err_of(JobBuilder::new("g")), Error::InvalidGraph(m) if m.contains("no source"))
+        matches!(err_of(common::memory_job("g", JobConfig::default())), Error::InvalidGraph(m) if m.contains("no source"))
     );
     // Two vertices with one name.
-    let job = JobBuilder::new("g");
+    let job = common::memory_job("g", JobConfig::default());
     job.source("same", LogSource::<u64>::msgpack(log()))
         .sink("same", CollectSink::new());
     assert!(matches!(err_of(job), Error::InvalidGraph(m) if m.contains("same")));
     // Names that are not safe file names.
-    let job = JobBuilder::new("g");
+    let job = common::memory_job("g", JobConfig::default());
     job.source("../x", LogSource::<u64>::msgpack(log()))
         .sink("out", CollectSink::new());
     assert!(matches!(err_of(job), Error::InvalidName { .. }));
     assert!(matches!(
-        err_of(JobBuilder::new("a/b")),
+        err_of(common::memory_job("a/b", JobConfig::default())),
         Error::InvalidName { .. }
     ));
     // A forward edge between different parallelisms.
-    let job = JobBuilder::new("g");
+    let job = common::memory_job("g", JobConfig::default());
     job.source("src", LogSource::<u64>::msgpack(log()))
         .parallelism(2)
         .forward()
@@ -66,13 +68,13 @@ fn invalid_job_graphs_are_refused_with_their_error() {
         .sink("out", CollectSink::new());
     assert!(matches!(err_of(job), Error::InvalidGraph(m) if m.contains("forward")));
     // parallelism() on a union is refused rather than guessed.
-    let job = JobBuilder::new("g");
+    let job = common::memory_job("g", JobConfig::default());
     let a = job.source("a", LogSource::<u64>::msgpack(log()));
     let b = job.source("b", LogSource::<u64>::msgpack(log()));
     a.union(b).parallelism(2).sink("out", CollectSink::new());
     assert!(matches!(err_of(job), Error::InvalidGraph(m) if m.contains("union")));
     // A valid graph builds.
-    let job = JobBuilder::new("g");
+    let job = common::memory_job("g", JobConfig::default());
     job.source("src", LogSource::<u64>::msgpack(log()))
         .key_by(|x: &u64| *x)
         .reduce("r", |a, b| a + b)

@@ -95,7 +95,7 @@ fn build(
         checkpoint_failure_backoff: Duration::ZERO,
         ..JobConfig::default()
     };
-    let job = JobBuilder::with_config("files", config);
+    let job = common::memory_job("files", config);
     job.checkpoint_storage(storage);
     let source = LogSource::<u64>::msgpack(log);
     let source = if bounded { source.bounded() } else { source };

@@ -530,3 +530,59 @@ async fn a_trimmed_log_keeps_what_a_savepoint_needs_across_runs() {
     let expected: std::collections::BTreeMap<u64, u64> = (0..KEYS).map(|k| (k, 400)).collect();
     assert_eq!(final_counts(&again), expected, "4,000 records over 10 keys");
 }
+
+#[actix_rt::test]
+async fn a_job_without_configured_storage_checkpoints_to_a_local_directory() {
+    let name = format!("default-storage-{}", std::process::id());
+    let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
+    append(&log, 0, 100);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let build = |root: Option<&Path>| {
+        let job = JobBuilder::with_config(&name, config(1, StartFrom::Latest));
+        if let Some(root) = root {
+            job.checkpoint_dir(root);
+        }
+        job.source(
+            "source",
+            LogSource::<(u64, u64)>::msgpack(Arc::clone(&log)).bounded(),
+        )
+        .key_by(|(k, _): &(u64, u64)| *k)
+        .reduce("sum", |a, b| (a.0, a.1 + b.1))
+        .sink("sink", snapflow::CollectSink::new());
+        job
+    };
+    // The default: ./snapflow/<job>/ (a job name of this process alone, removed after).
+    let default = Path::new(snapflow::DEFAULT_CHECKPOINT_DIR).join(&name);
+    let ran = common::run_to_end(build(None)).await;
+    let kept = std::fs::read_dir(&default).map(|d| d.count()).unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&default);
+    let _ = std::fs::remove_dir(snapflow::DEFAULT_CHECKPOINT_DIR);
+    ran.expect("runs");
+    assert!(
+        kept > 0,
+        "checkpoints were written under {}",
+        default.display()
+    );
+
+    // checkpoint_dir moves them; a second start on the same directory reads nothing and says
+    // that the input had already ended.
+    let first = common::run_to_end(build(Some(dir.path())))
+        .await
+        .expect("runs");
+    assert!(!first.resumed_after_end);
+    let store = LocalCheckpointStorage::new(dir.path(), &name).expect("storage");
+    let last = store
+        .latest_complete()
+        .expect("read")
+        .expect("a checkpoint");
+    assert!(
+        last.manifest.input_ended,
+        "the final checkpoint says the input ended"
+    );
+    let again = common::run_to_end(build(Some(dir.path())))
+        .await
+        .expect("runs again");
+    assert_eq!(again.end, JobEnd::InputEnded);
+    assert_eq!(again.restored_from, Some(last.id()));
+    assert!(again.resumed_after_end);
+}

@@ -47,7 +47,7 @@ async fn one_failure_after_a_checkpoint_in_a_three_stage_keyed_job_gives_exact_r
     let (n, keys) = (40_000, 50);
     let storage = memory("one-failure");
     let armed = Arc::new(AtomicBool::new(false));
-    let job = JobBuilder::with_config("one-failure", chaos_config(Threads::Arbiters(2)));
+    let job = common::memory_job("one-failure", chaos_config(Threads::Arbiters(2)));
     job.checkpoint_storage(Arc::clone(&storage));
     let out = dir.path().join("out");
     job.source(

@@ -1,6 +1,8 @@
 //! A record that fails every time: the job gives up naming where it was read, or a dead-letter
 //! policy sets it aside and the job goes on.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +47,7 @@ fn check(r: (u64, u64)) -> (u64, u64) {
 
 #[test]
 fn a_poison_pill_ends_the_job_with_its_partition_and_offset() {
-    let job = JobBuilder::with_config("poison", config());
+    let job = common::memory_job("poison", config());
     job.source("source", LogSource::<(u64, u64)>::msgpack(log()).bounded())
         .map("check", check)
         .sink("sink", CollectSink::new());
@@ -76,7 +78,7 @@ fn a_poison_pill_ends_the_job_with_its_partition_and_offset() {
 fn a_dead_letter_policy_routes_a_failing_record_and_the_job_continues() {
     let dead: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
     let sink = CollectSink::<(u64, u64)>::new();
-    let job = JobBuilder::with_config("dead-letter", config());
+    let job = common::memory_job("dead-letter", config());
     job.source("source", LogSource::<(u64, u64)>::msgpack(log()).bounded())
         .dead_letter(Arc::clone(&dead))
         .map("check", check)

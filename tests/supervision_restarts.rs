@@ -33,7 +33,7 @@ fn failing_job(name: &str, restart: RestartStrategy, threads: Threads) -> Job {
     let mut config = chaos_config(threads);
     config.restart = restart;
     config.job_restart = RestartStrategy::Never;
-    let job = JobBuilder::with_config(name, config);
+    let job = common::memory_job(name, config);
     job.source(
         "source",
         LogSource::<(u64, u64)>::msgpack(counting_log(100, 5, 2)).bounded(),
@@ -65,7 +65,7 @@ fn restarts_before_giving_up(restart: RestartStrategy) -> (usize, Error) {
             config.restart = restart;
             // The region's strategy alone: no full restarts of the job after it gives up.
             config.job_restart = RestartStrategy::Never;
-            let job = JobBuilder::with_config("strategy", config);
+            let job = common::memory_job("strategy", config);
             job.events(rec.recipient());
             job.source(
                 "source",
@@ -179,7 +179,7 @@ async fn the_newest_checkpoint_corrupted_on_disk_falls_back_and_output_stays_exa
         )
     };
     let build = |config: JobConfig| {
-        let job = JobBuilder::with_config("fallback", config);
+        let job = common::memory_job("fallback", config);
         job.checkpoint_storage(local());
         job.source(
             "source",
@@ -262,7 +262,7 @@ async fn a_forward_pipeline_failure_restarts_only_its_region() {
     let opened = Arc::new(Mutex::new(Vec::new()));
     let mut stage = Stage::new(100);
     stage.opened = Some(Arc::clone(&opened));
-    let job = JobBuilder::with_config("forward", chaos_config(Threads::Arbiters(2)));
+    let job = common::memory_job("forward", chaos_config(Threads::Arbiters(2)));
     job.source(
         "source",
         LogSource::<(u64, u64)>::msgpack(counting_log(n, keys, 2)).bounded(),
@@ -324,7 +324,7 @@ async fn a_task_failing_while_the_job_starts_is_restarted_once_and_output_stays_
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
     let (n, keys) = (20_000, 7);
-    let job = JobBuilder::with_config("open-fails", chaos_config(Threads::Arbiters(2)));
+    let job = common::memory_job("open-fails", chaos_config(Threads::Arbiters(2)));
     job.source(
         "source",
         LogSource::<(u64, u64)>::msgpack(counting_log(n, keys, 2)).bounded(),

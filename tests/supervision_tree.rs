@@ -60,7 +60,7 @@ async fn a_fatal_error_fails_the_job_after_one_attempt_with_that_error() {
         delay: Duration::from_millis(1),
         max_attempts: 1_000,
     };
-    let job = JobBuilder::with_config("fatal", config);
+    let job = common::memory_job("fatal", config);
     job.source(
         "source",
         LogSource::<(u64, u64)>::msgpack(counting_log(100, 5, 2)).bounded(),
@@ -123,7 +123,7 @@ async fn a_flapping_region_exhausts_its_own_budget_and_escalates_while_another_r
             }
         }),
     };
-    let job = JobBuilder::with_config("flapping", config);
+    let job = common::memory_job("flapping", config);
     job.source(
         "source",
         LogSource::<(u64, u64)>::msgpack(counting_log(1_000, 5, 2)).bounded(),

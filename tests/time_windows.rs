@@ -128,7 +128,7 @@ fn window_job(
     assigner: WindowAssigner,
     storage: Arc<dyn CheckpointStorage>,
 ) -> (JobBuilder, Stream<Counted>) {
-    let job = JobBuilder::with_config(name, config);
+    let job = common::memory_job(name, config);
     job.checkpoint_storage(storage);
     let results = job
         .source(
@@ -332,7 +332,7 @@ fn timers_restored_from_a_checkpoint_fire_exactly_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
         let (log, all) = events(100 + seed, 2, 2000);
-        let job = JobBuilder::with_config("timers", chaos_config(Threads::Arbiters(2)));
+        let job = common::memory_job("timers", chaos_config(Threads::Arbiters(2)));
         job.checkpoint_storage(Arc::new(
             MemoryCheckpointStorage::new("timers")
                 .expect("storage")
@@ -406,7 +406,7 @@ async fn the_watermark_is_the_minimum_across_a_union_and_an_idle_source_does_not
         let mut config = chaos_config(Threads::Arbiters(2));
         config.idle_timeout = idle_timeout;
         config.parallelism = 1;
-        let job = JobBuilder::with_config("union", config);
+        let job = common::memory_job("union", config);
         let strategy = WatermarkStrategy::BoundedOutOfOrderness(0);
         let sa = job.source(
             "a",
@@ -485,7 +485,7 @@ fn records_beyond_the_allowed_lateness_are_counted_and_sent_to_a_side_log() {
     // A watermark after every record, so that lateness is decided record by record.
     config.batch_size = 1;
     config.watermark_interval = Duration::ZERO;
-    let job = JobBuilder::with_config("late", config);
+    let job = common::memory_job("late", config);
     job.source(
         "events",
         LogSource::<Event>::msgpack(log)
@@ -561,7 +561,7 @@ async fn processing_time_timers_fire_once_their_time_has_passed() {
     let sink = CollectSink::<u64>::new();
     let mut config = chaos_config(Threads::Current);
     config.parallelism = 1;
-    let job = JobBuilder::with_config("proc", config);
+    let job = common::memory_job("proc", config);
     job.source("events", LogSource::<Event>::msgpack(log))
         .key_by(|e: &Event| e.0)
         .process("later", Later)

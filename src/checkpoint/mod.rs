@@ -154,6 +154,11 @@ pub struct Manifest {
     /// parallelism and states (empty in manifests written before it was recorded).
     #[serde(default)]
     pub vertices: Vec<VertexRecord>,
+    /// True for the final checkpoint of a job whose input ended (a bounded job that ran to its
+    /// end): a job that starts from it has nothing to read
+    /// ([`JobReport::resumed_after_end`](crate::JobReport::resumed_after_end)).
+    #[serde(default)]
+    pub input_ended: bool,
 }
 
 impl Manifest {
@@ -173,6 +178,7 @@ impl Manifest {
             sources: Vec::new(),
             kind: CheckpointKind::Checkpoint,
             vertices: Vec::new(),
+            input_ended: false,
         }
     }
 

@@ -32,7 +32,10 @@ pub(crate) enum ToCoordinator {
         error: Option<Error>,
     },
     RequestNow,
-    RequestFinal,
+    /// The final checkpoint; `end_input` when it ends the input (not a stop).
+    RequestFinal {
+        end_input: bool,
+    },
     /// Take a savepoint next (and until one completes).
     RequestSavepoint,
     CancelFinal,

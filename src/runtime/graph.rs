@@ -25,6 +25,7 @@
 //! use std::sync::Arc;
 //! use snapflow::prelude::*;
 //! let job = JobBuilder::new("keyed");
+//! job.checkpoint_in_memory(); // this doctest keeps nothing
 //! let log: Arc<dyn ReplayableLog> = Arc::new(MemoryLog::new(1));
 //! job.source("src", LogSource::<u64>::msgpack(log))
 //!     .key_by(|x: &u64| *x % 10)
@@ -38,6 +39,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
@@ -62,7 +64,9 @@ use super::operator::{Data, FlatMapOp, KeyedOperator, Operator, ReduceOp};
 use super::root::JobRoot;
 use super::topology::{LogicFactory, Role, Topology, VertexSpec};
 use crate::chaos::ChaosMonkey;
-use crate::checkpoint::{CheckpointId, CheckpointStorage, MemoryCheckpointStorage};
+use crate::checkpoint::{
+    CheckpointId, CheckpointStorage, LocalCheckpointStorage, MemoryCheckpointStorage,
+};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::log::ReplayableLog;
@@ -106,6 +110,8 @@ struct GraphDef {
     name: String,
     config: JobConfig,
     storage: Option<Arc<dyn CheckpointStorage>>,
+    /// Where the default storage keeps checkpoints ([`DEFAULT_CHECKPOINT_DIR`] when `None`).
+    checkpoint_root: Option<std::path::PathBuf>,
     vertices: Vec<VertexDef>,
     errors: Vec<String>,
     events: Option<Recipient<JobEvent>>,
@@ -351,7 +357,10 @@ impl<K, T> std::fmt::Debug for KeyedStream<K, T> {
 
 impl JobBuilder {
     /// A job named `name` (a safe file name: it names the job's checkpoint directory) with the
-    /// default configuration.
+    /// default configuration. Unless told otherwise ([`checkpoint_storage`](Self::checkpoint_storage),
+    /// [`checkpoint_dir`](Self::checkpoint_dir), [`checkpoint_in_memory`](Self::checkpoint_in_memory))
+    /// it checkpoints to `./snapflow/<name>/` and, by [`StartFrom::Latest`](crate::StartFrom),
+    /// resumes from there when started again.
     pub fn new(name: &str) -> JobBuilder {
         JobBuilder::with_config(name, JobConfig::default())
     }
@@ -363,6 +372,7 @@ impl JobBuilder {
                 name: name.to_string(),
                 config,
                 storage: None,
+                checkpoint_root: None,
                 vertices: Vec::new(),
                 errors: Vec::new(),
                 events: None,
@@ -374,9 +384,31 @@ impl JobBuilder {
         }
     }
 
-    /// Where checkpoints go (default: in memory, lost with the process).
+    /// Where checkpoints go. Default: a [`LocalCheckpointStorage`] under
+    /// [`DEFAULT_CHECKPOINT_DIR`] (`./snapflow/<job>/`, created as needed; see
+    /// [`checkpoint_dir`](Self::checkpoint_dir)), so a job's state survives the process.
     pub fn checkpoint_storage(&self, storage: Arc<dyn CheckpointStorage>) -> &Self {
         self.graph.borrow_mut().storage = Some(storage);
+        self
+    }
+
+    /// Keeps checkpoints in a [`LocalCheckpointStorage`] under `root` (in `root/<job>/`) instead
+    /// of [`DEFAULT_CHECKPOINT_DIR`]. The directory is created when the job is built.
+    pub fn checkpoint_dir(&self, root: impl AsRef<std::path::Path>) -> &Self {
+        let mut g = self.graph.borrow_mut();
+        g.checkpoint_root = Some(root.as_ref().to_path_buf());
+        g.storage = None;
+        self
+    }
+
+    /// Keeps checkpoints in memory ([`MemoryCheckpointStorage`]): they are lost with the
+    /// process, so a crash loses all state. For tests and throw-away runs.
+    pub fn checkpoint_in_memory(&self) -> &Self {
+        let name = self.graph.borrow().name.clone();
+        match MemoryCheckpointStorage::new(&name) {
+            Ok(s) => self.graph.borrow_mut().storage = Some(Arc::new(s)),
+            Err(e) => self.graph.borrow_mut().errors.push(e.to_string()),
+        }
         self
     }
 
@@ -520,7 +552,7 @@ impl JobBuilder {
         }
         let storage = match g.storage.take() {
             Some(s) => s,
-            None => Arc::new(MemoryCheckpointStorage::new(&g.name)?),
+            None => default_storage(&g)?,
         };
         if storage.job() != g.name {
             return Err(Error::Config(format!(
@@ -570,6 +602,22 @@ fn check_names(vertices: &[VertexDef]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The storage of a job that configured none: a local directory (under `checkpoint_dir`'s
+/// root, or [`DEFAULT_CHECKPOINT_DIR`]), created as needed.
+fn default_storage(g: &GraphDef) -> Result<Arc<dyn CheckpointStorage>> {
+    let root = g
+        .checkpoint_root
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CHECKPOINT_DIR.into());
+    let local = LocalCheckpointStorage::new(&root, &g.name)?;
+    tracing::info!(job = %g.name, dir = %local.dir().display(), "checkpoints go to a local directory");
+    Ok(Arc::new(local))
+}
+
+/// Where a job keeps its checkpoints when nothing else is configured: `./snapflow/<job>/`,
+/// relative to the working directory.
+pub const DEFAULT_CHECKPOINT_DIR: &str = "snapflow";
 
 /// Sets the retention of the logs the job owns, and refuses actor operators without aligned
 /// checkpoints (their commands could be applied twice).
@@ -1128,6 +1176,13 @@ async fn prepare(topo: Arc<Topology>, trimmers: Vec<(usize, Arc<Trimmer>)>) -> R
     }
     let all: Vec<usize> = (0..topo.tasks.len()).collect();
     let (restored_from, restore) = topo.restore_plan(&all).await?;
+    if let Some(id) = restored_from {
+        if topo.restored_input_ended.load(Ordering::Relaxed) {
+            tracing::warn!(job = %topo.name, checkpoint = %id,
+                "the job already ran to the end of its input: it commits what that run left uncommitted, reads nothing, and ends (start with StartFrom::Nothing and a fresh output to run the input again)");
+            topo.resumed_after_end.store(true, Ordering::Relaxed);
+        }
+    }
     let max_id = topo.max_checkpoint_id().await?;
     let first = CheckpointId(max_id.max(restored_from).map(|c| c.0 + 1).unwrap_or(1));
     Ok((topo, restored_from, restore, first))

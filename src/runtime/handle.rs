@@ -26,6 +26,11 @@ pub struct JobReport {
     pub last_checkpoint: Option<CheckpointId>,
     /// The checkpoint the job resumed from when it started, if any.
     pub restored_from: Option<CheckpointId>,
+    /// The job started from the final checkpoint of an earlier run whose input had ended (a
+    /// bounded job started again on the same checkpoints): it committed what that run had left
+    /// uncommitted, read nothing, and ended. To process the input again, start with
+    /// [`StartFrom::Nothing`](crate::StartFrom::Nothing) and a fresh output.
+    pub resumed_after_end: bool,
     /// Restarts of single failover regions.
     pub restarts: u32,
     /// Full restarts of the job, each after a region spent its own restarts.

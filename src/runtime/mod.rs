@@ -41,7 +41,7 @@ pub use async_io::{AsyncFunction, AsyncMode, AsyncOptions};
 pub use channel::Collector;
 pub use config::{JobConfig, NoValidCheckpoint, StartFrom, Threads};
 pub use events::{JobEnd, JobEvent, Savepoint};
-pub use graph::{Job, JobBuilder, KeyedStream, LogSource, Stream};
+pub use graph::{Job, JobBuilder, KeyedStream, LogSource, Stream, DEFAULT_CHECKPOINT_DIR};
 pub use handle::{JobHandle, JobReport};
 pub use logic::DeadLetter;
 pub use metrics::{CheckpointStats, MetricsSnapshot, TaskRecordCounts};

@@ -298,6 +298,10 @@ impl JobRoot {
             checkpoints_completed: t.completed,
             last_checkpoint: t.last_completed,
             restored_from: self.restored_from,
+            resumed_after_end: self
+                .topo
+                .resumed_after_end
+                .load(std::sync::atomic::Ordering::Relaxed),
             restarts: t.region_restarts,
             job_restarts: t.job_restarts,
             supervisor_restarts: self.tracker.restarts(),

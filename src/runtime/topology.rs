@@ -112,6 +112,10 @@ pub(crate) struct Topology {
     /// What a restore starts from: the configured starting point until the run completes a
     /// checkpoint, then the latest ([`Topology::start_point`]).
     pub(crate) start: std::sync::Mutex<StartFrom>,
+    /// The job started from the final checkpoint of a run whose input ended.
+    pub(crate) resumed_after_end: std::sync::atomic::AtomicBool,
+    /// Whether the checkpoint the latest restore plan read was such a final checkpoint.
+    pub(crate) restored_input_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -239,6 +243,8 @@ pub(crate) struct RestorePlan {
     pub(crate) inline: bool,
     pub(crate) when_none_verifies: NoValidCheckpoint,
     pub(crate) allow_unclaimed: bool,
+    /// Told whether the checkpoint read ends its run's input.
+    pub(crate) input_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The checkpoint `start` names, verified, and whether it was read by location (outside the
@@ -364,6 +370,8 @@ impl Topology {
             fence: Arc::new(WriteFence::default()),
             endpoints,
             start: std::sync::Mutex::new(config_start),
+            resumed_after_end: std::sync::atomic::AtomicBool::new(false),
+            restored_input_ended: Arc::default(),
         })
     }
 
@@ -446,6 +454,7 @@ impl Topology {
             inline: self.config.deterministic,
             when_none_verifies: self.config.when_no_checkpoint_verifies,
             allow_unclaimed: self.config.allow_unclaimed_state,
+            input_ended: Arc::clone(&self.restored_input_ended),
         };
         Topology::plan_restore(
             Arc::clone(&self.storage),
@@ -507,6 +516,10 @@ impl Topology {
             return Ok((None, out));
         };
         claimed(&chosen.manifest, &uids, plan.allow_unclaimed)?;
+        plan.input_ended.store(
+            chosen.manifest.input_ended,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let id = chosen.id();
         let location = external.then(|| chosen.location.clone());
         let vertices: HashSet<usize> = tasks.iter().map(|(_, v, _)| *v).collect();

@@ -283,6 +283,14 @@ pub(crate) fn chaos_config(threads: Threads) -> JobConfig {
     }
 }
 
+/// A job builder whose checkpoints stay in memory: tests never share `./snapflow/<job>`, the
+/// durable default.
+pub(crate) fn memory_job(name: &str, config: JobConfig) -> snapflow::JobBuilder {
+    let job = snapflow::JobBuilder::with_config(name, config);
+    job.checkpoint_in_memory();
+    job
+}
+
 /// Builds, starts and waits for `job` inside the running actix System. A build or start
 /// failure panics (the test is wrong); the run's own result is returned for the test to judge.
 pub(crate) async fn run_to_end(job: snapflow::JobBuilder) -> Result<snapflow::JobReport> {

@@ -48,6 +48,8 @@ pub(crate) struct CoordinatorActor {
     /// completed or failed by the write.
     pub(crate) writing: Option<CheckpointId>,
     pub(crate) held: bool,
+    /// The final checkpoint asked for ends the input (its manifest says so).
+    pub(crate) final_ends_input: bool,
 }
 
 impl CoordinatorActor {
@@ -89,6 +91,7 @@ impl CoordinatorActor {
             fence,
             writing: None,
             held: false,
+            final_ends_input: false,
         }
     }
 
@@ -191,6 +194,7 @@ impl CoordinatorActor {
         if savepoint {
             manifest.kind = CheckpointKind::Savepoint;
         }
+        manifest.input_ended = is_final && self.final_ends_input;
         let mut states: BTreeMap<&str, std::collections::BTreeSet<_>> = BTreeMap::new();
         let elapsed = now().saturating_duration_since(triggered_at);
         let mut stats = CheckpointStats {
@@ -374,7 +378,10 @@ impl Handler<ToCoordinator> for CoordinatorActor {
                 self.abort(checkpoint, reason, failure)
             }
             ToCoordinator::RequestNow => self.core.request_now(),
-            ToCoordinator::RequestFinal => self.core.request_final(),
+            ToCoordinator::RequestFinal { end_input } => {
+                self.final_ends_input = end_input;
+                self.core.request_final()
+            }
             ToCoordinator::RequestSavepoint => self.core.request_savepoint(),
             ToCoordinator::CancelFinal => self.core.cancel_final(),
             ToCoordinator::Rearm => self.core.rearm(),

@@ -128,7 +128,9 @@ impl Handler<TaskEvent> for JobMaster {
                 if self.sources_at_end.len() == sources && !self.final_requested {
                     tracing::info!(job = %self.job(), "every source reached the end of its input; taking the final checkpoint");
                     self.final_requested = true;
-                    self.to_coordinator(ToCoordinator::RequestFinal);
+                    self.to_coordinator(ToCoordinator::RequestFinal {
+                        end_input: !self.stop_requested,
+                    });
                 }
             }
             EventKind::Finished => {
@@ -246,7 +248,7 @@ impl JobMaster {
         self.emit(JobEvent::StopRequested);
         self.stop_requested = true;
         self.final_requested = true;
-        self.to_coordinator(ToCoordinator::RequestFinal);
+        self.to_coordinator(ToCoordinator::RequestFinal { end_input: false });
     }
 }
 

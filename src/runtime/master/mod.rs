@@ -264,7 +264,9 @@ impl JobMaster {
             addr.do_send(ToCoordinator::RequestSavepoint);
         }
         if self.final_requested {
-            addr.do_send(ToCoordinator::RequestFinal);
+            addr.do_send(ToCoordinator::RequestFinal {
+                end_input: !self.stop_requested,
+            });
         }
         // No checkpoint before every task of the job is registered (a trigger sent then would
         // reach no source, and the checkpoint would wait for its timeout), nor while a region
