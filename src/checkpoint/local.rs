@@ -76,10 +76,22 @@ impl LocalCheckpointStorage {
         storage::validate_name("job", job)?;
         let dir = root.as_ref().join(job);
         storage::create_dir_durable(fs.as_ref(), &dir)?;
-        Ok(LocalCheckpointStorage {
+        Ok(LocalCheckpointStorage::unchecked(fs, job.to_string(), dir))
+    }
+
+    /// A storage for reading checkpoints and savepoints by location only
+    /// ([`CheckpointStorage::verify_location`], [`CheckpointStorage::read_task_state_at`]), for
+    /// tools: it belongs to no job, owns no directory and creates none. Do not write through it.
+    pub fn reader() -> LocalCheckpointStorage {
+        LocalCheckpointStorage::unchecked(StdFs::shared(), String::new(), PathBuf::new())
+    }
+
+    /// The storage of `job` in `dir`, neither checked nor created.
+    fn unchecked(fs: Arc<dyn FileSystem>, job: String, dir: PathBuf) -> LocalCheckpointStorage {
+        LocalCheckpointStorage {
             direct_min_bytes: fs.direct_io().then_some(DEFAULT_DIRECT_IO_MIN_BYTES),
             fs,
-            job: job.to_string(),
+            job,
             dir,
             retain: 3,
             max_state_bytes: 16 << 30,
@@ -87,7 +99,7 @@ impl LocalCheckpointStorage {
             direct_bufs: Mutex::new(Vec::new()),
             refused: Mutex::new(None),
             kinds: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     /// Writes state files of at least `min_bytes` bytes with direct I/O (`O_DIRECT`, Linux):

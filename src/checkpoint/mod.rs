@@ -22,6 +22,7 @@ pub(crate) mod fence;
 mod local;
 mod memory;
 pub(crate) mod protocol;
+mod rescale;
 mod stats;
 
 use std::collections::{BTreeMap, HashSet};
@@ -40,6 +41,7 @@ pub use barrier::{Aligner, BarrierOutcome, CheckpointMode};
 pub use coordinator::{AckOutcome, CheckpointCoordinator, CheckpointTiming, FailOutcome, Trigger};
 pub use local::{LocalCheckpointStorage, DEFAULT_DIRECT_IO_MIN_BYTES};
 pub use memory::MemoryCheckpointStorage;
+pub use rescale::rescale_savepoint;
 pub use stats::CheckpointStats;
 
 pub use crate::ids::{CheckpointId, TaskId};

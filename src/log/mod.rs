@@ -33,7 +33,10 @@ use crate::error::{Error, Result};
 
 /// The codec, at its former path (`snapflow::log::codec`); it lives in [`crate::codec`].
 pub use crate::codec;
-pub use file::{FileLog, FileLogOptions, SyncPolicy};
+pub use file::{
+    inspect_log, FileLog, FileLogOptions, LogInfo, LogProblem, PartitionInfo, SegmentInfo,
+    SyncPolicy,
+};
 pub use generator::GeneratorLog;
 pub use memory::MemoryLog;
 pub use typed::TypedLog;

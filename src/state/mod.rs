@@ -11,6 +11,7 @@
 //! key's group, every blob's checksum, and treats the bytes as untrusted input (bounded by the
 //! storage layer's size limits before they get here; errors, never panics).
 
+mod dynamic;
 mod key_group;
 mod keyed;
 mod operator;
@@ -21,14 +22,15 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::Result;
 
+pub use dynamic::Dynamic;
 pub use key_group::{
     key_group_for, stable_hash, task_for_key_group, KeyGroup, KeyGroupRange, StableHash,
     StableHasher, DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM,
 };
 pub use keyed::{
     AggregatingState, Aggregator, DeferredEncoding, KeyGroupBlob, KeyedSnapshot, KeyedStateBackend,
-    KeyedStateCapture, ListState, MapState, ReducingState, RestoreStats, StateKey, StateKind,
-    ValueState,
+    KeyedStateCapture, KeyedStateSummary, ListState, MapState, ReducingState, RestoreStats,
+    StateKey, StateKind, ValueState,
 };
 pub use operator::{
     redistribute, BroadcastSnapshot, BroadcastState, ListSnapshot, OperatorListState,

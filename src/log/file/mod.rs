@@ -58,12 +58,14 @@
 //! into a torn tail.
 
 mod index;
+mod inspect;
 mod layout;
 mod meta;
 mod reader;
 mod recovery;
 mod segment;
 
+pub use inspect::{inspect_log, LogInfo, LogProblem, PartitionInfo, SegmentInfo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -20,6 +20,7 @@
 mod backend;
 mod capture;
 mod handles;
+mod inspect;
 mod kinds;
 mod map;
 mod restore;
@@ -30,6 +31,7 @@ mod table;
 pub use backend::KeyedStateBackend;
 pub use capture::{DeferredEncoding, KeyedStateCapture};
 pub use handles::{AggregatingState, Aggregator, ListState, MapState, ReducingState, ValueState};
+pub use inspect::KeyedStateSummary;
 pub use kinds::{StateKey, StateKind};
 pub use restore::RestoreStats;
 pub use snapshot::{KeyGroupBlob, KeyedSnapshot};
