@@ -170,10 +170,11 @@ async fn calls_in_flight_at_a_stop_are_in_its_checkpoint_and_issued_again_on_res
         .sink("sink", common::count_sink(dir.path()));
         job
     };
-    // Calls take 300 ms: when the stop's final barrier passes the operator (right after it
-    // took the last record), calls are in flight, and their results are not in that epoch.
+    // Calls take 3 s: when the stop's final barrier passes the operator (right after it took
+    // the last record), calls are in flight, and their results are not in that epoch. (With
+    // 300 ms, a loaded CI machine once completed every call before the stop's barrier.)
     let slow = Slow {
-        delay: Duration::from_millis(300),
+        delay: Duration::from_millis(3000),
         ..Slow::default()
     };
     let handle = build(slow.clone())
