@@ -73,18 +73,25 @@ fn job(
     job
 }
 
-/// A job's checkpoint folder with a savepoint, and its FileLog: (job dir, savepoint dir, log dir).
-async fn real_job(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let log_dir = dir.join("log");
+/// Opens the 2-partition FileLog in `dir` and appends records `from..to` as `(i % KEYS, 1)`,
+/// synced.
+fn append(dir: &Path, from: u64, to: u64) -> Arc<dyn ReplayableLog> {
     let log: Arc<dyn ReplayableLog> =
-        Arc::new(FileLog::open(&log_dir, FileLogOptions::with_partitions(2)).expect("log"));
+        Arc::new(FileLog::open(dir, FileLogOptions::with_partitions(2)).expect("log"));
     let typed = TypedLog::<(u64, u64)>::new(Arc::clone(&log));
-    for i in 0..2_000u64 {
+    for i in from..to {
         typed
             .append(PartitionId((i % 2) as u32), &(i % KEYS, 1))
             .expect("append");
     }
     log.sync().expect("sync");
+    log
+}
+
+/// A job's checkpoint folder with a savepoint, and its FileLog: (job dir, savepoint dir, log dir).
+async fn real_job(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let log_dir = dir.join("log");
+    let log = append(&log_dir, 0, 2_000);
     let handle = job(dir, &log, 2, StartFrom::Latest, false)
         .build()
         .expect("build")
@@ -190,15 +197,7 @@ async fn the_cli_lists_verifies_inspects_dumps_and_rescales_a_real_checkpoint_fo
     assert!(said.contains("wrote savepoint"), "{said}");
     let inspected = expect(&["checkpoints", "inspect", s(&rescaled)], 0);
     assert!(inspected.contains("sum[2]"), "three tasks: {inspected}");
-    let log: Arc<dyn ReplayableLog> =
-        Arc::new(FileLog::open(&logdir, FileLogOptions::with_partitions(2)).expect("log"));
-    let typed = TypedLog::<(u64, u64)>::new(Arc::clone(&log));
-    for i in 2_000..3_000u64 {
-        typed
-            .append(PartitionId((i % 2) as u32), &(i % KEYS, 1))
-            .expect("append");
-    }
-    log.sync().expect("sync");
+    let log = append(&logdir, 2_000, 3_000);
     let start = StartFrom::Savepoint(s(&rescaled).to_string());
     let report = common::run_to_end(job(tmp.path(), &log, 3, start, true))
         .await
