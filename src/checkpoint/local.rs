@@ -224,6 +224,11 @@ impl LocalCheckpointStorage {
     fn remove_checkpoint(&self, id: CheckpointId) -> Result<()> {
         let dir = self.checkpoint_dir(id);
         let manifest = dir.join(MANIFEST_FILE);
+        // The kinds cache holds only checkpoints on the disk: it stays as small as retention.
+        self.kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         match self.fs.remove_file(&manifest) {
             Ok(()) => storage::sync_dir(self.fs.as_ref(), &dir)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
