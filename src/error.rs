@@ -109,6 +109,13 @@ pub enum Error {
         reason: String,
     },
 
+    /// Restored state cannot become the type the code now registers for it: a change its
+    /// schema does not allow (a field added without a default, a type changed without a
+    /// migration, a version with no migration from the stored one, a downgrade). Fatal: the
+    /// same code can never restore the same checkpoint.
+    #[error("state '{}' cannot be restored: it was stored as {}, the code registers {}: {}", .0.state, .0.stored, .0.current, .0.reason)]
+    StateIncompatible(Box<StateIncompatibility>),
+
     /// A state name was registered again with a different kind or value type.
     #[error("state '{name}' is already registered as {existing}, not {requested}")]
     StateTypeMismatch {
@@ -358,6 +365,19 @@ pub enum Error {
     },
 }
 
+/// What [`Error::StateIncompatible`] says (boxed: the error enum stays small).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateIncompatibility {
+    /// The state's name.
+    pub state: String,
+    /// The stored schema (version, type, fields).
+    pub stored: String,
+    /// The schema of the type registered now.
+    pub current: String,
+    /// Why the stored values do not decode as it.
+    pub reason: String,
+}
+
 impl Error {
     /// How a supervisor should treat this error.
     pub fn class(&self) -> ErrorClass {
@@ -391,6 +411,7 @@ impl Error {
             | Error::OffsetOutOfRange { .. }
             | Error::UnknownPartition { .. }
             | Error::StateTypeMismatch { .. }
+            | Error::StateIncompatible(_)
             | Error::NoCurrentKey { .. }
             | Error::KeyGroupNotOwned { .. }
             | Error::InvalidParallelism { .. }

@@ -62,7 +62,7 @@ pub use checkpoint::{
     Manifest, MemoryCheckpointStorage, SourceOffset, StateDescriptor, StateHandle, TaskId,
     TaskStateEntry, VertexRecord,
 };
-pub use error::{Error, ErrorClass, Result};
+pub use error::{Error, ErrorClass, Result, StateIncompatibility};
 pub use log::{
     Durability, FileLog, FileLogOptions, LogOffset, LogWriter, MemoryLog, OffsetRange, PartitionId,
     RecordBatch, ReplayableLog, SyncPolicy, TypedLog,
@@ -108,7 +108,7 @@ pub mod prelude {
     pub use crate::sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
     pub use crate::state::{
         KeyGroupRange, KeyedStateBackend, OperatorStateBackend, Redistribution, StableHash,
-        TaskSnapshot, DEFAULT_MAX_PARALLELISM,
+        StateVersion, TaskSnapshot, DEFAULT_MAX_PARALLELISM,
     };
     pub use crate::supervision::RestartStrategy;
 }

@@ -100,6 +100,18 @@ fn split(old: Vec<TaskSnapshot>, m: &Manifest, parallelism: u32) -> Result<Vec<T
         redistribute(&operator, parallelism)?
     };
     let keyed = old.iter().any(|s| s.keyed.is_some());
+    // Every task wrote the same states' schemas: each state's once.
+    let mut schemas = Vec::new();
+    for s in old.iter().filter_map(|s| s.keyed.as_ref()) {
+        for schema in &s.schemas {
+            if !schemas
+                .iter()
+                .any(|k: &crate::state::StateSchema| k.name == schema.name)
+            {
+                schemas.push(schema.clone());
+            }
+        }
+    }
     let blobs: Vec<_> = old
         .into_iter()
         .filter_map(|s| s.keyed)
@@ -119,6 +131,7 @@ fn split(old: Vec<TaskSnapshot>, m: &Manifest, parallelism: u32) -> Result<Vec<T
                         .filter(|b| range.contains(b.key_group))
                         .cloned()
                         .collect(),
+                    schemas: schemas.clone(),
                 })
             } else {
                 None

@@ -5,7 +5,8 @@
 //!   ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`], [`AggregatingState`]).
 //! - [`OperatorStateBackend`]: per-task list state (split or union on rescale) and broadcast
 //!   state.
-//! - [`TaskSnapshot`]: everything one task stores in a checkpoint, as bytes.
+//! - [`TaskSnapshot`]: everything one task stores in a checkpoint, as bytes; keyed state with
+//!   each state's [`StateSchema`], so that a state type may evolve ([`StateVersion`]).
 //!
 //! **Invariant:** a task only ever holds keys of the key groups it owns; restore checks every
 //! key's group, every blob's checksum, and treats the bytes as untrusted input (bounded by the
@@ -30,7 +31,7 @@ pub use key_group::{
 pub use keyed::{
     AggregatingState, Aggregator, DeferredEncoding, KeyGroupBlob, KeyedSnapshot, KeyedStateBackend,
     KeyedStateCapture, KeyedStateSummary, ListState, MapState, ReducingState, RestoreStats,
-    StateKey, StateKind, ValueState,
+    StateKey, StateKind, StateSchema, StateVersion, ValueState,
 };
 pub use operator::{
     redistribute, BroadcastSnapshot, BroadcastState, ListSnapshot, OperatorListState,

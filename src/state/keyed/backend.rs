@@ -9,9 +9,10 @@ use std::sync::{Arc, Weak};
 
 use super::kinds::{StateKey, StateKind};
 use super::map::StateMap;
+use super::schema::{Evolution, StateSchema, StateVersion};
 use super::slots::BufferPool;
 use super::snapshot::Pending;
-use super::table::{ErasedTable, Table};
+use super::table::{ErasedTable, Probe, Table};
 use crate::error::{Error, Result};
 use crate::state::key_group::{key_group_for, KeyGroup, KeyGroupRange};
 use crate::state::value::StateValue;
@@ -32,6 +33,8 @@ pub struct KeyedStateBackend<K: StateKey> {
     pub(super) by_name: HashMap<String, usize>,
     pub(super) current: Option<Current<K>>,
     pub(super) pending: HashMap<String, Pending>,
+    /// Versions declared for states not registered yet.
+    pub(super) declared: HashMap<String, StateVersion>,
 }
 
 impl<K: StateKey> fmt::Debug for KeyedStateBackend<K> {
@@ -62,6 +65,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
             by_name: HashMap::new(),
             current: None,
             pending: HashMap::new(),
+            declared: HashMap::new(),
         })
     }
 
@@ -113,7 +117,30 @@ impl<K: StateKey> KeyedStateBackend<K> {
         self.tables.iter().map(|t| t.entries()).sum()
     }
 
-    pub(super) fn register<T: StateValue>(&mut self, name: &str, kind: StateKind) -> Result<usize> {
+    /// Declares the version of state `name` and the migrations from its older versions
+    /// ([`StateVersion`]), for the registration of `name` that follows. Restored values stored
+    /// at an older version are migrated when the state registers (so that an incompatible
+    /// checkpoint fails there, before any record is processed: register states when the
+    /// operator opens); the next checkpoint stores them at the declared version. A state
+    /// registered already cannot be declared ([`Error::Config`]).
+    pub fn declare_version(&mut self, name: &str, version: StateVersion) -> Result<()> {
+        if self.by_name.contains_key(name) {
+            return Err(Error::Config(format!(
+                "state '{name}' is registered already: declare its version before registering it"
+            )));
+        }
+        self.declared.insert(name.to_string(), version);
+        Ok(())
+    }
+
+    /// Registers state `name` of `kind`, stored as `T` (per key) made of elements `E` (a
+    /// value, a list's element, a map's value), or finds it.
+    pub(super) fn register<T: StateValue, E: StateValue>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+        element: fn(&T) -> Option<&E>,
+    ) -> Result<usize> {
         let requested = || format!("{kind:?} of {}", std::any::type_name::<T>());
         if let Some(&id) = self.by_name.get(name) {
             let t = &self.tables[id];
@@ -127,9 +154,16 @@ impl<K: StateKey> KeyedStateBackend<K> {
             }
             return Ok(id);
         }
+        let evolution = Evolution::new::<E>(name, kind, self.declared.remove(name))?;
+        let probe: Option<Probe<T>> = evolution.current.decodes.as_ref().map(|_| {
+            Box::new(move |s: &StateSchema, v: &T| element(v).map(|e| s.probed(e))) as Probe<T>
+        });
         let mut table: Table<K, T> = Table {
             name: name.to_string(),
             kind,
+            schema: Arc::clone(&evolution.current),
+            probe,
+            evolution: Arc::new(evolution),
             groups: (0..self.range.len())
                 .map(|_| Arc::new(StateMap::default()))
                 .collect(),
@@ -138,15 +172,15 @@ impl<K: StateKey> KeyedStateBackend<K> {
             pool: BufferPool::default(),
         };
         if let Some(pending) = self.pending.get(name) {
-            for (gi, kg, stored_kind, data) in pending {
-                if *stored_kind != kind {
+            for p in pending {
+                if p.kind != kind {
                     return Err(Error::StateTypeMismatch {
                         name: name.to_string(),
-                        existing: format!("{stored_kind:?} (in the restored snapshot)"),
+                        existing: format!("{:?} (in the restored snapshot)", p.kind),
                         requested: requested(),
                     });
                 }
-                table.restore_group(*gi, *kg, data, None)?;
+                table.restore_group(p.gi, p.kg, &p.data, None, p.schema.as_deref())?;
             }
             self.pending.remove(name);
         }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::backend::KeyedStateBackend;
 use super::kinds::StateKey;
+use super::schema::StateSchema;
 use super::slots::{CapturedGroups, DeferredStats};
 use super::snapshot::{GroupEntryRef, KeyGroupBlob, KeyedSnapshot, Pending};
 use crate::codec;
@@ -41,7 +42,20 @@ impl<K: StateKey> KeyedStateBackend<K> {
     /// progress, copies the group.
     pub fn capture(&mut self) -> KeyedStateCapture<K> {
         let deferred = Arc::new(DeferredStats::default());
+        // Each state's schema once: the registered ones', then the stored schema of each state
+        // whose restored bytes are carried over unregistered (they are still in it).
+        let mut schemas: Vec<Arc<StateSchema>> = self
+            .tables
+            .iter_mut()
+            .map(|t| Arc::clone(t.schema()))
+            .collect();
+        schemas.extend(
+            self.pending
+                .values()
+                .filter_map(|p| p.iter().find_map(|g| g.schema.clone())),
+        );
         KeyedStateCapture {
+            schemas,
             range: self.range,
             max_parallelism: self.max_parallelism,
             tables: self
@@ -67,6 +81,7 @@ pub struct KeyedStateCapture<K> {
     range: KeyGroupRange,
     max_parallelism: u32,
     tables: Vec<Box<dyn CapturedGroups>>,
+    schemas: Vec<Arc<StateSchema>>,
     pending: HashMap<String, Pending>,
     deferred: Arc<DeferredStats>,
     _key: PhantomData<fn() -> K>,
@@ -112,6 +127,7 @@ impl<K: StateKey> KeyedStateCapture<K> {
             max_parallelism: self.max_parallelism,
             range: self.range,
             groups,
+            schemas: self.schemas.iter().map(|s| (**s).clone()).collect(),
         })
     }
 
@@ -153,9 +169,10 @@ impl<K: StateKey> KeyedStateCapture<K> {
         };
         let mut out = SnapshotParts::default();
         // As rmp-serde writes `TaskSnapshot { keyed: Some(KeyedSnapshot { max_parallelism,
-        // range, groups }), operator }`: structs as arrays of their fields, `Some(x)` as `x`.
+        // range, groups, schemas }), operator }`: structs as arrays of their fields, `Some(x)`
+        // as `x`.
         enc(write_array_len(&mut out.small, 2))?;
-        enc(write_array_len(&mut out.small, 3))?;
+        enc(write_array_len(&mut out.small, 4))?;
         enc(write(&self.max_parallelism, &mut out.small))?;
         enc(write(&self.range, &mut out.small))?;
         let groups = (0..self.range.len()).filter(|gi| !self.group_is_empty(*gi));
@@ -197,6 +214,10 @@ impl<K: StateKey> KeyedStateCapture<K> {
                 out.borrowed(entry.data);
             }
         }
+        enc(write_array_len(&mut out.small, self.schemas.len()))?;
+        for s in &self.schemas {
+            enc(write(&**s, &mut out.small))?;
+        }
         enc(write(operator, &mut out.small))?;
         out.seal();
         Ok(out)
@@ -216,14 +237,12 @@ impl<K: StateKey> KeyedStateCapture<K> {
             }
         }
         for (name, pending) in &self.pending {
-            for (pgi, _, kind, data) in pending {
-                if *pgi == gi {
-                    entries.push(GroupEntryRef {
-                        name,
-                        kind: *kind,
-                        data,
-                    });
-                }
+            for p in pending.iter().filter(|p| p.gi == gi) {
+                entries.push(GroupEntryRef {
+                    name,
+                    kind: p.kind,
+                    data: &p.data,
+                });
             }
         }
         Ok(entries)
@@ -232,10 +251,7 @@ impl<K: StateKey> KeyedStateCapture<K> {
     /// Whether key group `gi` (index in the range) holds anything to encode.
     fn group_is_empty(&self, gi: usize) -> bool {
         self.tables.iter().all(|t| t.group_is_empty(gi))
-            && self
-                .pending
-                .values()
-                .all(|p| p.iter().all(|(pgi, ..)| *pgi != gi))
+            && self.pending.values().all(|p| p.iter().all(|g| g.gi != gi))
     }
 }
 

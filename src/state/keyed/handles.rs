@@ -79,7 +79,7 @@ handle!(
 impl<K: StateKey> KeyedStateBackend<K> {
     /// Registers (or finds) a value state named `name`.
     pub fn value_state<V: StateValue>(&mut self, name: &str) -> Result<ValueState<V>> {
-        let id = self.register::<V>(name, StateKind::Value)?;
+        let id = self.register::<V, V>(name, StateKind::Value, |v| Some(v))?;
         Ok(ValueState {
             backend: self.id,
             id,
@@ -89,7 +89,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
 
     /// Registers (or finds) a list state named `name`.
     pub fn list_state<V: StateValue>(&mut self, name: &str) -> Result<ListState<V>> {
-        let id = self.register::<Vec<V>>(name, StateKind::List)?;
+        let id = self.register::<Vec<V>, V>(name, StateKind::List, |l| l.first())?;
         Ok(ListState {
             backend: self.id,
             id,
@@ -102,7 +102,8 @@ impl<K: StateKey> KeyedStateBackend<K> {
         &mut self,
         name: &str,
     ) -> Result<MapState<UK, UV>> {
-        let id = self.register::<HashMap<UK, UV>>(name, StateKind::Map)?;
+        let id =
+            self.register::<HashMap<UK, UV>, UV>(name, StateKind::Map, |m| m.values().next())?;
         Ok(MapState {
             backend: self.id,
             id,
@@ -117,7 +118,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
         name: &str,
         reduce: impl Fn(&mut V, V) + Send + Sync + 'static,
     ) -> Result<ReducingState<V>> {
-        let id = self.register::<V>(name, StateKind::Reducing)?;
+        let id = self.register::<V, V>(name, StateKind::Reducing, |v| Some(v))?;
         Ok(ReducingState {
             backend: self.id,
             id,
@@ -132,7 +133,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
         name: &str,
         agg: A,
     ) -> Result<AggregatingState<A>> {
-        let id = self.register::<A::Acc>(name, StateKind::Aggregating)?;
+        let id = self.register::<A::Acc, A::Acc>(name, StateKind::Aggregating, |v| Some(v))?;
         Ok(AggregatingState {
             backend: self.id,
             id,

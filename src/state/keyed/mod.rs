@@ -16,6 +16,12 @@
 //! verifies each blob's checksum and each key's group, and keeps the bytes of states that are
 //! not registered yet until they are (so lazily registered state is neither lost nor needed up
 //! front).
+//!
+//! Schemas: each snapshot's header records every state's [`StateSchema`] once; a restore of
+//! another schema (a field added, removed, renamed, or a version declared with
+//! [`KeyedStateBackend::declare_version`] and its [`StateVersion`] migrations) rewrites the
+//! stored values into the registered type, and a change they cannot make is
+//! [`Error::StateIncompatible`].
 
 mod backend;
 mod capture;
@@ -24,6 +30,7 @@ mod inspect;
 mod kinds;
 mod map;
 mod restore;
+mod schema;
 mod slots;
 mod snapshot;
 mod table;
@@ -34,4 +41,5 @@ pub use handles::{AggregatingState, Aggregator, ListState, MapState, ReducingSta
 pub use inspect::KeyedStateSummary;
 pub use kinds::{StateKey, StateKind};
 pub use restore::RestoreStats;
+pub use schema::{StateSchema, StateVersion};
 pub use snapshot::{KeyGroupBlob, KeyedSnapshot};

@@ -2,13 +2,15 @@
 //! snapshots, with its checks (coverage, checksums, each key's group), and what it took in
 //! ([`RestoreStats`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use super::backend::KeyedStateBackend;
 use super::kinds::StateKey;
-use super::snapshot::{GroupEntry, KeyGroupBlob, KeyedSnapshot};
+use super::schema::StateSchema;
+use super::snapshot::{GroupEntry, KeyGroupBlob, KeyedSnapshot, PendingGroup};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::state::key_group::{key_group_for, KeyGroup};
@@ -100,6 +102,11 @@ impl<K: StateKey> KeyedStateBackend<K> {
         let mut covered = vec![false; self.range.len()];
         for snap in snapshots {
             self.check_snapshot(snap, &mut covered)?;
+            let schemas: HashMap<&str, Arc<StateSchema>> = snap
+                .schemas
+                .iter()
+                .map(|s| (s.name.as_str(), Arc::new(s.clone())))
+                .collect();
             let r = snap.range;
             for blob in &snap.groups {
                 let kg = blob.key_group;
@@ -119,7 +126,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
                         reason: "key group has more than one blob in the snapshot".into(),
                     });
                 }
-                self.restore_blob(blob)?;
+                self.restore_blob(blob, &schemas)?;
                 stats.key_groups += 1;
             }
         }
@@ -172,9 +179,13 @@ impl<K: StateKey> KeyedStateBackend<K> {
         Ok(())
     }
 
-    /// Restores one owned key group's blob: its checksum, then each state's entries (kept
-    /// aside, after checking their keys, for a state not registered yet).
-    fn restore_blob(&mut self, blob: &KeyGroupBlob) -> Result<()> {
+    /// Restores one owned key group's blob: its checksum, then each state's entries, stored
+    /// under `schemas` (kept aside, after checking their keys, for a state not registered yet).
+    fn restore_blob(
+        &mut self,
+        blob: &KeyGroupBlob,
+        schemas: &HashMap<&str, Arc<StateSchema>>,
+    ) -> Result<()> {
         let kg = blob.key_group;
         if crc32c::crc32c(&blob.bytes) != blob.crc32c {
             return Err(Error::StateCorrupt {
@@ -189,6 +200,7 @@ impl<K: StateKey> KeyedStateBackend<K> {
             })?;
         let gi = usize::from(kg.0 - self.range.start);
         for entry in entries {
+            let schema = schemas.get(entry.name.as_str());
             match self.by_name.get(&entry.name) {
                 Some(&id) => {
                     let table = &mut self.tables[id];
@@ -199,14 +211,26 @@ impl<K: StateKey> KeyedStateBackend<K> {
                             requested: format!("{:?} (in the restored snapshot)", entry.kind),
                         });
                     }
-                    table.restore_group(gi, kg, &entry.data, Some(self.max_parallelism))?;
+                    table.restore_group(
+                        gi,
+                        kg,
+                        &entry.data,
+                        Some(self.max_parallelism),
+                        schema.map(|s| &**s),
+                    )?;
                 }
                 None => {
                     check_keys::<K>(&entry.data, kg, self.max_parallelism, &entry.name)?;
                     self.pending
                         .entry(entry.name)
                         .or_default()
-                        .push((gi, kg, entry.kind, entry.data));
+                        .push(PendingGroup {
+                            gi,
+                            kg,
+                            kind: entry.kind,
+                            data: entry.data,
+                            schema: schema.cloned(),
+                        });
                 }
             }
         }

@@ -1,10 +1,13 @@
 //! The snapshot format of keyed state: one checksummed blob per key group
-//! ([`KeyGroupBlob`], [`KeyedSnapshot`]), the entries a blob holds, and the restored entries
-//! of states not registered yet ([`Pending`]).
+//! ([`KeyGroupBlob`], [`KeyedSnapshot`]) after a header of each state's schema, the entries a
+//! blob holds, and the restored entries of states not registered yet ([`Pending`]).
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::kinds::StateKind;
+use super::schema::StateSchema;
 use crate::state::key_group::{KeyGroup, KeyGroupRange};
 
 /// One state's entries of one key group, as stored in a key group blob.
@@ -47,6 +50,10 @@ pub struct KeyedSnapshot {
     pub range: KeyGroupRange,
     /// One blob per non-empty key group, in key group order.
     pub groups: Vec<KeyGroupBlob>,
+    /// The schema of each state in the blobs, once per state (empty in snapshots of snapflow
+    /// versions that did not record schemas: their states restore as they are).
+    #[serde(default)]
+    pub schemas: Vec<StateSchema>,
 }
 
 impl KeyedSnapshot {
@@ -56,5 +63,17 @@ impl KeyedSnapshot {
     }
 }
 
-/// Restored bytes of a state nobody has registered yet: (group index, key group, kind, data).
-pub(super) type Pending = Vec<(usize, KeyGroup, StateKind, Vec<u8>)>;
+/// Restored bytes of one key group of a state nobody has registered yet.
+#[derive(Debug, Clone)]
+pub(super) struct PendingGroup {
+    /// The group's index in the backend's range.
+    pub(super) gi: usize,
+    pub(super) kg: KeyGroup,
+    pub(super) kind: StateKind,
+    pub(super) data: Vec<u8>,
+    /// The schema the bytes were stored under, when the snapshot recorded it.
+    pub(super) schema: Option<Arc<StateSchema>>,
+}
+
+/// Restored bytes of a state nobody has registered yet, by key group.
+pub(super) type Pending = Vec<PendingGroup>;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::kinds::{StateKey, StateKind};
 use super::map::StateMap;
+use super::schema::{Evolution, StateSchema};
 use super::slots::{
     lock, BufferPool, CaptureSlots, CapturedGroups, CapturedTable, DeferredStats, SlotCell,
 };
@@ -18,16 +19,21 @@ pub(super) trait ErasedTable<K>: Send {
     fn name(&self) -> &str;
     fn kind(&self) -> StateKind;
     fn value_type(&self) -> (TypeId, &'static str);
+    /// The schema its values are stored under (with their field names once a value shows
+    /// them).
+    fn schema(&mut self) -> &Arc<StateSchema>;
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Decodes one group's entries; checks each key's group when `check_keys` holds the
-    /// max parallelism (restore has already checked them when it is `None`).
+    /// Decodes one group's entries, stored under `stored` (rewritten first when that is not
+    /// the current schema); checks each key's group when `check_keys` holds the max
+    /// parallelism (restore has already checked them when it is `None`).
     fn restore_group(
         &mut self,
         gi: usize,
         kg: KeyGroup,
         bytes: &[u8],
         check_keys: Option<u32>,
+        stored: Option<&StateSchema>,
     ) -> Result<()>;
     fn clear(&mut self);
     /// Shares every group with a new capture: O(groups), whatever the entries. Replaces the
@@ -36,9 +42,20 @@ pub(super) trait ErasedTable<K>: Send {
     fn entries(&self) -> usize;
 }
 
+/// Probes a schema's stored field names from a value of a table (`None` when the value holds
+/// no element, an empty list say).
+pub(super) type Probe<T> = Box<dyn Fn(&StateSchema, &T) -> Option<StateSchema> + Send>;
+
 pub(super) struct Table<K, T> {
     pub(super) name: String,
     pub(super) kind: StateKind,
+    /// The current schema and the migrations from older ones, for restores.
+    pub(super) evolution: Arc<Evolution>,
+    /// The schema captures write: the current one, with the stored field names once probed.
+    pub(super) schema: Arc<StateSchema>,
+    /// Probes the field names from a value of the table; dropped once it has (or when the
+    /// element type is not a struct).
+    pub(super) probe: Option<Probe<T>>,
     /// Copy-on-write: a capture shares the groups. Before the first write to a group still
     /// shared with the newest capture, the task encodes the group for it ([`Table::settle`]);
     /// a write that still finds the group shared (an older capture, or one encoding the group
@@ -99,6 +116,20 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
     fn value_type(&self) -> (TypeId, &'static str) {
         (TypeId::of::<T>(), std::any::type_name::<T>())
     }
+    fn schema(&mut self) -> &Arc<StateSchema> {
+        if let Some(probe) = &self.probe {
+            let found = self
+                .groups
+                .iter()
+                .flat_map(|g| g.values())
+                .find_map(|v| probe(&self.schema, v));
+            if let Some(schema) = found {
+                self.schema = Arc::new(schema);
+                self.probe = None;
+            }
+        }
+        &self.schema
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -111,12 +142,20 @@ impl<K: StateKey, T: StateValue> ErasedTable<K> for Table<K, T> {
         kg: KeyGroup,
         bytes: &[u8],
         check_keys: Option<u32>,
+        stored: Option<&StateSchema>,
     ) -> Result<()> {
-        let map: StateMap<K, T> =
-            codec::decode(bytes, "keyed state").map_err(|e| Error::StateCorrupt {
-                key_group: Some(kg),
-                reason: format!("state '{}': {e}", self.name),
-            })?;
+        // The bytes passed their checksum: a decode failure means another type wrote them.
+        let map: StateMap<K, T> = match stored {
+            Some(s) if !self.evolution.is_direct(stored) => {
+                let rewritten = self.evolution.rewrite(s, bytes)?;
+                codec::decode(&rewritten, "keyed state")
+            }
+            _ => codec::decode(bytes, "keyed state"),
+        }
+        .map_err(|e| {
+            self.evolution
+                .incompatible(stored, format!("key group {kg}: {e}"))
+        })?;
         let Some(max_p) = check_keys else {
             self.merge(gi, map);
             return Ok(());
