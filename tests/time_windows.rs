@@ -501,13 +501,16 @@ fn records_beyond_the_allowed_lateness_are_counted_and_sent_to_a_side_log() {
     let report = job.build().expect("build").run().expect("run");
     let late: u64 = report.metrics.tasks.iter().map(|t| t.late_records).sum();
     assert_eq!(late, 1);
-    let sent = TypedLog::<Event>::new(side)
+    let sent = TypedLog::<snapflow::runtime::LateRecord>::new(side)
         .read(PartitionId(0), LogOffset(0), 10)
         .expect("read");
-    assert_eq!(
-        sent.iter().map(|(_, e)| *e).collect::<Vec<_>>(),
-        vec![(1, 1500, 7)]
-    );
+    let records: Vec<Event> = sent
+        .iter()
+        .map(|(_, l)| l.decode_record().expect("decode"))
+        .collect();
+    assert_eq!(records, vec![(1, 1500, 7)]);
+    assert_eq!(sent[0].1.timestamp, 1500);
+    assert!(sent[0].1.watermark >= 4999, "{:?}", sent[0].1);
     // [4000, 5000) fired with 100 records, then again with the late one within its lateness.
     let fours: Vec<(u64, u64)> = sink
         .records()

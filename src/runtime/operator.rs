@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::channel::Collector;
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
+use crate::runtime::side_output::SideOutputs;
 use crate::runtime::time::{TimeDomain, TimerService, Timestamp};
 use crate::state::{KeyedStateBackend, OperatorStateBackend, StateKey, StateValue, ValueState};
 
@@ -52,6 +53,8 @@ pub struct KeyedContext<'a, K: StateKey> {
     pub(crate) watermark: Timestamp,
     pub(crate) processing_time: Timestamp,
     pub(crate) late: &'a AtomicU64,
+    /// The task's side logs (late records), written exactly once.
+    pub(crate) side: &'a mut SideOutputs,
 }
 
 impl<K: StateKey> KeyedContext<'_, K> {

@@ -317,6 +317,11 @@ impl OperatorStateBackend {
         }
     }
 
+    /// Whether restored list state `name` waits for its registration.
+    pub(crate) fn has_pending_list(&self, name: &str) -> bool {
+        self.pending.lists.iter().any(|l| l.name == name)
+    }
+
     /// Registers (or finds) a list state.
     pub fn list_state<T: StateValue>(
         &mut self,

@@ -1,18 +1,25 @@
 //! Records an operator fails on: the [`DeadLetter`] written for one, where a vertex sends them
 //! ([`DeadLetterSpec`]), the panic boundary user code runs in, and how a failure is routed (to
 //! the dead-letter log, or into the task's error with the record's log position).
+//!
+//! Dead letters go through the task's side outputs: they reach the log when the checkpoint of
+//! their epoch completes, once each however often the records are replayed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::shared::LogicParams;
+use crate::checkpoint::TaskId;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId, ReplayableLog};
 use crate::runtime::channel::Origin;
+use crate::runtime::side_output::SideOutputs;
 
-/// A record that failed, as written to a dead-letter log.
+/// A record that failed, as written to a dead-letter log: once, when the checkpoint after the
+/// failure completes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The task whose operator failed on it.
@@ -24,6 +31,46 @@ pub struct DeadLetter {
     /// The record, MessagePack-encoded.
     #[serde(with = "serde_bytes")]
     pub record: Vec<u8>,
+    /// The epoch of the task the record failed in (the checkpoint that wrote it, at the
+    /// latest): with `seq`, what tells this letter apart when a restore writes it again.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The letter's position among the task's dead letters of the epoch.
+    #[serde(default)]
+    pub seq: u32,
+}
+
+impl DeadLetter {
+    /// Decodes the failed record as a `T`.
+    pub fn decode_record<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        codec::decode(&self.record, "a dead letter's record")
+    }
+
+    /// The side-output identity of an encoded letter.
+    fn identify(bytes: &[u8]) -> Option<(TaskId, u64, u32)> {
+        let letter: DeadLetter = codec::decode(bytes, "dead letter").ok()?;
+        Some((letter.task, letter.epoch, letter.seq))
+    }
+}
+
+/// The side log dead letters go to, in each task that has one.
+const DEAD_LETTERS: &str = "dead-letters";
+
+/// The side outputs of a task, with its dead-letter log when `spec` gives one.
+pub(super) fn side_outputs<T>(
+    p: &LogicParams,
+    spec: Option<&DeadLetterSpec<T>>,
+) -> Result<SideOutputs> {
+    let mut side = SideOutputs::new(p.info.task.clone(), p.info.parallelism, p.first_epoch);
+    if let Some(spec) = spec {
+        side.register(
+            DEAD_LETTERS,
+            Arc::clone(&spec.log),
+            DeadLetter::identify,
+            None,
+        )?;
+    }
+    Ok(side)
 }
 
 /// Encodes a record for the dead-letter log.
@@ -77,41 +124,41 @@ fn at_record(error: Error, origin: Option<Origin>, i: usize) -> Error {
     }
 }
 
-/// Writes a failed record to the dead-letter log.
+/// Adds a failed record to the open epoch of the task's dead letters.
 fn dead_letter<T>(
     spec: &DeadLetterSpec<T>,
-    task: &crate::checkpoint::TaskId,
+    side: &mut SideOutputs,
     record: &T,
     error: &Error,
     at: Option<(PartitionId, LogOffset)>,
 ) -> Result<()> {
-    let letter = DeadLetter {
-        task: task.clone(),
-        error: error.to_string(),
-        position: at,
-        record: (spec.encode)(record)?,
-    };
-    let partitions = spec.log.partitions().max(1);
-    spec.log.append(
-        PartitionId(task.index % partitions),
-        &codec::encode(&letter, "dead letter")?,
-    )?;
-    tracing::warn!(task = %task, error = %error, position = ?at, "record sent to the dead-letter log");
-    Ok(())
+    let record = (spec.encode)(record)?;
+    side.push(DEAD_LETTERS, |id| {
+        let letter = DeadLetter {
+            task: id.task.clone(),
+            error: error.to_string(),
+            position: at,
+            record,
+            epoch: id.epoch,
+            seq: id.seq,
+        };
+        tracing::warn!(task = %id.task, error = %error, position = ?at, "record sent to the dead-letter log (written when the next checkpoint completes)");
+        codec::encode(&letter, "dead letter")
+    })
 }
 
 /// Routes a record whose processing failed: to the dead-letter log when one is configured (the
 /// record was then kept), otherwise into the task's error, naming the record's log position.
 pub(super) fn route_failure<T>(
     spec: Option<&DeadLetterSpec<T>>,
-    task: &crate::checkpoint::TaskId,
+    side: &mut SideOutputs,
     kept: Option<T>,
     error: Error,
     origin: Option<Origin>,
     i: usize,
 ) -> Result<()> {
     match (spec, kept) {
-        (Some(spec), Some(record)) => dead_letter(spec, task, &record, &error, position(origin, i)),
+        (Some(spec), Some(record)) => dead_letter(spec, side, &record, &error, position(origin, i)),
         _ => Err(at_record(error, origin, i)),
     }
 }

@@ -6,7 +6,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use super::dead_letter::{contained, route_failure, DeadLetterSpec};
+use super::dead_letter::{contained, route_failure, side_outputs, DeadLetterSpec};
 use super::shared::{collector, downcast, Capture, LogicParams, TaskLogic};
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
@@ -14,6 +14,7 @@ use crate::runtime::actor::wire::{CommandEnvelope, CommandFn, CommandRoute};
 use crate::runtime::actor::QueryContext;
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::operator::{Data, KeyedContext, KeyedOperator, TaskInfo};
+use crate::runtime::side_output::SideOutputs;
 use crate::runtime::time::{TimeDomain, TimerService, Timestamp};
 use crate::state::{
     KeyGroupRange, KeyedSnapshot, KeyedStateBackend, OperatorStateBackend, StateKey,
@@ -30,6 +31,7 @@ macro_rules! keyed_ctx {
             watermark: $s.watermark,
             processing_time: $s.processing_time,
             late: &$s.counters.late_records,
+            side: &mut $s.side,
         }
     };
 }
@@ -38,6 +40,8 @@ macro_rules! keyed_ctx {
 pub(crate) struct KeyedLogic<K: StateKey, I, O, Op> {
     op: Op,
     dead_letter: Option<DeadLetterSpec<I>>,
+    /// Dead letters and late records, written through the checkpoint's two-phase commit.
+    side: SideOutputs,
     timers: Option<TimerService<K>>,
     watermark: Timestamp,
     processing_time: Timestamp,
@@ -62,7 +66,9 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> KeyedLogic<K, I,
             p.info.parallelism,
             p.info.max_parallelism,
         )?;
+        let side = side_outputs(&p, dead_letter.as_ref())?;
         Ok(KeyedLogic {
+            side,
             dead_letter,
             timers: None,
             watermark: Timestamp::MIN,
@@ -145,8 +151,11 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
         }
         self.timers = Some(TimerService::open(&mut self.keyed)?);
         self.processing_time = crate::runtime::time::processing_time();
+        self.side.open(&mut self.operator)?;
         let mut ctx = keyed_ctx!(self);
-        self.op.open(&mut ctx)
+        self.op.open(&mut ctx)?;
+        self.side.opened();
+        Ok(())
     }
 
     fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
@@ -161,14 +170,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
                 op.process(r, &mut ctx, out)
             });
             if let Err(e) = result {
-                route_failure(
-                    self.dead_letter.as_ref(),
-                    &ctx.info.task,
-                    kept,
-                    e,
-                    origin,
-                    i,
-                )?;
+                route_failure(self.dead_letter.as_ref(), ctx.side, kept, e, origin, i)?;
             }
         }
         Ok(())
@@ -179,7 +181,8 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
         self.op.end_of_input(&mut ctx, &mut self.out)
     }
 
-    fn capture(&mut self, _checkpoint: CheckpointId) -> Result<Capture> {
+    fn capture(&mut self, checkpoint: CheckpointId) -> Result<Capture> {
+        self.side.pre_commit(checkpoint, &mut self.operator)?;
         let keyed = self.keyed.capture();
         let operator = self.operator.snapshot()?;
         let range = self.keyed.key_group_range();
@@ -201,6 +204,7 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
     }
 
     fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        self.side.commit(checkpoint)?;
         let mut ctx = keyed_ctx!(self);
         self.op.checkpoint_complete(checkpoint, &mut ctx)
     }

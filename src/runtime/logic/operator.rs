@@ -4,7 +4,7 @@
 
 use std::any::Any;
 
-use super::dead_letter::{contained, route_failure, DeadLetterSpec};
+use super::dead_letter::{contained, route_failure, side_outputs, DeadLetterSpec};
 use super::shared::{collector, downcast, operator_capture, Capture, LogicParams, TaskLogic};
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
@@ -12,6 +12,7 @@ use crate::runtime::actor::wire::{CommandEnvelope, CommandRoute, InstanceCommand
 use crate::runtime::actor::InstanceQueryContext;
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::operator::{Data, Operator, OperatorContext, TaskInfo};
+use crate::runtime::side_output::SideOutputs;
 use crate::state::OperatorStateBackend;
 
 /// The context a non-keyed operator's callbacks get, borrowing only the fields it needs (a
@@ -29,6 +30,8 @@ macro_rules! op_ctx {
 pub(crate) struct OperatorLogic<I, O, Op> {
     op: Op,
     dead_letter: Option<DeadLetterSpec<I>>,
+    /// Dead letters, written through the checkpoint's two-phase commit.
+    side: SideOutputs,
     info: TaskInfo,
     state: OperatorStateBackend,
     out: Collector<O>,
@@ -41,7 +44,9 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorLogic<I, O, Op> {
         dead_letter: Option<DeadLetterSpec<I>>,
         p: LogicParams,
     ) -> Result<Self> {
+        let side = side_outputs(&p, dead_letter.as_ref())?;
         Ok(OperatorLogic {
+            side,
             dead_letter,
             out: collector(&p.outputs, p.batch_size, p.info.max_parallelism)?,
             state: OperatorStateBackend::restored(p.restore.operator),
@@ -91,7 +96,10 @@ impl<I: Data, O: Data, Op: Operator<I, O>> OperatorLogic<I, O, Op> {
 
 impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op> {
     fn open(&mut self) -> Result<()> {
-        self.op.open(&mut op_ctx!(self))
+        self.side.open(&mut self.state)?;
+        self.op.open(&mut op_ctx!(self))?;
+        self.side.opened();
+        Ok(())
     }
 
     fn on_records(&mut self, batch: Box<dyn Any + Send>, origin: Option<Origin>) -> Result<()> {
@@ -102,7 +110,7 @@ impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op>
             if let Err(e) = contained(|| op.process(r, &mut ctx, out)) {
                 route_failure(
                     self.dead_letter.as_ref(),
-                    &ctx.info.task,
+                    &mut self.side,
                     kept,
                     e,
                     origin,
@@ -117,11 +125,13 @@ impl<I: Data, O: Data, Op: Operator<I, O>> TaskLogic for OperatorLogic<I, O, Op>
         self.op.end_of_input(&mut op_ctx!(self), &mut self.out)
     }
 
-    fn capture(&mut self, _checkpoint: CheckpointId) -> Result<Capture> {
+    fn capture(&mut self, checkpoint: CheckpointId) -> Result<Capture> {
+        self.side.pre_commit(checkpoint, &mut self.state)?;
         operator_capture(&self.state)
     }
 
     fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        self.side.commit(checkpoint)?;
         self.op.checkpoint_complete(checkpoint, &mut op_ctx!(self))
     }
 

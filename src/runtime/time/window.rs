@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::TaskId;
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::log::{PartitionId, ReplayableLog};
+use crate::log::ReplayableLog;
 use crate::runtime::channel::Collector;
 use crate::runtime::graph::{KeyedStream, Stream};
 use crate::runtime::operator::{Data, KeyedContext, KeyedOperator};
@@ -131,6 +132,42 @@ impl<K: 'static, T: StateValue, R: Data> WindowFn<K, T> for ProcessFn<K, T, R> {
 /// Encodes a late record for the side log.
 type LateEncoder<T> = Arc<dyn Fn(&T) -> Result<Vec<u8>> + Send + Sync>;
 
+/// The side log late records go to, in each window task that has one.
+const LATE_RECORDS: &str = "late-records";
+
+/// A record that arrived after its windows' allowed lateness, as written to the log of
+/// [`WindowedStream::late_records_to`]: once, when the checkpoint after its arrival completes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateRecord {
+    /// The window task that dropped it.
+    pub task: TaskId,
+    /// Its event time.
+    pub timestamp: Timestamp,
+    /// The task's watermark when it arrived.
+    pub watermark: Timestamp,
+    /// The record, MessagePack-encoded.
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
+    /// The task's epoch it arrived in: with `seq`, what tells this record apart when a restore
+    /// writes it again.
+    pub epoch: u64,
+    /// Its position among the task's late records of the epoch.
+    pub seq: u32,
+}
+
+impl LateRecord {
+    /// Decodes the late record as a `T`.
+    pub fn decode_record<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        codec::decode(&self.record, "a late record")
+    }
+
+    /// The side-output identity of an encoded late record.
+    fn identify(bytes: &[u8]) -> Option<(TaskId, u64, u32)> {
+        let r: LateRecord = codec::decode(bytes, "late record").ok()?;
+        Some((r.task, r.epoch, r.seq))
+    }
+}
+
 /// The window operator: one instance per keyed task.
 struct WindowOperator<K, T, F: WindowFn<K, T>> {
     name: String,
@@ -169,14 +206,22 @@ impl<K: StateKey, T: Data, F: WindowFn<K, T>> WindowOperator<K, T, F> {
         w.max_timestamp().saturating_add(self.lateness) <= watermark
     }
 
-    fn late(&self, record: &T, ctx: &mut KeyedContext<'_, K>) -> Result<()> {
+    fn late(&self, record: &T, ts: Timestamp, ctx: &mut KeyedContext<'_, K>) -> Result<()> {
         ctx.count_late_record();
-        if let Some((log, encode)) = &self.late_log {
-            let partitions = log.partitions().max(1);
-            log.append(
-                PartitionId(ctx.task().task.index % partitions),
-                &encode(record)?,
-            )?;
+        if let Some((_, encode)) = &self.late_log {
+            let record = encode(record)?;
+            let watermark = ctx.current_watermark();
+            ctx.side.push(LATE_RECORDS, |id| {
+                let late = LateRecord {
+                    task: id.task.clone(),
+                    timestamp: ts,
+                    watermark,
+                    record,
+                    epoch: id.epoch,
+                    seq: id.seq,
+                };
+                codec::encode(&late, "late record")
+            })?;
         }
         Ok(())
     }
@@ -227,6 +272,11 @@ impl<K: StateKey, T: Data, F: WindowFn<K, T>> KeyedOperator<K, T, WindowResult<K
 {
     fn open(&mut self, ctx: &mut KeyedContext<'_, K>) -> Result<()> {
         self.windows = Some(ctx.state().map_state(&format!("{}.windows", self.name))?);
+        if let Some((log, _)) = &self.late_log {
+            let state = Some(&mut *ctx.operator);
+            ctx.side
+                .register(LATE_RECORDS, Arc::clone(log), LateRecord::identify, state)?;
+        }
         Ok(())
     }
 
@@ -242,7 +292,7 @@ impl<K: StateKey, T: Data, F: WindowFn<K, T>> KeyedOperator<K, T, WindowResult<K
         if self.assigner.merges() {
             let mut w = self.assigner.assign(ts)[0];
             if self.is_late(&w, wm) {
-                return self.late(&record, ctx);
+                return self.late(&record, ts, ctx);
             }
             let touching: Vec<(Window, F::Acc)> = windows
                 .entries(ctx.state())?
@@ -268,7 +318,7 @@ impl<K: StateKey, T: Data, F: WindowFn<K, T>> KeyedOperator<K, T, WindowResult<K
             if self.is_late(&w, wm) {
                 if !counted_late {
                     counted_late = true;
-                    self.late(&record, ctx)?;
+                    self.late(&record, ts, ctx)?;
                 }
                 continue;
             }
@@ -362,8 +412,10 @@ impl<K: StateKey, T: Data> WindowedStream<K, T> {
         self
     }
 
-    /// Writes records that arrive after their windows' allowed lateness to `log` (MessagePack),
-    /// besides counting them. Without it they are only counted.
+    /// Writes records that arrive after their windows' allowed lateness to `log`, as
+    /// [`LateRecord`]s, besides counting them; each appears once, when the checkpoint after
+    /// its arrival completes (a replay does not write it again). Without it they are only
+    /// counted.
     pub fn late_records_to(mut self, log: Arc<dyn ReplayableLog>) -> Self
     where
         T: Serialize,
