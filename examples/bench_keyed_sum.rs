@@ -10,6 +10,8 @@
 //! off / 1 s / 100 ms, interleaved rounds; medians, best runs and the median of paired runs):
 //! `-- --overhead [--k K] [--n N] [--rounds R]`; it also gives the extra CPU time of each
 //! checkpointed run against the off run of its round (every run processes the same events).
+//! Add `--serve` to one configuration (built with `--features web`) to run it with its web
+//! view serving and `/metrics` scraped every second (the exporter's overhead).
 //! Add `--memory-storage` to any of these to checkpoint to memory instead of a local directory
 //! (to tell the storage's I/O cost from the rest).
 //!
@@ -188,6 +190,62 @@ struct Run {
     p: u32,
     ckpt: Option<u64>,
     fail_at_half: bool,
+    /// Serve the web view and scrape `/metrics` every second while the job runs.
+    serve: bool,
+}
+
+/// Runs the job to its end; with `serve`, with its web view serving and `/metrics` scraped
+/// once a second (returns how many scrapes answered).
+fn run_job(job: JobBuilder, serve: bool) -> Result<(snapflow::JobReport, u64)> {
+    if !serve {
+        return Ok((job.build()?.run()?, 0));
+    }
+    #[cfg(feature = "web")]
+    {
+        serve_and_run(job)
+    }
+    #[cfg(not(feature = "web"))]
+    Err(Error::Config(
+        "--serve needs the web view: build with --features web".into(),
+    ))
+}
+
+#[cfg(feature = "web")]
+fn serve_and_run(job: JobBuilder) -> Result<(snapflow::JobReport, u64)> {
+    use snapflow::web::Serve;
+    use std::io::{Read, Write};
+    let job = job.build()?;
+    let system = actix::System::new();
+    system.block_on(async move {
+        let handle = job.start().await?;
+        let server = handle.serve("127.0.0.1:0").await?;
+        let addr = server.addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let scraper = std::thread::spawn(move || {
+            let mut scrapes = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                    continue;
+                };
+                let request = "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+                let mut body = Vec::new();
+                if s.write_all(request.as_bytes()).is_ok()
+                    && s.read_to_end(&mut body).is_ok()
+                    && body.starts_with(b"HTTP/1.1 200")
+                {
+                    scrapes += 1;
+                }
+            }
+            scrapes
+        });
+        let report = handle.wait().await;
+        stop.store(true, Ordering::Relaxed);
+        server.stop().await;
+        let scrapes = scraper.join().unwrap_or(0);
+        Ok((report?, scrapes))
+    })
 }
 
 fn run(r: &Run) -> Result<()> {
@@ -236,7 +294,7 @@ fn run(r: &Run) -> Result<()> {
     .key_by(|e: &(u64, u64)| e.0)
     .process("sum", op)
     .sink("totals", totals.clone());
-    let report = job.build()?.run()?;
+    let (report, scrapes) = run_job(job, r.serve)?;
     let _ = std::fs::remove_dir_all(&dir);
     let secs = report.elapsed.as_secs_f64();
     let periodic: Vec<&snapflow::runtime::CheckpointStats> = report
@@ -312,6 +370,9 @@ fn run(r: &Run) -> Result<()> {
         },
         if memory { " storage=memory" } else { "" },
     );
+    if r.serve {
+        println!("web view served, /metrics scraped {scrapes} times");
+    }
     Ok(())
 }
 
@@ -455,6 +516,7 @@ fn main() -> Result<()> {
             p: p.parse().unwrap_or(2),
             ckpt: arg(&args, "--ckpt").and_then(|v| v.parse().ok()),
             fail_at_half: args.iter().any(|a| a == "--fail-at-half"),
+            serve: args.iter().any(|a| a == "--serve"),
         };
         return run(&r);
     }

@@ -55,6 +55,9 @@ pub mod sink;
 pub mod state;
 pub mod storage;
 pub mod supervision;
+#[cfg(feature = "web")]
+pub mod web;
+pub use runtime::metrics;
 pub use runtime::time;
 
 pub use checkpoint::{
@@ -74,9 +77,9 @@ pub use runtime::{
 };
 pub use runtime::{AsyncFunction, AsyncMode, AsyncOptions};
 pub use runtime::{
-    Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport, KeyedOperator,
-    KeyedStream, LogSource, NoValidCheckpoint, Operator, Savepoint, StartFrom, Stream, Threads,
-    DEFAULT_CHECKPOINT_DIR,
+    Collector, Job, JobBuilder, JobConfig, JobEnd, JobEvent, JobHandle, JobReport, JobStatus,
+    KeyedOperator, KeyedStream, LogSource, NoValidCheckpoint, Operator, Savepoint, StartFrom,
+    Stream, Threads, DEFAULT_CHECKPOINT_DIR,
 };
 pub use sink::{ActorSink, CollectSink, FileSink, SinkOutput, TwoPhaseCommitSink};
 pub use storage::validate_name;

@@ -67,13 +67,20 @@ pub(crate) fn corpus_options() -> FileLogOptions {
 /// Adds `lines -> pace -> split -> key_by(word) -> count -> FileSink(out)` to `job`. The pace
 /// stage sleeps a little on some lines, so the job runs for a few seconds.
 pub(crate) fn wordcount(job: &JobBuilder, log: Arc<dyn ReplayableLog>, out: &Path) {
-    job.source("lines", LogSource::<String>::msgpack(log).bounded())
+    let lines = job
+        .source("lines", LogSource::<String>::msgpack(log).bounded())
         .map("pace", |line: String| {
             if line.len() % 7 == 0 {
                 std::thread::sleep(Duration::from_micros(200));
             }
             line
-        })
+        });
+    count_words(lines, out);
+}
+
+/// `lines -> split -> key_by(word) -> count -> FileSink(out)`: every word's running count.
+pub(crate) fn count_words(lines: Stream<String>, out: &Path) {
+    lines
         .flat_map("split", |line: String, out| {
             for w in line.split_whitespace() {
                 out.emit((w.to_string(), 1u64));
@@ -87,6 +94,14 @@ pub(crate) fn wordcount(job: &JobBuilder, log: Arc<dyn ReplayableLog>, out: &Pat
                 let _ = write!(l, "{w} {c}");
             }),
         );
+}
+
+/// The number following `name` on the command line, if any.
+pub(crate) fn arg(args: &[String], name: &str) -> Option<u64> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// Checks the committed running counts: every word must show 1..=n exactly once. Returns

@@ -1362,7 +1362,7 @@ impl Job {
                 arbiters.iter().map(|a| a.handle()).collect()
             }
         };
-        let metrics = Arc::new(JobMetrics::new(config.metrics_window));
+        let metrics = Arc::new(JobMetrics::new(&name, config.metrics_window));
         let topo = Topology::new(
             name.clone(),
             config.clone(),

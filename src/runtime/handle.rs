@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::actor::{ActorOperator, Ingress, InstanceOperator, InstanceRef, OperatorRef, Outside};
 use super::events::{JobEnd, JobEvent};
 use super::messages::Command;
-use super::metrics::{JobMetrics, MetricsSnapshot};
+use super::metrics::{JobGraph, JobMetrics, MetricsSnapshot};
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, Result};
 
@@ -49,6 +49,17 @@ pub struct JobReport {
     pub events: Vec<JobEvent>,
     /// How many lifecycle events the run had (kept in `events` or not).
     pub events_total: u64,
+}
+
+/// Where a job is, as [`JobHandle::status`] tells it without waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobStatus {
+    /// It runs (or is being restarted).
+    Running,
+    /// It ended without failing.
+    Finished(JobEnd),
+    /// It ended with an error (its message).
+    Failed(String),
 }
 
 /// A running job. Cheap to clone: every clone follows and controls the same job, and any
@@ -154,9 +165,29 @@ impl JobHandle {
         self.root.do_send(Command::Cancel);
     }
 
-    /// The job's metrics now.
+    /// The job's metrics now. Per-second figures are computed between two calls at least a
+    /// second apart (whichever callers make them), so they are 0 at the first call.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.outside.job
+    }
+
+    /// Whether the job runs, or how it ended, now.
+    pub fn status(&self) -> JobStatus {
+        match self.result.borrow().as_ref() {
+            None => JobStatus::Running,
+            Some(Ok(report)) => JobStatus::Finished(report.end),
+            Some(Err(e)) => JobStatus::Failed(e.to_string()),
+        }
+    }
+
+    /// The job's vertices (with their parallelism) and edges (with their partitioning).
+    pub fn graph(&self) -> JobGraph {
+        self.metrics.graph()
     }
 
     /// The address of the actor operator vertex `name`, which must run `Op` (added with

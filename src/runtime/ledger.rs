@@ -7,12 +7,12 @@
 //! every incarnation of the job master share one ledger, so a report after a supervisor
 //! restart still lists every event and restart of the run.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix::Recipient;
 
 use super::events::{JobEvent, Savepoint};
-use super::metrics::Window;
+use super::metrics::{JobMetrics, Window};
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
 
@@ -34,6 +34,8 @@ pub(crate) struct Ledger {
     job: String,
     tally: Mutex<Tally>,
     sink: Option<Recipient<JobEvent>>,
+    /// Keeps the notable events, with their time, in the timeline.
+    metrics: Arc<JobMetrics>,
     /// Callers waiting for the next savepoint: they outlive a supervisor incarnation, whose
     /// successor asks for a savepoint again.
     savepoints: Mutex<Vec<tokio::sync::oneshot::Sender<Result<Savepoint>>>>,
@@ -41,8 +43,13 @@ pub(crate) struct Ledger {
 
 impl Ledger {
     /// An empty ledger for job `job`, keeping the newest `window` events and forwarding every
-    /// event to `sink`.
-    pub(crate) fn new(job: String, window: usize, sink: Option<Recipient<JobEvent>>) -> Ledger {
+    /// event to `sink` and the notable ones to `metrics`' timeline.
+    pub(crate) fn new(
+        job: String,
+        window: usize,
+        sink: Option<Recipient<JobEvent>>,
+        metrics: Arc<JobMetrics>,
+    ) -> Ledger {
         let tally = Tally {
             events: Window::new(window),
             completed: 0,
@@ -55,6 +62,7 @@ impl Ledger {
             job,
             tally: Mutex::new(tally),
             sink,
+            metrics,
             savepoints: Mutex::new(Vec::new()),
         }
     }
@@ -70,6 +78,7 @@ impl Ledger {
         if let Some(r) = &self.sink {
             r.do_send(event.clone());
         }
+        self.metrics.event(&event);
         let mut t = self.lock();
         match &event {
             JobEvent::CheckpointCompleted { checkpoint } => {
@@ -144,7 +153,7 @@ mod tests {
 
     #[test]
     fn the_ledger_counts_completed_checkpoints_triggers_and_restarts() {
-        let l = Ledger::new("j".into(), 2, None);
+        let l = Ledger::new("j".into(), 2, None, Arc::new(JobMetrics::new("j", 2)));
         l.emit(JobEvent::CheckpointTriggered {
             checkpoint: CheckpointId(4),
             is_final: false,

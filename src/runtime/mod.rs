@@ -25,7 +25,7 @@ mod ledger;
 mod logic;
 mod master;
 mod messages;
-mod metrics;
+pub mod metrics;
 mod operator;
 mod root;
 mod side_output;
@@ -43,8 +43,12 @@ pub use channel::Collector;
 pub use config::{JobConfig, NoValidCheckpoint, StartFrom, Threads};
 pub use events::{JobEnd, JobEvent, Savepoint};
 pub use graph::{Job, JobBuilder, KeyedStream, LogSource, Stream, DEFAULT_CHECKPOINT_DIR};
-pub use handle::{JobHandle, JobReport};
+pub use handle::{JobHandle, JobReport, JobStatus};
 pub use logic::DeadLetter;
-pub use metrics::{CheckpointStats, MetricsSnapshot, TaskRecordCounts};
+pub use metrics::{
+    AbortedCheckpoint, CheckpointStats, EdgeInfo, ExceptionRecord, FailureCounts, JobGraph,
+    MetricsSnapshot, Partitioning, RestartRecord, SourcePartitionMetrics, TaskMetrics,
+    TimelineEntry, VertexInfo, VertexKind,
+};
 pub use operator::{Data, KeyedContext, KeyedOperator, Operator, OperatorContext, TaskInfo};
 pub use time::window::{LateRecord, WindowAggregator, WindowResult, WindowedStream};

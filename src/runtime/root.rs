@@ -95,6 +95,7 @@ impl JobRoot {
                 topo.name.clone(),
                 topo.config.event_window,
                 events,
+                Arc::clone(&metrics),
             )),
             tracker: RestartTracker::new(topo.config.supervisor_restart.clone(), seed),
             topo,

@@ -162,6 +162,8 @@ pub(crate) struct TaskActor {
     pub(crate) is_async: bool,
     /// Every input ended while async calls were unfinished: the end waits for them.
     pub(crate) end_deferred: bool,
+    /// The tracing span of this incarnation's life (open to stop), with its attempt.
+    pub(crate) span: tracing::Span,
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -203,7 +205,9 @@ impl TaskActor {
             return;
         }
         self.failed = true;
-        tracing::error!(task = %self.info.task, during = what, error = %error, "task failed");
+        self.span.in_scope(|| {
+            tracing::error!(task = %self.info.task, during = what, class = ?error.class(), error = %error, "task failed");
+        });
         self.report(EventKind::Failed { error });
         self.pace.set(Pace::Halt);
         ctx.stop();
@@ -293,7 +297,9 @@ impl TaskActor {
         // more envelopes after this point (a final trigger queues `End`, then a barrier): they
         // stay in `sends` until this send completes, then go out in order.
         self.waiting = true;
+        self.counters.wait_begins();
         ctx.wait(send_all.into_actor(self).map(|(), act, ctx| {
+            act.counters.wait_ends();
             act.waiting = false;
             act.pump(ctx);
         }));
@@ -358,6 +364,7 @@ impl TaskActor {
             return;
         };
         let capture_time = started.elapsed();
+        self.counters.set_state(self.logic.state_entries(), None);
         self.broadcast(ctx, || Envelope::Barrier(id, aligned));
         if self.chaos_at(ctx, Moment::AfterCaptureBeforeAck) {
             return;
@@ -458,12 +465,14 @@ impl TaskActor {
         match change {
             WatermarkChange::Unchanged => {}
             WatermarkChange::Advanced(w) => {
+                self.counters.set_watermark(w);
                 if self.guarded(ctx, "timers", |l| l.on_watermark(w)).is_some() {
                     self.send_watermark(ctx, WatermarkStatus::At(w));
                 }
             }
             WatermarkChange::BecameIdle(advanced) => {
                 if let Some(w) = advanced {
+                    self.counters.set_watermark(w);
                     if self.guarded(ctx, "timers", |l| l.on_watermark(w)).is_none() {
                         return;
                     }
@@ -488,6 +497,9 @@ impl TaskActor {
         let mut statuses = Vec::new();
         self.logic.source_watermark(now(), &mut statuses);
         for status in statuses {
+            if let WatermarkStatus::At(w) = status {
+                self.counters.set_watermark(w);
+            }
             self.broadcast(ctx, || Envelope::Watermark(status));
         }
     }
@@ -613,12 +625,27 @@ impl Actor for TaskActor {
             });
         }
         if self.guarded(ctx, "open", |l| l.open()).is_some() {
-            tracing::debug!(task = %self.info.task, restored_from = ?self.info.restored_from, "task started");
+            self.span.in_scope(|| {
+                tracing::debug!(task = %self.info.task, restored_from = ?self.info.restored_from, "task started");
+            });
             if self.is_async {
                 // Restored calls may fill the capacity before any input is read.
                 self.hold_inputs();
             }
         }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.span.in_scope(
+            || tracing::debug!(task = %self.info.task, failed = self.failed, "task stopped"),
+        );
+    }
+}
+
+impl TaskActor {
+    /// The span of a task incarnation's life.
+    pub(crate) fn life_span(info: &TaskInfo) -> tracing::Span {
+        tracing::info_span!("task", task = %info.task, attempt = info.attempt, restored_from = ?info.restored_from)
     }
 }
 
@@ -629,6 +656,7 @@ impl StreamHandler<Input> for TaskActor {
         }
         match input.envelope {
             Envelope::Records(batch, n, origin) => {
+                let started = Instant::now();
                 self.counters
                     .records_in
                     .fetch_add(n as u64, Ordering::Relaxed);
@@ -643,6 +671,7 @@ impl StreamHandler<Input> for TaskActor {
                     }
                     self.after_records(ctx);
                 }
+                self.counters.busy_since(started);
             }
             Envelope::Barrier(id, aligned) => self.on_barrier(ctx, input.channel, id, aligned),
             Envelope::Watermark(status) => {
@@ -668,6 +697,7 @@ impl StreamHandler<Tick> for TaskActor {
         let batch = self.settings.batch_size;
         // A restored watermark goes out before the records read after the restore.
         self.source_watermark(ctx);
+        let started = Instant::now();
         match self.guarded(ctx, "source read", |l| l.poll_source(batch)) {
             Some(SourcePoll::Produced(n)) => {
                 self.counters
@@ -676,6 +706,7 @@ impl StreamHandler<Tick> for TaskActor {
                 self.first_record();
                 self.flush(ctx, true);
                 self.source_watermark(ctx);
+                self.counters.busy_since(started);
             }
             Some(SourcePoll::Idle) => {
                 self.source_watermark(ctx);

@@ -14,7 +14,9 @@ use super::channel::{Gate, GatedInput, Receiver, Sender};
 use super::config::{JobConfig, NoValidCheckpoint, StartFrom};
 use super::logic::{EdgeKind, LogicParams, OutputSpec, RestoreState, TaskLogic};
 use super::messages::TaskEvent;
-use super::metrics::JobMetrics;
+use super::metrics::{
+    EdgeInfo, InputProbe, JobGraph, JobMetrics, Partitioning, VertexInfo, VertexKind,
+};
 use super::operator::TaskInfo;
 use super::task::{pace_stream, Completions, Pace, TaskActor, TaskSettings};
 use crate::chaos::ChaosHooks;
@@ -352,6 +354,7 @@ impl Topology {
         };
         let endpoints = Arc::new(Endpoints::new(tasks.len()));
         let config_start = config.start_from.clone();
+        metrics.set_graph(job_graph(&vertices, &parallelism));
         Ok(Topology {
             name,
             config,
@@ -583,6 +586,14 @@ impl Topology {
                 continue;
             }
             let (tx, rx) = mpsc::channel(self.config.channel_capacity);
+            let weak = tx.downgrade();
+            let probe: InputProbe = Box::new(move || {
+                weak.upgrade()
+                    .map(|tx| (tx.max_capacity() - tx.capacity(), tx.max_capacity()))
+            });
+            self.metrics
+                .task(&self.tasks[c.consumer].id)
+                .set_input(c.consumer_slot, probe);
             if let Some(slot) = senders
                 .get_mut(&c.producer)
                 .and_then(|s| s.get_mut(c.producer_slot))
@@ -695,6 +706,38 @@ impl Topology {
     }
 }
 
+/// The job's graph as its metrics show it.
+fn job_graph(vertices: &[VertexSpec], parallelism: &[u32]) -> JobGraph {
+    let kind = |role: Role| match role {
+        Role::Source { .. } => VertexKind::Source,
+        Role::Operator => VertexKind::Operator,
+        Role::Keyed => VertexKind::Keyed,
+        Role::Sink => VertexKind::Sink,
+    };
+    let mut graph = JobGraph::default();
+    for (v, p) in vertices.iter().zip(parallelism) {
+        graph.vertices.push(VertexInfo {
+            name: v.name.clone(),
+            uid: v.uid.clone(),
+            parallelism: *p,
+            kind: kind(v.role),
+        });
+        for (producer, edge, _) in &v.inputs {
+            graph.edges.push(EdgeInfo {
+                from: vertices[*producer].name.clone(),
+                to: v.name.clone(),
+                partitioning: match edge {
+                    EdgeKind::Forward => Partitioning::Forward,
+                    EdgeKind::Rebalance => Partitioning::Rebalance,
+                    EdgeKind::Broadcast => Partitioning::Broadcast,
+                    EdgeKind::Hash => Partitioning::Hash,
+                },
+            });
+        }
+    }
+    graph
+}
+
 /// Everything needed to create one task actor on its arbiter.
 struct SpawnTask {
     info: TaskInfo,
@@ -758,7 +801,9 @@ impl SpawnTask {
                 self.endpoints.waker(self.number),
             ));
         }
+        let span = TaskActor::life_span(&self.info);
         let actor = TaskActor {
+            span,
             aligner: Aligner::new(channels, self.settings.mode),
             watermarks: crate::runtime::time::InputWatermarks::new(channels),
             info: self.info,

@@ -86,6 +86,10 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
         self.keyed.has_buffered()
     }
 
+    fn state_entries(&self) -> Option<u64> {
+        self.keyed.state_entries()
+    }
+
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         Some(self)
     }

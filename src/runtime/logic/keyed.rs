@@ -226,4 +226,8 @@ impl<K: StateKey, I: Data, O: Data, Op: KeyedOperator<K, I, O>> TaskLogic
     fn has_buffered(&self) -> bool {
         self.out.has_buffered()
     }
+
+    fn state_entries(&self) -> Option<u64> {
+        Some(self.keyed.entries() as u64)
+    }
 }

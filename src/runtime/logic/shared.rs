@@ -113,6 +113,10 @@ pub(crate) trait TaskLogic: Send {
     fn kill_hosted(&mut self) -> bool {
         false
     }
+    /// Keyed state entries held, for the metrics (keyed logics only; read at a capture).
+    fn state_entries(&self) -> Option<u64> {
+        None
+    }
     /// The logic as `Any`, for a query to downcast (actor operators only).
     fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         None

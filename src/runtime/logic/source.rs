@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::shared::{collector, operator_capture, Capture, LogicParams, SourcePoll, TaskLogic};
@@ -12,6 +13,7 @@ use crate::log::{LogOffset, PartitionId, ReplayableLog};
 use crate::runtime::actor::wire::{Progress, ProgressKind};
 use crate::runtime::channel::{Collector, Envelope, Origin};
 use crate::runtime::messages;
+use crate::runtime::metrics::TaskCounters;
 use crate::runtime::operator::{Data, TaskInfo};
 use crate::runtime::time::{Timestamp, WatermarkStatus, WatermarkStrategy};
 use crate::state::{OperatorListState, OperatorStateBackend, Redistribution};
@@ -88,6 +90,9 @@ pub(crate) struct SourceLogic<T> {
     /// A source of records without event time that must not hold back its consumers'
     /// watermark (a command source): it sends the watermark `MAX` once.
     timeless: bool,
+    counters: Arc<TaskCounters>,
+    /// The next offset of each partition (in `partitions`' order), for the metrics.
+    offset_gauges: Vec<Arc<AtomicU64>>,
 }
 
 impl<T: Data> SourceLogic<T> {
@@ -118,6 +123,8 @@ impl<T: Data> SourceLogic<T> {
             captured: VecDeque::new(),
             savepoint: None,
             timeless: false,
+            counters: p.counters,
+            offset_gauges: Vec::new(),
         })
     }
 
@@ -185,6 +192,8 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
             let offsets: Vec<_> = self.partitions.iter().map(|p| (p.id, p.next)).collect();
             progress(ProgressKind::Restored, &offsets);
         }
+        let offsets: Vec<_> = self.partitions.iter().map(|p| (p.id, p.next)).collect();
+        self.offset_gauges = self.counters.set_source(Arc::clone(&self.log), &offsets);
         self.save_offsets()
     }
 
@@ -278,6 +287,9 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
             p.next = batch.next_offset();
             p.max_ts = max_ts;
             p.empty_since = None;
+            if let Some(g) = self.offset_gauges.get(i) {
+                g.store(batch.next_offset().0, Ordering::Relaxed);
+            }
             self.next = (i + 1) % n;
             return Ok(SourcePoll::Produced(batch.len()));
         }

@@ -109,7 +109,13 @@ impl Handler<TaskEvent> for JobMaster {
         }
         let task = msg.task;
         match msg.kind {
-            EventKind::Ack(ack) => self.to_coordinator(ToCoordinator::Ack(ack)),
+            EventKind::Ack(ack) => {
+                if let Some(spec) = self.topo.tasks.get(ack.task) {
+                    let counters = self.metrics.task(&spec.id);
+                    counters.set_state(None, Some(ack.state.size));
+                }
+                self.to_coordinator(ToCoordinator::Ack(ack));
+            }
             EventKind::Decline { checkpoint, error } => {
                 let reason = format!(
                     "task {} could not write its state: {error}",
@@ -175,10 +181,12 @@ impl Handler<FromCoordinator> for JobMaster {
                 self.finish(ctx, Err(error));
             }
             FromCoordinator::Aborted { checkpoint, reason } => {
-                self.metrics
-                    .aborted
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(job = %self.job(), checkpoint = %checkpoint, reason = %reason, "checkpoint aborted");
+                self.metrics.checkpoint_aborted(checkpoint, &reason);
+                let span = self
+                    .checkpoint_spans
+                    .remove(&checkpoint)
+                    .unwrap_or_else(tracing::Span::none);
+                span.in_scope(|| tracing::warn!(job = %self.job(), checkpoint = %checkpoint, reason = %reason, "checkpoint aborted"));
                 self.emit(JobEvent::CheckpointAborted { checkpoint, reason });
             }
             FromCoordinator::Completed {
@@ -187,17 +195,23 @@ impl Handler<FromCoordinator> for JobMaster {
                 savepoint,
                 stats,
             } => {
-                tracing::info!(
-                    job = %self.job(),
-                    checkpoint = %checkpoint,
-                    duration_ms = stats.duration.as_millis() as u64,
-                    bytes = stats.bytes,
-                    max_alignment_us = stats.max_alignment.as_micros() as u64,
-                    max_capture_us = stats.max_capture.as_micros() as u64,
-                    max_task_encoding_us = stats.max_task_encoding.as_micros() as u64,
-                    is_final,
-                    "checkpoint completed"
-                );
+                let span = self
+                    .checkpoint_spans
+                    .remove(&checkpoint)
+                    .unwrap_or_else(tracing::Span::none);
+                span.in_scope(|| {
+                    tracing::info!(
+                        job = %self.job(),
+                        checkpoint = %checkpoint,
+                        duration_ms = stats.duration.as_millis() as u64,
+                        bytes = stats.bytes,
+                        max_alignment_us = stats.max_alignment.as_micros() as u64,
+                        max_capture_us = stats.max_capture.as_micros() as u64,
+                        max_task_encoding_us = stats.max_task_encoding.as_micros() as u64,
+                        is_final,
+                        "checkpoint completed"
+                    )
+                });
                 self.metrics.checkpoint_completed(stats);
                 self.emit(JobEvent::CheckpointCompleted { checkpoint });
                 // Restores of this run now start from its own checkpoints.

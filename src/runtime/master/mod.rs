@@ -108,6 +108,10 @@ pub(crate) struct JobMaster {
     /// The newest final checkpoint that completed.
     pub(crate) final_done: Option<CheckpointId>,
     pub(crate) failure_at: HashMap<usize, Instant>,
+    /// The tracing span of each checkpoint in flight (trigger to completion or abort).
+    pub(crate) checkpoint_spans: HashMap<CheckpointId, tracing::Span>,
+    /// The tracing span of each region being restored (decision to running again).
+    pub(crate) restore_spans: HashMap<usize, tracing::Span>,
     pub(crate) metrics: Arc<JobMetrics>,
     pub(crate) cancel: watch::Sender<bool>,
     pub(crate) cancel_rx: watch::Receiver<bool>,
@@ -156,6 +160,8 @@ impl JobMaster {
             final_trigger: None,
             final_done: None,
             failure_at: HashMap::new(),
+            checkpoint_spans: HashMap::new(),
+            restore_spans: HashMap::new(),
             metrics,
             cancel,
             cancel_rx,
@@ -365,6 +371,10 @@ impl JobMaster {
         match region {
             Some(r) => {
                 let deferred = self.sup.restored(r);
+                if let Some(span) = self.restore_spans.remove(&r) {
+                    span.in_scope(|| tracing::info!(checkpoint = ?restored_from, tasks = ids.len(), "region restored and running"));
+                }
+                self.metrics.restored(ids.clone(), restored_from);
                 self.emit(JobEvent::Restored {
                     tasks: ids,
                     checkpoint: restored_from,
@@ -416,6 +426,8 @@ impl JobMaster {
             return;
         }
         let id = self.topo.tasks[task].id.clone();
+        tracing::warn!(job = %self.job(), task = %id, class = ?class, error = %error, "task failure reported");
+        self.metrics.failed(Some(&id), class, error.to_string());
         self.emit(JobEvent::TaskFailed {
             task: id.clone(),
             error: error.to_string(),
@@ -438,6 +450,7 @@ impl JobMaster {
             }
             Decision::RestartRegion { delay, attempt, .. } => {
                 self.ledger.count_restart(false);
+                self.metrics.restarting(false);
                 let tasks = self.topo.region_of(task);
                 tracing::warn!(job = %self.job(), task = %id, error = %error, attempt, delay = ?delay, region_tasks = tasks.len(), "restarting failover region");
                 self.take_down(ctx, &tasks, &format!("task {id} failed"), attempt, delay);
@@ -450,6 +463,7 @@ impl JobMaster {
             } => {
                 tracing::warn!(job = %self.job(), task = %id, error = %error, reason = %reason, attempt, delay = ?delay, "a region spent its restarts: restarting the whole job");
                 self.ledger.count_restart(true);
+                self.metrics.restarting(true);
                 self.emit(JobEvent::Escalated {
                     tasks: self.region_ids(&self.topo.region_of(task)),
                     reason,
@@ -532,6 +546,14 @@ impl JobMaster {
             return;
         }
         self.sup.restoring(region);
+        let span = tracing::info_span!(
+            "restore",
+            job = %self.job(),
+            region,
+            tasks = tasks.len(),
+            checkpoint = tracing::field::Empty
+        );
+        self.restore_spans.insert(region, span);
         let plan = self.topo.restore_plan(&tasks);
         ctx.spawn(plan.into_actor(self).map(move |planned, act, ctx| {
             if act.sup.incarnation(region) != incarnation {
@@ -539,6 +561,10 @@ impl JobMaster {
             }
             match planned {
                 Ok((restored_from, restore)) => {
+                    if let Some(span) = act.restore_spans.get(&region) {
+                        span.record("checkpoint", tracing::field::debug(restored_from));
+                        span.in_scope(|| tracing::info!(checkpoint = ?restored_from, "restoring the region from its checkpoint"));
+                    }
                     act.spawn_tasks(ctx, tasks, restore, restored_from, Some(region))
                 }
                 Err(e) => act.finish(ctx, Err(e)),
@@ -587,6 +613,11 @@ impl JobMaster {
     /// source is not running, the checkpoint is declined at once.
     fn on_triggered(&mut self, checkpoint: CheckpointId, is_final: bool, savepoint: bool) {
         self.last_triggered = Some(checkpoint);
+        let span = tracing::info_span!("checkpoint", job = %self.job(), id = checkpoint.0, is_final, savepoint);
+        span.in_scope(|| tracing::debug!("checkpoint triggered"));
+        // Checkpoints triggered before and never answered (a coordinator restarted) end here.
+        self.checkpoint_spans.retain(|id, _| *id > checkpoint);
+        self.checkpoint_spans.insert(checkpoint, span);
         self.emit(JobEvent::CheckpointTriggered {
             checkpoint,
             is_final,
