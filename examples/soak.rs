@@ -8,8 +8,8 @@
 //! producer, lets the job catch up, stops it with a savepoint and checks the committed output
 //! exactly: every key's running counts 1..=n exactly once.
 //!
-//! Run: `cargo run --release --example soak [-- --minutes M] [-- --rate R]` (default 10
-//! minutes, 2,000 records/s). Prints `soak: OK ...` or `soak: FAILED ...` (exit code 1).
+//! Run: `cargo run --release --example soak [-- --minutes M] [-- --rate R] [-- --kill-every S]`
+//! (default 10 minutes, 2,000 records/s, a kill every 5 s; `--kill-every 0`: none). Prints `soak: OK ...` or `soak: FAILED ...` (exit code 1).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -184,7 +184,7 @@ fn check(out: &Path, total: u64) -> Result<(u64, u64, u64)> {
     Ok((lines.len() as u64, lost, duplicated))
 }
 
-fn job(root: &Path, log: Arc<dyn ReplayableLog>) -> Result<JobBuilder> {
+fn job(root: &Path, log: Arc<dyn ReplayableLog>, kill_every: f64) -> Result<JobBuilder> {
     let config = JobConfig {
         parallelism: 2,
         checkpoints: CheckpointTiming::every(Duration::from_millis(100))
@@ -205,11 +205,13 @@ fn job(root: &Path, log: Arc<dyn ReplayableLog>) -> Result<JobBuilder> {
     job.checkpoint_storage(Arc::new(
         LocalCheckpointStorage::new(root.join("checkpoints"), "soak")?.with_retain(3),
     ));
-    job.chaos(
-        ChaosMonkey::new(5)
-            .every(Duration::from_secs(5))
-            .kills(vec![Kill::PanicInUserCode]),
-    );
+    if kill_every > 0.0 {
+        job.chaos(
+            ChaosMonkey::new(5)
+                .every(Duration::from_secs_f64(kill_every))
+                .kills(vec![Kill::PanicInUserCode]),
+        );
+    }
     job.source("numbers", LogSource::<(u64, u64)>::msgpack(log).trim_log())
         .key_by(|(k, _): &(u64, u64)| *k)
         .reduce("count", |a, b| (a.0, a.1 + b.1))
@@ -251,6 +253,7 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let minutes = arg(&args, "--minutes").unwrap_or(10.0);
     let rate = arg(&args, "--rate").unwrap_or(2_000.0);
+    let kill_every = arg(&args, "--kill-every").unwrap_or(5.0);
     let root = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
         .join("snapflow-examples")
         .join("soak");
@@ -274,7 +277,10 @@ async fn main() -> Result<()> {
         Arc::clone(&stop),
         Arc::clone(&appended),
     );
-    let handle = job(&root, Arc::clone(&log))?.build()?.start().await?;
+    let handle = job(&root, Arc::clone(&log), kill_every)?
+        .build()?
+        .start()
+        .await?;
     let total = Duration::from_secs_f64(minutes * 60.0);
     let measure = Duration::from_secs(10).min(total / 6);
     let warm_up = Duration::from_secs(30).min(total / 4);
