@@ -137,13 +137,18 @@ def test_the_page_shows_graph_checkpoints_restarts_and_updates_live(driver, url)
 
 
 def stop(proc, sig=signal.SIGTERM):
-    if proc and proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """Stops `proc` and everything it started (its own process group: chromedriver's
+    chromium too), by process id."""
+    if not proc:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
 
 
 def main():
@@ -156,7 +161,7 @@ def main():
     profile = tempfile.mkdtemp(prefix="snapflow-chromium-")
     try:
         example = subprocess.Popen([binary, "--port", str(port), "--kill-every-ms", "1500"],
-                                   stdout=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, text=True, start_new_session=True)
         url = None
         for line in example.stdout:
             print("web_view:", line.rstrip())
@@ -165,13 +170,14 @@ def main():
                 break
         assert url and url.startswith("http://127.0.0.1:"), url
         chromedriver = subprocess.Popen([CHROMEDRIVER, f"--port={driver_port}"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
         driver = Driver(driver_port, profile)
         test_the_page_shows_graph_checkpoints_restarts_and_updates_live(driver, url)
         driver.quit()
         driver = None
         # Ctrl-C: the example stops with a final checkpoint and checks its output.
-        example.send_signal(signal.SIGINT)
+        os.killpg(example.pid, signal.SIGINT)
         rest, _ = example.communicate(timeout=60)
         print("\n".join("web_view: " + l for l in rest.splitlines()))
         assert example.returncode == 0, f"web_view exited with {example.returncode}"
@@ -186,4 +192,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # Killed by .ci/run's trap: run the cleanup in `main`'s finally rather than die at once.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("browser test: terminated"))
     main()

@@ -25,6 +25,7 @@ pub use records::{
     AbortedCheckpoint, EdgeInfo, ExceptionRecord, FailureCounts, JobGraph, Partitioning,
     RestartRecord, TimelineEntry, VertexInfo, VertexKind,
 };
+use task::lock;
 pub(crate) use task::{InputProbe, TaskCounters};
 pub use task::{SourcePartitionMetrics, TaskMetrics};
 
@@ -204,7 +205,11 @@ impl JobMetrics {
         self.in_flight.fetch_sub(records as i64, Ordering::Relaxed);
     }
 
+    /// The counters of `task`, made on first use.
     pub(crate) fn task(&self, task: &TaskId) -> Arc<TaskCounters> {
+        if let Some(c) = self.tasks.get(task) {
+            return Arc::clone(c.value());
+        }
         Arc::clone(
             self.tasks
                 .entry(task.clone())
@@ -259,11 +264,6 @@ fn process_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Windows of plain values: consistent whatever a panicking holder did.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A copy of a job's metrics at one moment.

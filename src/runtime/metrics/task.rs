@@ -65,7 +65,9 @@ impl std::fmt::Debug for TaskCounters {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`. What the metrics keep behind a lock is plain values: consistent whatever a
+/// panicking holder did.
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
