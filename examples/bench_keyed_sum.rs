@@ -13,7 +13,8 @@
 //! Add `--serve` to one configuration (built with `--features web`) to run it with its web
 //! view serving and `/metrics` scraped every second (the exporter's overhead).
 //! Add `--memory-storage` to any of these to checkpoint to memory instead of a local directory
-//! (to tell the storage's I/O cost from the rest).
+//! (to tell the storage's I/O cost from the rest), or `--s3 http://127.0.0.1:PORT` (built with
+//! `--features s3`) to checkpoint to that S3 server (moto, say) instead.
 //!
 //! Besides the fields the issue asks for, a line has `ckpt_stall_*` (capture on the task),
 //! `task_encode_median_ms` (per checkpoint, the key groups the busiest keyed task encoded itself
@@ -48,6 +49,33 @@ static FAILED: AtomicBool = AtomicBool::new(false);
 /// to tell the cost of the storage's I/O from the rest of a checkpoint's cost. Not the standard
 /// workload (which checkpoints to a local directory); its lines say `storage=memory`.
 static MEMORY_STORAGE: AtomicBool = AtomicBool::new(false);
+
+/// `--s3 ENDPOINT` (built with `--features s3`): checkpoints to an S3 server (bucket
+/// `snapflow-bench`, created if missing) through `ObjectStoreCheckpointStorage`, to compare
+/// its checkpoint durations with the local directory's; its lines say `storage=s3`.
+static S3_ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+#[cfg(feature = "s3")]
+#[path = "common/s3.rs"]
+mod s3_setup;
+
+/// The checkpoint storage of `--s3 endpoint`.
+#[cfg(feature = "s3")]
+fn s3_storage(endpoint: &str) -> Result<Arc<dyn snapflow::checkpoint::CheckpointStorage>> {
+    s3_setup::create_bucket(endpoint, "snapflow-bench").map_err(Error::Config)?;
+    let store = s3_setup::s3_store(endpoint, "snapflow-bench", 3);
+    let run = format!("run-{}", std::process::id());
+    Ok(Arc::new(
+        snapflow::checkpoint::ObjectStoreCheckpointStorage::new(store, &run, "keyed-sum")?,
+    ))
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3_storage(_: &str) -> Result<Arc<dyn snapflow::checkpoint::CheckpointStorage>> {
+    Err(Error::Config(
+        "--s3 needs object storage: build with --features s3".into(),
+    ))
+}
 
 /// (sum, count) per key; at the end, one (total of sums, keys) per task.
 #[derive(Clone)]
@@ -267,7 +295,9 @@ fn run(r: &Run) -> Result<()> {
     let totals = Totals(Arc::new((AtomicU64::new(0), AtomicU64::new(0))));
     let job = JobBuilder::with_config("keyed-sum", config);
     let memory = MEMORY_STORAGE.load(Ordering::Relaxed);
-    if memory {
+    if let Some(endpoint) = S3_ENDPOINT.get() {
+        job.checkpoint_storage(s3_storage(endpoint)?);
+    } else if memory {
         job.checkpoint_storage(Arc::new(MemoryCheckpointStorage::new("keyed-sum")?));
     } else {
         job.checkpoint_storage(Arc::new(LocalCheckpointStorage::new(&dir, "keyed-sum")?));
@@ -368,7 +398,13 @@ fn run(r: &Run) -> Result<()> {
         } else {
             String::new()
         },
-        if memory { " storage=memory" } else { "" },
+        if S3_ENDPOINT.get().is_some() {
+            " storage=s3"
+        } else if memory {
+            " storage=memory"
+        } else {
+            ""
+        },
     );
     if r.serve {
         println!("web view served, /metrics scraped {scrapes} times");
@@ -402,6 +438,9 @@ fn child(n: u64, k: u64, p: u32, ckpt: &str, fail: bool) -> Result<String> {
     }
     if MEMORY_STORAGE.load(Ordering::Relaxed) {
         cmd.arg("--memory-storage");
+    }
+    if let Some(endpoint) = S3_ENDPOINT.get() {
+        cmd.args(["--s3", endpoint]);
     }
     let out = cmd.output().map_err(|e| Error::Config(e.to_string()))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -500,6 +539,9 @@ fn overhead(n: u64, ks: &[u64], rounds: usize) -> Result<()> {
 fn main() -> Result<()> {
     snapflow::chaos::quiet_chaos_panics();
     let args: Vec<String> = std::env::args().collect();
+    if let Some(endpoint) = arg(&args, "--s3") {
+        let _ = S3_ENDPOINT.set(endpoint);
+    }
     MEMORY_STORAGE.store(
         args.iter().any(|a| a == "--memory-storage"),
         Ordering::Relaxed,

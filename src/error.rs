@@ -172,6 +172,31 @@ pub enum Error {
         checkpoint: CheckpointId,
     },
 
+    /// Another writer completed checkpoint `checkpoint` first: its manifest was already there
+    /// when this one was written (conditional create). Two runs of one job share a checkpoint
+    /// storage; the checkpoint that is there is left as it is.
+    #[error("checkpoint {checkpoint} of job '{job}' was completed by another writer: two runs of one job share its checkpoint storage")]
+    CheckpointExists {
+        /// The job.
+        job: String,
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+    },
+
+    /// A call to a remote service (an object store, a Kafka broker) failed, after the
+    /// retries its client makes. `class` says what may help: [`ErrorClass::Retryable`] for a
+    /// network failure or a timeout, [`ErrorClass::Fatal`] for refused credentials or an
+    /// unsupported operation.
+    #[error("{what} failed: {reason}")]
+    Remote {
+        /// The call and what it was about (`PUT s3 object jobs/x/chk-1/_manifest`).
+        what: String,
+        /// What the service or its client said.
+        reason: String,
+        /// How a supervisor should treat it.
+        class: ErrorClass,
+    },
+
     /// A restore was asked to start from a location (a savepoint's directory) that holds no
     /// checkpoint manifest.
     #[error("no checkpoint or savepoint at {location:?} (no manifest there)")]
@@ -407,6 +432,8 @@ impl Error {
             Error::RestartsExhausted { source, .. } => source.class(),
             Error::InvalidGraph(_) | Error::NoValidCheckpoint { .. } => ErrorClass::Fatal,
             Error::NothingAtLocation { .. } | Error::UnclaimedState { .. } => ErrorClass::Fatal,
+            Error::CheckpointExists { .. } => ErrorClass::Fatal,
+            Error::Remote { class, .. } => *class,
             Error::RecordTooLarge { .. }
             | Error::OffsetOutOfRange { .. }
             | Error::UnknownPartition { .. }

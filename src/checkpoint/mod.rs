@@ -13,14 +13,18 @@
 //! (size and checksum) and fall back to the previous complete checkpoint, logging what failed,
 //! when anything does not verify. Nothing corrupt is ever handed to a restore.
 //!
-//! Implementations: [`LocalCheckpointStorage`] (a directory; the default) and
-//! [`MemoryCheckpointStorage`] (for tests). Both keep the same file envelopes and checks.
+//! Implementations: [`LocalCheckpointStorage`] (a directory; the default),
+//! [`MemoryCheckpointStorage`] (for tests) and, with feature `object-store`,
+//! `ObjectStoreCheckpointStorage` (S3 and the other stores of the `object_store` crate). All
+//! keep the same file envelopes and checks.
 
 mod barrier;
 pub(crate) mod coordinator;
 pub(crate) mod fence;
 mod local;
 mod memory;
+#[cfg(feature = "object-store")]
+mod object;
 pub(crate) mod protocol;
 mod rescale;
 mod stats;
@@ -41,6 +45,8 @@ pub use barrier::{Aligner, BarrierOutcome, CheckpointMode};
 pub use coordinator::{AckOutcome, CheckpointCoordinator, CheckpointTiming, FailOutcome, Trigger};
 pub use local::{LocalCheckpointStorage, DEFAULT_DIRECT_IO_MIN_BYTES};
 pub use memory::MemoryCheckpointStorage;
+#[cfg(feature = "object-store")]
+pub use object::{ObjectStoreCheckpointStorage, DEFAULT_MULTIPART_MIN_BYTES, DEFAULT_PART_BYTES};
 pub use rescale::rescale_savepoint;
 pub use stats::CheckpointStats;
 
@@ -57,6 +63,34 @@ impl TaskId {
     /// The name of this task's state file in a checkpoint.
     pub(crate) fn state_file_name(&self) -> String {
         format!("task-{}-{}.state", self.vertex, self.index)
+    }
+
+    /// The name of this task's state file written by the writer `writer` (16 lowercase hex
+    /// digits): storages that several processes may write at once keep each writer's files
+    /// apart, so a writer that loses the race to complete a checkpoint never overwrites the
+    /// files of the one that won.
+    pub(crate) fn writer_state_file_name(&self, writer: &str) -> String {
+        format!("task-{}-{}.{writer}.state", self.vertex, self.index)
+    }
+
+    /// Whether `name` is a state file name of this task: [`state_file_name`](Self::state_file_name)
+    /// or a [`writer_state_file_name`](Self::writer_state_file_name).
+    pub(crate) fn is_state_file_name(&self, name: &str) -> bool {
+        let Some(rest) = name
+            .strip_prefix("task-")
+            .and_then(|r| r.strip_prefix(self.vertex.as_str()))
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| r.strip_prefix(self.index.to_string().as_str()))
+            .and_then(|r| r.strip_suffix(".state"))
+        else {
+            return false;
+        };
+        rest.is_empty()
+            || rest.strip_prefix('.').is_some_and(|w| {
+                w.len() == 16
+                    && w.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
     }
 }
 
@@ -223,7 +257,7 @@ impl Manifest {
             if !seen.insert(&t.task) {
                 return Err(format!("task {} appears twice", t.task));
             }
-            if t.state.file != t.task.state_file_name() {
+            if !t.task.is_state_file_name(&t.state.file) {
                 return Err(format!(
                     "task {} names state file {:?}",
                     t.task, t.state.file
@@ -545,5 +579,31 @@ pub(crate) fn state_handle(task: &TaskId, bytes: &[u8]) -> StateHandle {
         file: task.state_file_name(),
         size: bytes.len() as u64,
         crc32c: crc32c::crc32c(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_owns_its_plain_and_writer_state_file_names_and_no_other() {
+        let t = TaskId::new("a", 1).expect("task");
+        assert!(t.is_state_file_name(&t.state_file_name()));
+        assert!(t.is_state_file_name(&t.writer_state_file_name("0123456789abcdef")));
+        for other in [
+            "task-a-1.0123456789ABCDEF.state", // upper case
+            "task-a-1.0123456789abcde.state",  // 15 digits
+            "task-a-1..state",
+            "task-a-10.state",
+            "task-a-1-0.state",
+            "task-a-1.state.tmp",
+        ] {
+            assert!(!t.is_state_file_name(other), "{other}");
+        }
+        // Vertex names with dashes stay apart: task 0 of `a-1` is not task 1 of `a`.
+        let dashed = TaskId::new("a-1", 0).expect("task");
+        assert!(!t.is_state_file_name(&dashed.state_file_name()));
+        assert!(dashed.is_state_file_name(&dashed.state_file_name()));
     }
 }
