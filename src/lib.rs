@@ -49,6 +49,8 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ids;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod log;
 pub mod runtime;
 pub mod sink;

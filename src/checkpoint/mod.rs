@@ -69,6 +69,7 @@ impl TaskId {
     /// digits): storages that several processes may write at once keep each writer's files
     /// apart, so a writer that loses the race to complete a checkpoint never overwrites the
     /// files of the one that won.
+    #[cfg_attr(not(feature = "object-store"), allow(dead_code))]
     pub(crate) fn writer_state_file_name(&self, writer: &str) -> String {
         format!("task-{}-{}.{writer}.state", self.vertex, self.index)
     }

@@ -81,8 +81,13 @@ pub enum Durability {
     Volatile,
 }
 
-/// Records read from one partition: consecutive offsets starting at [`base_offset`]. The
-/// payloads share one buffer, so a batch costs two allocations whatever its length.
+/// Records read from one partition, in offset order. In the logs of this crate their offsets
+/// are consecutive from [`base_offset`]; a log whose offsets have gaps (Kafka's: transaction
+/// markers, aborted records and compaction leave them) gives each record's offset with
+/// [`push_at`](RecordBatch::push_at), and may move [`next_offset`](RecordBatch::next_offset)
+/// past offsets that hold no record ([`set_next_offset`](RecordBatch::set_next_offset)). The
+/// payloads share one buffer, so a batch costs two allocations whatever its length (three
+/// with gaps).
 ///
 /// [`base_offset`]: RecordBatch::base_offset
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +96,10 @@ pub struct RecordBatch {
     base_offset: LogOffset,
     data: Vec<u8>,
     ends: Vec<u32>,
+    /// Each record's offset, once one was not the one after the last (empty while dense).
+    offsets: Vec<u64>,
+    /// Where to read next, when the log said (beyond the last record's offset plus one).
+    next: Option<LogOffset>,
 }
 
 impl RecordBatch {
@@ -102,13 +111,56 @@ impl RecordBatch {
             base_offset,
             data: Vec::new(),
             ends: Vec::new(),
+            offsets: Vec::new(),
+            next: None,
         }
     }
 
-    /// Appends the next record's payload.
+    /// Appends the next record's payload, at [`next_offset`](Self::next_offset).
     pub fn push(&mut self, payload: &[u8]) {
+        if !self.offsets.is_empty() || self.next.is_some() {
+            // At the next offset, which `push_at` never refuses.
+            let _ = self.push_at(self.next_offset(), payload);
+            return;
+        }
         self.data.extend_from_slice(payload);
         self.ends.push(self.data.len() as u32);
+    }
+
+    /// Appends a record at `offset`, which may leave a gap after the last one. Refused
+    /// ([`Error::Internal`], a bug of the log) when `offset` is below
+    /// [`next_offset`](Self::next_offset): offsets only grow.
+    pub fn push_at(&mut self, offset: LogOffset, payload: &[u8]) -> Result<()> {
+        let expected = self.next_offset();
+        if offset < expected {
+            return Err(Error::Internal(format!(
+                "record at offset {offset} of partition {} pushed after offset {expected}",
+                self.partition
+            )));
+        }
+        if offset != self.last_offset_plus_one() && self.offsets.is_empty() {
+            // The first gap: from here on every record's offset is kept.
+            let base = self.base_offset.0;
+            self.offsets = (0..self.ends.len() as u64).map(|i| base + i).collect();
+        }
+        if self.is_empty() && self.offsets.is_empty() && offset != self.base_offset {
+            self.base_offset = offset;
+        } else if !self.offsets.is_empty() {
+            self.offsets.push(offset.0);
+        }
+        self.next = None;
+        self.data.extend_from_slice(payload);
+        self.ends.push(self.data.len() as u32);
+        Ok(())
+    }
+
+    /// Says that the next read starts at `next`, beyond the last record's offset (a log
+    /// whose offsets after it hold no record, such as Kafka's transaction markers). Ignored
+    /// unless it moves the next offset on.
+    pub fn set_next_offset(&mut self, next: LogOffset) {
+        if next > self.next_offset() {
+            self.next = Some(next);
+        }
     }
 
     /// The total payload bytes of the batch.
@@ -127,9 +179,22 @@ impl RecordBatch {
         self.base_offset
     }
 
-    /// The offset to read from next: after the last record of the batch.
+    /// True when the records' offsets are consecutive from [`base_offset`](Self::base_offset).
+    pub fn is_dense(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    fn last_offset_plus_one(&self) -> LogOffset {
+        match self.offsets.last() {
+            Some(&last) => LogOffset(last + 1),
+            None => LogOffset(self.base_offset.0 + self.ends.len() as u64),
+        }
+    }
+
+    /// The offset to read from next: after the last record of the batch, or further when the
+    /// log said so.
     pub fn next_offset(&self) -> LogOffset {
-        LogOffset(self.base_offset.0 + self.ends.len() as u64)
+        self.next.unwrap_or_else(|| self.last_offset_plus_one())
     }
 
     /// How many records the batch holds.
@@ -155,10 +220,11 @@ impl RecordBatch {
         self.ends.iter().enumerate().map(move |(i, &end)| {
             let s = start;
             start = end as usize;
-            (
-                LogOffset(self.base_offset.0 + i as u64),
-                &self.data[s..end as usize],
-            )
+            let offset = match self.offsets.get(i) {
+                Some(&o) => o,
+                None => self.base_offset.0 + i as u64,
+            };
+            (LogOffset(offset), &self.data[s..end as usize])
         })
     }
 }
@@ -274,5 +340,42 @@ mod tests {
         assert_eq!(b.next_offset(), LogOffset(13));
         assert_eq!(b.get(2), Some(&b"ccc"[..]));
         assert_eq!(b.get(3), None);
+    }
+
+    #[test]
+    fn a_record_batch_with_gaps_keeps_each_offset_and_may_skip_past_its_last_record() {
+        let mut b = RecordBatch::new(PartitionId(1), LogOffset(5));
+        // The first record is further on than asked (a marker at 5).
+        b.push_at(LogOffset(6), b"x").expect("push");
+        assert!(b.is_dense());
+        b.push_at(LogOffset(7), b"y").expect("push");
+        b.push_at(LogOffset(10), b"z").expect("push");
+        assert!(!b.is_dense());
+        b.push(b"w");
+        let got: Vec<_> = b.iter().map(|(o, p)| (o.0, p.to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (6, b"x".to_vec()),
+                (7, b"y".to_vec()),
+                (10, b"z".to_vec()),
+                (11, b"w".to_vec())
+            ]
+        );
+        assert_eq!(b.base_offset(), LogOffset(6));
+        assert_eq!(b.next_offset(), LogOffset(12));
+        assert!(
+            b.push_at(LogOffset(11), b"back").is_err(),
+            "offsets only grow"
+        );
+        b.set_next_offset(LogOffset(14));
+        assert_eq!(b.next_offset(), LogOffset(14));
+        b.set_next_offset(LogOffset(3));
+        assert_eq!(b.next_offset(), LogOffset(14), "never moves back");
+        // An empty batch may move on too (only markers were read).
+        let mut e = RecordBatch::new(PartitionId(0), LogOffset(8));
+        e.set_next_offset(LogOffset(9));
+        assert!(e.is_empty());
+        assert_eq!(e.next_offset(), LogOffset(9));
     }
 }

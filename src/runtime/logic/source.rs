@@ -260,15 +260,35 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
                 None => max,
             };
             let batch = self.log.read(part.id, part.next, want)?;
+            // A log with gaps in its offsets may end the batch beyond its last record (Kafka's
+            // transaction markers), and may give records past a bounded source's stop: those
+            // are not read, and the source stops at its stop.
+            let next = match part.stop {
+                Some(s) => batch.next_offset().min(s),
+                None => batch.next_offset(),
+            };
             if batch.is_empty() {
                 let p = &mut self.partitions[i];
                 p.empty_since.get_or_insert_with(messages::now);
+                if next > p.next {
+                    p.next = next;
+                    if let Some(g) = self.offset_gauges.get(i) {
+                        g.store(next.0, Ordering::Relaxed);
+                    }
+                }
                 continue;
             }
             let pid = part.id;
             let mut max_ts = part.max_ts;
-            self.out.set_origin(Some((pid, part.next)));
-            for (o, bytes) in batch.iter() {
+            // Positions travel with the records only where they are consecutive.
+            self.out
+                .set_origin(batch.is_dense().then_some((pid, batch.base_offset())));
+            // A dense batch is within the stop already (`want`).
+            let read = match part.stop {
+                Some(s) if !batch.is_dense() => batch.iter().take_while(|(o, _)| *o < s).count(),
+                _ => batch.len(),
+            };
+            for (o, bytes) in batch.iter().take(read) {
                 let record = (self.decode)(bytes).map_err(|e| match e {
                     Error::Codec { op, reason, .. } => Error::Codec {
                         op,
@@ -284,14 +304,14 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
             }
             self.out.set_origin(None);
             let p = &mut self.partitions[i];
-            p.next = batch.next_offset();
+            p.next = next;
             p.max_ts = max_ts;
             p.empty_since = None;
             if let Some(g) = self.offset_gauges.get(i) {
-                g.store(batch.next_offset().0, Ordering::Relaxed);
+                g.store(next.0, Ordering::Relaxed);
             }
             self.next = (i + 1) % n;
-            return Ok(SourcePoll::Produced(batch.len()));
+            return Ok(SourcePoll::Produced(read));
         }
         let all_stopped = self.partitions.iter().all(SourcePartition::at_stop);
         if all_stopped && self.stops.is_some() {

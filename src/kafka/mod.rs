@@ -1,0 +1,245 @@
+//! Kafka (feature `kafka`, on `rdkafka`): a topic as a replayable source log ([`KafkaLog`]).
+//!
+//! A Kafka topic's partitions are a source's partitions. Reading positions live in snapflow's
+//! checkpoints, never in Kafka's consumer-group offsets: a restore seeks every partition to
+//! the offset its checkpoint recorded and replays from there. Kafka offsets are not dense
+//! (transaction markers, aborted records and compaction leave gaps): every record carries its
+//! own offset ([`RecordBatch::push_at`](crate::log::RecordBatch::push_at)), and a read that
+//! only passed markers still moves the source's position on.
+//!
+//! Records reach the job as [`KafkaRecord`]s: the value decoded by a [`KafkaCodec`]
+//! (MessagePack, JSON or raw bytes), with the key, the partition, the offset and Kafka's
+//! timestamp, which can be the event time ([`KafkaRecord::event_time`]).
+//!
+//! Failures: a broker that cannot be reached is retried by the client (with its reconnect
+//! backoff) while reads give nothing; past [`KafkaLog::with_unreachable_budget`] the read
+//! fails as [`Error::Remote`] of class Retryable. An offset the broker no
+//! longer has (retention) is [`Error::OffsetOutOfRange`] with
+//! the partition and offset, unless [`MissingOffset::EarliestAvailable`] was chosen.
+
+mod log;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::log::{LogOffset, PartitionId};
+use crate::runtime::time::Timestamp;
+
+pub use log::{KafkaLog, MissingOffset, DEFAULT_UNREACHABLE_BUDGET};
+
+/// Where a Kafka cluster is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// Further client properties (librdkafka's names: `security.protocol`, `sasl.*`, ...),
+    /// set after snapflow's own, so they win.
+    pub properties: BTreeMap<String, String>,
+    /// How long a metadata or offset request may take.
+    pub request_timeout: Duration,
+}
+
+impl KafkaConfig {
+    /// The cluster at `bootstrap_servers`, with no further properties and a 10 s timeout.
+    pub fn new(bootstrap_servers: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            properties: BTreeMap::new(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets a client property.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> KafkaConfig {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// The client configuration: `base` (snapflow's settings), then the user's properties.
+    pub(crate) fn client(&self, base: &[(&str, &str)]) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        for (k, v) in base {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// How the values of a topic's records are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaCodec {
+    /// MessagePack (what snapflow's own logs and sinks write).
+    MessagePack,
+    /// JSON.
+    Json,
+}
+
+/// One record of a Kafka topic, its value decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaRecord<T> {
+    /// The partition it was read from.
+    pub partition: PartitionId,
+    /// Its offset in the partition.
+    pub offset: LogOffset,
+    /// Kafka's timestamp of the record (create or log-append time), in milliseconds since
+    /// the Unix epoch, when it has one.
+    pub timestamp_ms: Option<i64>,
+    /// The record's key, when it has one.
+    pub key: Option<Vec<u8>>,
+    /// The decoded value.
+    pub value: T,
+}
+
+impl<T> KafkaRecord<T> {
+    /// Kafka's timestamp as event time ([`Timestamp::MIN`] for a record without one), for
+    /// [`LogSource::event_time`](crate::LogSource::event_time).
+    pub fn event_time(&self) -> Timestamp {
+        self.timestamp_ms.unwrap_or(Timestamp::MIN)
+    }
+}
+
+/// The bytes of one Kafka record in a [`RecordBatch`](crate::log::RecordBatch) of a
+/// [`KafkaLog`]: `partition u32 | offset u64 | timestamp i64 (i64::MIN: none) | key length u32
+/// (u32::MAX: none) | key | value`, little-endian.
+pub(crate) fn frame(
+    out: &mut Vec<u8>,
+    partition: PartitionId,
+    offset: u64,
+    ts: Option<i64>,
+    key: Option<&[u8]>,
+    value: &[u8],
+) {
+    out.extend_from_slice(&partition.0.to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&ts.unwrap_or(i64::MIN).to_le_bytes());
+    match key {
+        Some(k) => {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+        }
+        None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+    }
+    out.extend_from_slice(value);
+}
+
+const FRAME_HEADER: usize = 24;
+
+/// Splits a framed record (see [`frame`]); `Err` for bytes that are not one.
+pub(crate) fn unframe(bytes: &[u8]) -> Result<KafkaRecord<&[u8]>> {
+    let bad = |reason: &str| Error::Codec {
+        op: "decode",
+        what: "a Kafka record".into(),
+        reason: reason.to_string(),
+    };
+    if bytes.len() < FRAME_HEADER {
+        return Err(bad("shorter than its header"));
+    }
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
+        w
+    };
+    let half = |at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&bytes[at..at + 4]);
+        u32::from_le_bytes(w)
+    };
+    let partition = PartitionId(half(0));
+    let offset = u64::from_le_bytes(word(4));
+    let ts = i64::from_le_bytes(word(12));
+    let key_len = half(20);
+    let (key, value) = if key_len == u32::MAX {
+        (None, &bytes[FRAME_HEADER..])
+    } else {
+        let end = FRAME_HEADER
+            .checked_add(key_len as usize)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| bad("its key runs past its end"))?;
+        (Some(bytes[FRAME_HEADER..end].to_vec()), &bytes[end..])
+    };
+    Ok(KafkaRecord {
+        partition,
+        offset: LogOffset(offset),
+        timestamp_ms: (ts != i64::MIN).then_some(ts),
+        key,
+        value,
+    })
+}
+
+/// Decodes one record of a [`KafkaLog`]'s batches (its value with `codec`), as the log's
+/// sources do.
+pub fn decode_record<T: DeserializeOwned>(
+    codec: KafkaCodec,
+    bytes: &[u8],
+) -> Result<KafkaRecord<T>> {
+    let r = unframe(bytes)?;
+    let what = || {
+        format!(
+            "the value of Kafka record {} of partition {}",
+            r.offset, r.partition
+        )
+    };
+    let value = match codec {
+        KafkaCodec::MessagePack => {
+            crate::codec::decode(r.value, "Kafka record value").map_err(|e| match e {
+                Error::Codec { op, reason, .. } => Error::Codec {
+                    op,
+                    what: what(),
+                    reason,
+                },
+                other => other,
+            })?
+        }
+        KafkaCodec::Json => serde_json::from_slice(r.value).map_err(|e| Error::Codec {
+            op: "decode",
+            what: what(),
+            reason: e.to_string(),
+        })?,
+    };
+    Ok(KafkaRecord {
+        partition: r.partition,
+        offset: r.offset,
+        timestamp_ms: r.timestamp_ms,
+        key: r.key,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_framed_record_reads_back_and_a_damaged_one_is_refused() {
+        let mut b = Vec::new();
+        frame(
+            &mut b,
+            PartitionId(3),
+            42,
+            Some(1_700),
+            Some(b"key"),
+            b"value",
+        );
+        let r = unframe(&b).expect("unframe");
+        assert_eq!(r.partition, PartitionId(3));
+        assert_eq!(r.offset, LogOffset(42));
+        assert_eq!(r.timestamp_ms, Some(1_700));
+        assert_eq!(r.key.as_deref(), Some(&b"key"[..]));
+        assert_eq!(r.value, b"value");
+        let mut n = Vec::new();
+        frame(&mut n, PartitionId(0), 7, None, None, b"");
+        let r = unframe(&n).expect("unframe");
+        assert_eq!((r.timestamp_ms, r.key, r.value), (None, None, &b""[..]));
+        assert!(unframe(&b[..10]).is_err());
+        let mut long_key = b.clone();
+        long_key[20..24].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(unframe(&long_key).is_err());
+    }
+}
