@@ -92,7 +92,7 @@ impl ReplayableLog for GeneratorLog {
         for o in from.0..stop {
             buf.clear();
             (self.make)(partition, LogOffset(o), &mut buf);
-            batch.push(&buf);
+            batch.push_dense(&buf);
         }
         Ok(batch)
     }

@@ -90,7 +90,7 @@ impl ReplayableLog for MemoryLog {
         let mut batch = RecordBatch::new(partition, from);
         let skip = (from.0 - p.start) as usize;
         for r in p.records.iter().skip(skip).take(max_records) {
-            batch.push(r);
+            batch.push_dense(r);
         }
         Ok(batch)
     }

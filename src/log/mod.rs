@@ -117,14 +117,43 @@ impl RecordBatch {
     }
 
     /// Appends the next record's payload, at [`next_offset`](Self::next_offset).
+    #[inline]
     pub fn push(&mut self, payload: &[u8]) {
         if !self.offsets.is_empty() || self.next.is_some() {
-            // At the next offset, which `push_at` never refuses.
-            let _ = self.push_at(self.next_offset(), payload);
+            self.push_after_gap(payload);
             return;
         }
         self.data.extend_from_slice(payload);
         self.ends.push(self.data.len() as u32);
+    }
+
+    /// [`push`](Self::push) for the logs of this crate, which fill fresh batches with
+    /// consecutive records only: no check on the per-record path.
+    #[inline]
+    pub(crate) fn push_dense(&mut self, payload: &[u8]) {
+        debug_assert!(self.offsets.is_empty() && self.next.is_none());
+        self.data.extend_from_slice(payload);
+        self.ends.push(self.data.len() as u32);
+    }
+
+    /// [`push`](Self::push) into a batch with gaps: off the dense logs' per-record path.
+    #[cold]
+    #[inline(never)]
+    fn push_after_gap(&mut self, payload: &[u8]) {
+        // At the next offset, which `push_at` never refuses.
+        let _ = self.push_at(self.next_offset(), payload);
+    }
+
+    /// Keeps the first `len` records (all of them when the batch has no more).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.ends.len() {
+            return;
+        }
+        self.ends.truncate(len);
+        self.offsets.truncate(len);
+        self.data
+            .truncate(self.ends.last().map_or(0, |&e| e as usize));
+        self.next = None;
     }
 
     /// Appends a record at `offset`, which may leave a gap after the last one. Refused
@@ -217,14 +246,14 @@ impl RecordBatch {
     /// The records with their offsets, in offset order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (LogOffset, &[u8])> + '_ {
         let mut start = 0usize;
+        let (base, offsets, data) = (self.base_offset.0, &self.offsets[..], &self.data[..]);
+        let dense = offsets.is_empty();
         self.ends.iter().enumerate().map(move |(i, &end)| {
             let s = start;
             start = end as usize;
-            let offset = match self.offsets.get(i) {
-                Some(&o) => o,
-                None => self.base_offset.0 + i as u64,
-            };
-            (LogOffset(offset), &self.data[s..end as usize])
+            // Every record has its offset in `offsets` once the batch is not dense.
+            let offset = if dense { base + i as u64 } else { offsets[i] };
+            (LogOffset(offset), &data[s..end as usize])
         })
     }
 }
@@ -377,5 +406,12 @@ mod tests {
         e.set_next_offset(LogOffset(9));
         assert!(e.is_empty());
         assert_eq!(e.next_offset(), LogOffset(9));
+        // Truncated: the records kept, and what follows them.
+        b.truncate(2);
+        let kept: Vec<_> = b.iter().map(|(o, p)| (o.0, p.to_vec())).collect();
+        assert_eq!(kept, vec![(6, b"x".to_vec()), (7, b"y".to_vec())]);
+        assert_eq!(b.next_offset(), LogOffset(8));
+        b.truncate(5);
+        assert_eq!(b.len(), 2);
     }
 }

@@ -656,7 +656,7 @@ impl Partition {
                             }
                             confirmed = true;
                             if offset >= target {
-                                batch.push(reader.payload(start, len));
+                                batch.push_dense(reader.payload(start, len));
                                 if batch.len() >= max_records
                                     || batch.data_len() >= opts.read_batch_bytes
                                 {

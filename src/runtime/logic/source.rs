@@ -259,7 +259,7 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
                 Some(s) => ((s.0 - part.next.0) as usize).min(max),
                 None => max,
             };
-            let batch = self.log.read(part.id, part.next, want)?;
+            let mut batch = self.log.read(part.id, part.next, want)?;
             // A log with gaps in its offsets may end the batch beyond its last record (Kafka's
             // transaction markers), and may give records past a bounded source's stop: those
             // are not read, and the source stops at its stop.
@@ -284,11 +284,12 @@ impl<T: Data> TaskLogic for SourceLogic<T> {
             self.out
                 .set_origin(batch.is_dense().then_some((pid, batch.base_offset())));
             // A dense batch is within the stop already (`want`).
-            let read = match part.stop {
-                Some(s) if !batch.is_dense() => batch.iter().take_while(|(o, _)| *o < s).count(),
-                _ => batch.len(),
-            };
-            for (o, bytes) in batch.iter().take(read) {
+            if let Some(s) = part.stop.filter(|_| !batch.is_dense()) {
+                let below = batch.iter().take_while(|(o, _)| *o < s).count();
+                batch.truncate(below);
+            }
+            let read = batch.len();
+            for (o, bytes) in batch.iter() {
                 let record = (self.decode)(bytes).map_err(|e| match e {
                     Error::Codec { op, reason, .. } => Error::Codec {
                         op,
