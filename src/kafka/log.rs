@@ -208,6 +208,15 @@ impl KafkaLog {
     fn watermarks(&self, partition: PartitionId) -> Result<(LogOffset, LogOffset)> {
         let mut r = self.reader(partition)?;
         let c = r.consumer(&self.config, self.missing)?;
+        self.fetch_watermarks(c, partition)
+    }
+
+    /// The oldest offset the broker has of `partition`, and its high watermark, asked by `c`.
+    fn fetch_watermarks(
+        &self,
+        c: &BaseConsumer<Health>,
+        partition: PartitionId,
+    ) -> Result<(LogOffset, LogOffset)> {
         let (low, high) = c
             .fetch_watermarks(&self.topic, partition.0 as i32, self.config.request_timeout)
             .map_err(|e| {
@@ -223,15 +232,7 @@ impl KafkaLog {
     fn seek(&self, r: &mut Reader, partition: PartitionId, from: LogOffset) -> Result<LogOffset> {
         drop(r.consumer.take());
         let c = r.consumer(&self.config, self.missing)?;
-        let (low, high) = c
-            .fetch_watermarks(&self.topic, partition.0 as i32, self.config.request_timeout)
-            .map_err(|e| {
-                remote(
-                    &format!("offsets of {} partition {partition}", self.topic),
-                    &e,
-                )
-            })?;
-        let (low, high) = (LogOffset(low.max(0) as u64), LogOffset(high.max(0) as u64));
+        let (low, high) = self.fetch_watermarks(c, partition)?;
         let from = match missing_offset(self.missing, partition, from, low, high)? {
             Some(moved) => {
                 tracing::warn!(topic = %self.topic, %partition, asked = %from, from = %moved,
