@@ -126,7 +126,7 @@ impl KafkaLog {
     /// it has ([`Error::Remote`], Retryable, when it does not answer in
     /// `config.request_timeout`; [`Error::Config`] when the topic does not exist).
     pub fn open(config: KafkaConfig, topic: &str) -> Result<KafkaLog> {
-        let probe = consumer(&config, MissingOffset::Fail)?;
+        let probe = consumer(&config)?;
         let metadata = probe
             .fetch_metadata(Some(topic), config.request_timeout)
             .map_err(|e| remote(&format!("metadata of Kafka topic {topic:?}"), &e))?;
@@ -207,7 +207,7 @@ impl KafkaLog {
 
     fn watermarks(&self, partition: PartitionId) -> Result<(LogOffset, LogOffset)> {
         let mut r = self.reader(partition)?;
-        let c = r.consumer(&self.config, self.missing)?;
+        let c = r.consumer(&self.config)?;
         self.fetch_watermarks(c, partition)
     }
 
@@ -231,7 +231,7 @@ impl KafkaLog {
     /// Assigns `partition`'s consumer at `from` (checked against the broker's offsets first).
     fn seek(&self, r: &mut Reader, partition: PartitionId, from: LogOffset) -> Result<LogOffset> {
         drop(r.consumer.take());
-        let c = r.consumer(&self.config, self.missing)?;
+        let c = r.consumer(&self.config)?;
         let (low, high) = self.fetch_watermarks(c, partition)?;
         let from = match missing_offset(self.missing, partition, from, low, high)? {
             Some(moved) => {
@@ -323,13 +323,9 @@ impl KafkaLog {
 }
 
 impl Reader {
-    fn consumer(
-        &mut self,
-        config: &KafkaConfig,
-        missing: MissingOffset,
-    ) -> Result<&BaseConsumer<Health>> {
+    fn consumer(&mut self, config: &KafkaConfig) -> Result<&BaseConsumer<Health>> {
         if self.consumer.is_none() {
-            self.consumer = Some(consumer(config, missing)?);
+            self.consumer = Some(consumer(config)?);
         }
         self.consumer
             .as_ref()
@@ -393,7 +389,7 @@ impl ReplayableLog for KafkaLog {
 
 /// A consumer for reading assigned partitions: no group membership, no commits, committed
 /// records only; a missing offset is an error (`MissingOffset` is applied before assigning).
-fn consumer(config: &KafkaConfig, _missing: MissingOffset) -> Result<BaseConsumer<Health>> {
+fn consumer(config: &KafkaConfig) -> Result<BaseConsumer<Health>> {
     let health = Health::new();
     config
         .client(&[
