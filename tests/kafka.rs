@@ -107,6 +107,53 @@ fn the_mock_cluster_runs_transactions_but_its_read_committed_still_shows_aborted
     );
 }
 
+/// Two more things the mock cluster does not do, recorded as a test (the Kafka sink's
+/// exactly-once protocol is tested against a model because of them, `tests/kafka_sink.rs`):
+/// it does not commit the consumer-group offsets sent to a transaction
+/// (`send_offsets_to_transaction`), and it does not fence: a producer's commit still succeeds
+/// after a newer producer of its transactional id has registered.
+#[test]
+fn the_mock_cluster_neither_commits_transactional_offsets_nor_fences_producers() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("out", 1, 1).expect("topic");
+    let b = mock.bootstrap_servers();
+    let group = || -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", "marker")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer")
+    };
+    let marker = || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("out", 0);
+        let c = group()
+            .committed_offsets(tpl, T)
+            .expect("committed offsets");
+        c.find_partition("out", 0).expect("partition").offset()
+    };
+    let old = producer(&b, Some("fence-me"));
+    old.begin_transaction().expect("begin");
+    send(&old, "out", 0, b"k", b"v", None);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("out", 0, Offset::Offset(5))
+        .expect("tpl");
+    let metadata = group().group_metadata().expect("group metadata");
+    old.send_offsets_to_transaction(&tpl, &metadata, T)
+        .expect("send offsets");
+    let _new = producer(&b, Some("fence-me"));
+    assert!(
+        old.commit_transaction(T).is_ok(),
+        "if the mock now fences producers, test the Kafka sink's fencing against it"
+    );
+    assert_eq!(
+        marker(),
+        Offset::Invalid,
+        "if the mock now commits transactional offsets, test the sink's markers against it"
+    );
+}
+
 /// A topic of `partitions` partitions holding `(key, i)` for i in 0..n (key i % keys, on
 /// partition i % partitions) in transactions of 50 records (no aborted ones: the mock would
 /// show their records; see the test above).

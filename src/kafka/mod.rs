@@ -1,4 +1,6 @@
-//! Kafka (feature `kafka`, on `rdkafka`): a topic as a replayable source log ([`KafkaLog`]).
+//! Kafka (feature `kafka`, on `rdkafka`): a topic as a replayable source log ([`KafkaLog`]),
+//! and a topic as a sink ([`KafkaSink`]: exactly once through Kafka transactions, or at least
+//! once).
 //!
 //! A Kafka topic's partitions are a source's partitions. Reading positions live in snapflow's
 //! checkpoints, never in Kafka's consumer-group offsets: a restore seeks every partition to
@@ -18,6 +20,8 @@
 //! the partition and offset, unless [`MissingOffset::EarliestAvailable`] was chosen.
 
 mod log;
+mod producer;
+mod sink;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,6 +33,10 @@ use crate::log::{LogOffset, PartitionId};
 use crate::runtime::time::Timestamp;
 
 pub use log::{KafkaLog, MissingOffset, DEFAULT_UNREACHABLE_BUDGET};
+pub use producer::{rdkafka_producer, KafkaOut, KafkaProducer, ProducerFactory, ProducerSpec};
+pub use sink::{
+    KafkaDelivery, KafkaSink, KafkaTxn, DEFAULT_TRANSACTION_TIMEOUT, MAX_TRANSACTION_TIMEOUT,
+};
 
 /// Where a Kafka cluster is and how to talk to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +87,20 @@ pub enum KafkaCodec {
     MessagePack,
     /// JSON.
     Json,
+}
+
+impl KafkaCodec {
+    /// Appends `value`'s encoding to `out` (what a [`KafkaSink`] writes as a record's value).
+    pub fn encode<T: serde::Serialize + ?Sized>(self, value: &T, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            KafkaCodec::MessagePack => crate::codec::encode_into(value, out, "Kafka record value"),
+            KafkaCodec::Json => serde_json::to_writer(out, value).map_err(|e| Error::Codec {
+                op: "encode",
+                what: "a Kafka record value".into(),
+                reason: e.to_string(),
+            }),
+        }
+    }
 }
 
 /// One record of a Kafka topic, its value decoded.
