@@ -21,12 +21,12 @@ use snapflow::chaos::ChaosMonkey;
 use snapflow::checkpoint::CheckpointTiming;
 use snapflow::checkpoint::MemoryCheckpointStorage;
 use snapflow::kafka::{
-    KafkaCodec, KafkaConfig, KafkaDelivery, KafkaOut, KafkaProducer, KafkaSink, KafkaTxn,
-    ProducerFactory, ProducerSpec,
+    DropReplays, KafkaCodec, KafkaConfig, KafkaDelivery, KafkaLog, KafkaOut, KafkaProducer,
+    KafkaRecord, KafkaSink, KafkaTxn, ProducerFactory, ProducerSpec,
 };
 use snapflow::prelude::*;
 use snapflow::runtime::TaskInfo;
-use snapflow::sink::TwoPhaseCommitSink;
+use snapflow::sink::{CollectSink, TwoPhaseCommitSink};
 use snapflow::{CheckpointId, Error, ErrorClass, StartFrom, TaskId};
 
 use common::{chaos_config, counting_log, poll_until, run_to_end, splitmix, Stage};
@@ -158,7 +158,7 @@ impl KafkaProducer for ModelProducer {
         Ok(())
     }
 
-    fn send(&mut self, record: &KafkaOut) -> snapflow::Result<()> {
+    fn send(&mut self, record: &KafkaOut, _at: Option<(u64, u64)>) -> snapflow::Result<()> {
         let mut st = self.model.st.lock().expect("model");
         if self.id.is_none() {
             st.visible.push(record.clone());
@@ -361,7 +361,7 @@ fn after_a_rescale_the_ids_of_removed_sink_tasks_are_fenced_and_their_epochs_com
     let gone = KafkaSink::<(u64, u64)>::transactional_id("rescale", "sink", 2);
     let mut zombie = model.zombie(&gone);
     zombie.begin_transaction().expect("begin");
-    zombie.send(&out(99, 99)).expect("send");
+    zombie.send(&out(99, 99), None).expect("send");
     let restored = vec![
         KafkaTxn {
             transactional_id: gone.clone(),
@@ -643,4 +643,115 @@ fn the_at_least_once_sink_delivers_every_update_to_the_mock_under_kills() {
         kills += report.kills;
     }
     assert!(kills >= 3, "only {kills} kills");
+}
+
+/// The documented fallback where `read_committed` is not honoured (the mock): the
+/// exactly-once sink under kills on the mock leaves repeated copies of epochs in the topic
+/// (a repeated commit, a commit cut short), each at the positions of the first copy; a job
+/// that reads the topic through `DropReplays` (keyed like the writer) gets every update
+/// exactly once, while the raw topic holds more.
+#[test]
+fn repeats_of_the_sinks_epochs_on_the_mock_are_dropped_by_their_origin_by_drop_replays() {
+    let (n, keys) = (3_000u64, 10u64);
+    let mut repeated = 0;
+    for seed in 0..4u64 {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("out", 2, 1).expect("topic");
+        let b = mock.bootstrap_servers();
+        let name = format!("kafka-replays-{seed}");
+        let job = count_job(
+            &name,
+            chaos_config(Threads::Arbiters(2)),
+            4,
+            counting_log(n, keys, 2),
+            sink(&b, exactly_once(&name)),
+        );
+        // Kills after the first checkpoints: a restore from one re-commits its epoch.
+        job.chaos(
+            ChaosMonkey::new(seed)
+                .random_interval(Duration::from_millis(80), Duration::from_millis(200))
+                .max_kills(3),
+        );
+        job.build()
+            .expect("build")
+            .run()
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let raw = read_all(&b, "out", 2).len() as u64;
+        repeated += raw - n;
+        assert_eq!(
+            exactness(&read_without_replays(&b), n, keys),
+            (n, 0, 0),
+            "seed {seed}: (records, lost, duplicated) after DropReplays; the raw topic held {raw}"
+        );
+    }
+    eprintln!("repeated copies dropped over 4 seeds: {repeated}");
+}
+
+/// The `(key, count)` values of topic `out`, read by a job through `DropReplays`.
+fn read_without_replays(bootstrap: &str) -> Vec<(u64, u64)> {
+    let log = Arc::new(KafkaLog::open(KafkaConfig::new(bootstrap), "out").expect("open"));
+    let reader = JobBuilder::with_config(
+        "read-back",
+        JobConfig {
+            parallelism: 2,
+            ..JobConfig::default()
+        },
+    );
+    reader.checkpoint_in_memory();
+    let collected = CollectSink::new();
+    reader
+        .source(
+            "out",
+            log.source::<(u64, u64)>(KafkaCodec::MessagePack).bounded(),
+        )
+        .key_by(|r: &KafkaRecord<(u64, u64)>| r.value.0)
+        .process("drop-replays", DropReplays::new())
+        .map("value", |r: KafkaRecord<(u64, u64)>| r.value)
+        .sink("collect", collected.clone());
+    reader.build().expect("build").run().expect("read back");
+    collected.records()
+}
+
+/// Deterministically: a restore that commits a restored epoch again (the mock keeps no
+/// marker) puts a second copy of it into the topic, at the same origins; `DropReplays` takes
+/// each update once, and records without an origin pass.
+#[test]
+fn a_commit_repeated_on_the_mock_is_dropped_by_drop_replays() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("out", 2, 1).expect("topic");
+    let b = mock.bootstrap_servers();
+    let mut first = sink(&b, exactly_once("repeat"));
+    first.open(&task(0, 1)).expect("open");
+    first.recover(&[]).expect("recover");
+    let mut txns = Vec::new();
+    for epoch in 1..=3u64 {
+        first.begin(CheckpointId(epoch)).expect("begin");
+        for k in 0..4 {
+            first.write((k, epoch)).expect("write");
+        }
+        let txn = first.pre_commit(CheckpointId(epoch)).expect("pre-commit");
+        first.commit(&txn).expect("commit");
+        txns.push(txn);
+    }
+    drop(first);
+    let mut again = sink(&b, exactly_once("repeat"));
+    again.open(&task(0, 1)).expect("open");
+    again
+        .recover(&txns[1..])
+        .expect("recover commits epochs 2 and 3 again");
+    let mut plain = sink(&b, KafkaDelivery::AtLeastOnce);
+    plain.open(&task(0, 1)).expect("open");
+    plain.write((9, 1)).expect("write");
+    plain.pre_commit(CheckpointId(1)).expect("flush");
+    assert_eq!(
+        read_all(&b, "out", 2).len(),
+        12 + 8 + 1,
+        "the mock shows the repeat"
+    );
+    let mut got = read_without_replays(&b);
+    got.sort_unstable();
+    let mut want: Vec<(u64, u64)> = (0..4).flat_map(|k| (1..=3).map(move |e| (k, e))).collect();
+    want.push((9, 1));
+    want.sort_unstable();
+    assert_eq!(got, want);
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedHeaders, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
@@ -194,6 +194,7 @@ impl KafkaLog {
                 offset: r.offset,
                 timestamp_ms: r.timestamp_ms,
                 key: r.key,
+                origin: r.origin,
                 value: r.value.to_vec(),
             })
         })
@@ -268,12 +269,15 @@ impl KafkaLog {
                     buf.clear();
                     let offset = m.offset().max(0) as u64;
                     let (ts, key) = (m.timestamp().to_millis(), m.key());
+                    let origin = m.headers().and_then(origin_of);
+                    let origin = origin.as_ref().map(|(id, e, s)| (id.as_slice(), *e, *s));
                     frame(
                         &mut buf,
                         partition,
                         offset,
                         ts,
                         key,
+                        origin,
                         m.payload().unwrap_or_default(),
                     );
                     batch.push_at(LogOffset(offset), &buf)?;
@@ -427,6 +431,19 @@ fn missing_offset(
         start: low,
         end: high,
     })
+}
+
+/// The origin a [`KafkaSink`](super::KafkaSink) wrote into a record's headers.
+fn origin_of(h: &BorrowedHeaders) -> Option<(Vec<u8>, u64, u64)> {
+    let (mut id, mut position) = (None, None);
+    for header in h.iter() {
+        match header.key {
+            super::ORIGIN_ID_HEADER => id = header.value,
+            super::ORIGIN_POSITION_HEADER => position = header.value,
+            _ => {}
+        }
+    }
+    super::parse_origin(id, position)
 }
 
 fn offset_missing(e: &KafkaError) -> bool {

@@ -21,12 +21,14 @@
 
 mod log;
 mod producer;
+mod replays;
 mod sink;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId};
@@ -34,6 +36,7 @@ use crate::runtime::time::Timestamp;
 
 pub use log::{KafkaLog, MissingOffset, DEFAULT_UNREACHABLE_BUDGET};
 pub use producer::{rdkafka_producer, KafkaOut, KafkaProducer, ProducerFactory, ProducerSpec};
+pub use replays::{DropReplays, REPLAYS_STATE};
 pub use sink::{
     KafkaDelivery, KafkaSink, KafkaTxn, DEFAULT_TRANSACTION_TIMEOUT, MAX_TRANSACTION_TIMEOUT,
 };
@@ -115,9 +118,64 @@ pub struct KafkaRecord<T> {
     pub timestamp_ms: Option<i64>,
     /// The record's key, when it has one.
     pub key: Option<Vec<u8>>,
+    /// Where an exactly-once [`KafkaSink`] put it, read from its headers: none for records
+    /// other producers wrote.
+    pub origin: Option<KafkaOrigin>,
     /// The decoded value.
     pub value: T,
 }
+
+/// The header holding the transactional id of the [`KafkaSink`] task that wrote a record.
+pub const ORIGIN_ID_HEADER: &str = "snapflow.txn";
+/// The header holding a record's place in its sink task's epoch: epoch then sequence number,
+/// each a big-endian u64.
+pub const ORIGIN_POSITION_HEADER: &str = "snapflow.pos";
+
+/// Where an exactly-once [`KafkaSink`] task put a record: its transactional id, the epoch it
+/// committed it in, and its sequence number in that epoch. A commit that is repeated (after a
+/// failure; on a broker that shows aborted transactions, or loses the marker that prevents
+/// repeats) sends the same records at the same positions, so a reader that keeps, per
+/// transactional id, the last position it took can drop every repeated copy
+/// ([`DropReplays`]). Positions of one transactional id only grow within a partition, apart
+/// from those repeats.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KafkaOrigin {
+    /// The sink task's transactional id.
+    pub transactional_id: String,
+    /// The epoch (checkpoint id) the record was committed in.
+    pub epoch: u64,
+    /// Its sequence number in the epoch's transaction.
+    pub seq: u64,
+}
+
+/// The bytes of [`ORIGIN_POSITION_HEADER`].
+pub(crate) fn origin_position(epoch: u64, seq: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&epoch.to_be_bytes());
+    b[8..].copy_from_slice(&seq.to_be_bytes());
+    b
+}
+
+/// A record's origin from its two headers; `None` unless both are there and well formed.
+pub(crate) fn parse_origin(
+    id: Option<&[u8]>,
+    position: Option<&[u8]>,
+) -> Option<(Vec<u8>, u64, u64)> {
+    let (id, p) = (id?, position?);
+    if p.len() != 16 || id.len() > MAX_ORIGIN_ID {
+        return None;
+    }
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&p[at..at + 8]);
+        u64::from_be_bytes(w)
+    };
+    Some((id.to_vec(), word(0), word(8)))
+}
+
+/// The longest transactional id a record's origin may name (Kafka allows any length; a
+/// header is untrusted input).
+const MAX_ORIGIN_ID: usize = 1024;
 
 impl<T> KafkaRecord<T> {
     /// Kafka's timestamp as event time ([`Timestamp::MIN`] for a record without one), for
@@ -129,13 +187,15 @@ impl<T> KafkaRecord<T> {
 
 /// The bytes of one Kafka record in a [`RecordBatch`](crate::log::RecordBatch) of a
 /// [`KafkaLog`]: `partition u32 | offset u64 | timestamp i64 (i64::MIN: none) | key length u32
-/// (u32::MAX: none) | key | value`, little-endian.
+/// (u32::MAX: none) | key | origin id length u32 (u32::MAX: none) | [origin id | epoch u64 |
+/// seq u64] | value`, little-endian.
 pub(crate) fn frame(
     out: &mut Vec<u8>,
     partition: PartitionId,
     offset: u64,
     ts: Option<i64>,
     key: Option<&[u8]>,
+    origin: Option<(&[u8], u64, u64)>,
     value: &[u8],
 ) {
     out.extend_from_slice(&partition.0.to_le_bytes());
@@ -148,10 +208,19 @@ pub(crate) fn frame(
         }
         None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
     }
+    match origin {
+        Some((id, epoch, seq)) => {
+            out.extend_from_slice(&(id.len() as u32).to_le_bytes());
+            out.extend_from_slice(id);
+            out.extend_from_slice(&epoch.to_le_bytes());
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+        None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+    }
     out.extend_from_slice(value);
 }
 
-const FRAME_HEADER: usize = 24;
+const FRAME_HEADER: usize = 20;
 
 /// Splits a framed record (see [`frame`]); `Err` for bytes that are not one.
 pub(crate) fn unframe(bytes: &[u8]) -> Result<KafkaRecord<&[u8]>> {
@@ -176,22 +245,42 @@ pub(crate) fn unframe(bytes: &[u8]) -> Result<KafkaRecord<&[u8]>> {
     let partition = PartitionId(half(0));
     let offset = u64::from_le_bytes(word(4));
     let ts = i64::from_le_bytes(word(12));
-    let key_len = half(20);
-    let (key, value) = if key_len == u32::MAX {
-        (None, &bytes[FRAME_HEADER..])
-    } else {
-        let end = FRAME_HEADER
-            .checked_add(key_len as usize)
-            .filter(|e| *e <= bytes.len())
-            .ok_or_else(|| bad("its key runs past its end"))?;
-        (Some(bytes[FRAME_HEADER..end].to_vec()), &bytes[end..])
+    // A length-prefixed field at `at` (u32::MAX: none) and where the frame goes on after it.
+    let field = |at: usize, extra: usize, what: &str| -> Result<(Option<&[u8]>, usize)> {
+        if at + 4 > bytes.len() {
+            return Err(bad(&format!("its {what} length runs past its end")));
+        }
+        let len = half(at);
+        if len == u32::MAX {
+            return Ok((None, at + 4));
+        }
+        let end = (at + 4)
+            .checked_add(len as usize)
+            .filter(|e| e.checked_add(extra).is_some_and(|x| x <= bytes.len()))
+            .ok_or_else(|| bad(&format!("its {what} runs past its end")))?;
+        Ok((Some(&bytes[at + 4..end]), end + extra))
     };
+    let (key, at) = field(20, 0, "key")?;
+    let (id, after) = field(at, 16, "origin")?;
+    let origin = id.map(|id| {
+        let long = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        KafkaOrigin {
+            transactional_id: String::from_utf8_lossy(id).into_owned(),
+            epoch: long(after - 16),
+            seq: long(after - 8),
+        }
+    });
     Ok(KafkaRecord {
         partition,
         offset: LogOffset(offset),
         timestamp_ms: (ts != i64::MIN).then_some(ts),
-        key,
-        value,
+        key: key.map(<[u8]>::to_vec),
+        origin,
+        value: &bytes[after..],
     })
 }
 
@@ -230,6 +319,7 @@ pub fn decode_record<T: DeserializeOwned>(
         offset: r.offset,
         timestamp_ms: r.timestamp_ms,
         key: r.key,
+        origin: r.origin,
         value,
     })
 }
@@ -247,6 +337,7 @@ mod tests {
             42,
             Some(1_700),
             Some(b"key"),
+            Some((b"job-sink-1", 9, 4)),
             b"value",
         );
         let r = unframe(&b).expect("unframe");
@@ -255,11 +346,19 @@ mod tests {
         assert_eq!(r.timestamp_ms, Some(1_700));
         assert_eq!(r.key.as_deref(), Some(&b"key"[..]));
         assert_eq!(r.value, b"value");
+        let origin = r.origin.expect("an origin");
+        assert_eq!(
+            (origin.transactional_id.as_str(), origin.epoch, origin.seq),
+            ("job-sink-1", 9, 4)
+        );
         let mut n = Vec::new();
-        frame(&mut n, PartitionId(0), 7, None, None, b"");
+        frame(&mut n, PartitionId(0), 7, None, None, None, b"");
         let r = unframe(&n).expect("unframe");
         assert_eq!((r.timestamp_ms, r.key, r.value), (None, None, &b""[..]));
-        assert!(unframe(&b[..10]).is_err());
+        assert!(r.origin.is_none());
+        for cut in [10, 23, 30, 48] {
+            assert!(unframe(&b[..cut]).is_err(), "cut at {cut}");
+        }
         let mut long_key = b.clone();
         long_key[20..24].copy_from_slice(&1000u32.to_le_bytes());
         assert!(unframe(&long_key).is_err());

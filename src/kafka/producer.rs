@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -65,8 +66,11 @@ pub trait KafkaProducer: Send {
     fn init_transactions(&mut self) -> Result<()>;
     /// Opens a transaction.
     fn begin_transaction(&mut self) -> Result<()>;
-    /// Queues a record (into the open transaction, if there is one).
-    fn send(&mut self, record: &KafkaOut) -> Result<()>;
+    /// Queues a record (into the open transaction, if there is one). `at` is the record's
+    /// place in its epoch, `(epoch, seq)`, for a transactional producer: it goes into the
+    /// record's headers with the transactional id ([`KafkaOrigin`](super::KafkaOrigin)), so
+    /// that readers can tell a replayed copy from a new record.
+    fn send(&mut self, record: &KafkaOut, at: Option<(u64, u64)>) -> Result<()>;
     /// Waits until every queued record is acknowledged; an error if any was not.
     fn flush(&mut self) -> Result<()>;
     /// Commits the open transaction with the marker `epoch`, atomically.
@@ -231,10 +235,24 @@ impl KafkaProducer for RdKafkaProducer {
             .map_err(|e| self.fail("begin_transaction", &e))
     }
 
-    fn send(&mut self, record: &KafkaOut) -> Result<()> {
+    fn send(&mut self, record: &KafkaOut, at: Option<(u64, u64)>) -> Result<()> {
         let deadline = Instant::now() + self.timeout();
+        let position = at.map(|(epoch, seq)| super::origin_position(epoch, seq));
         loop {
             let mut r = BaseRecord::<[u8], [u8]>::to(&self.spec.topic).payload(&record.value);
+            if let (Some(id), Some(pos)) = (&self.spec.transactional_id, &position) {
+                r = r.headers(
+                    OwnedHeaders::new_with_capacity(2)
+                        .insert(Header {
+                            key: super::ORIGIN_ID_HEADER,
+                            value: Some(id.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: super::ORIGIN_POSITION_HEADER,
+                            value: Some(&pos[..]),
+                        }),
+                );
+            }
             if let Some(k) = &record.key {
                 r = r.key(k.as_slice());
             }

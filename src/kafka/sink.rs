@@ -314,7 +314,8 @@ fn commit_txn(
     let sent = txn
         .records
         .iter()
-        .try_for_each(|r| producer.send(r))
+        .enumerate()
+        .try_for_each(|(seq, r)| producer.send(r, Some((txn.epoch, seq as u64))))
         .and_then(|()| producer.commit_transaction(txn.epoch));
     if let Err(e) = sent {
         if e.class() != ErrorClass::Fatal {
@@ -395,7 +396,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink<T> for KafkaSink<T> {
             run.open.push(out);
             Ok(())
         } else {
-            run.producer.send(&out)
+            run.producer.send(&out, None)
         }
     }
 
