@@ -340,6 +340,36 @@ fn a_kafka_source_replays_exactly_from_checkpointed_offsets_after_kills() {
     assert!(kills >= 4, "only {kills} kills over 4 seeds");
 }
 
+/// Asking a log for its partitions' end offsets between reads (bounded sources, metrics and
+/// tools do) does not hold its reads up: every record is read within a few rounds.
+#[test]
+fn a_kafka_log_asked_for_end_offsets_between_reads_still_reads_every_record() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("ends", 2, 1).expect("topic");
+    let b = mock.bootstrap_servers();
+    let log = KafkaLog::open(KafkaConfig::new(&b), "ends").expect("open");
+    let p = producer(&b, None);
+    for i in 0..100 {
+        send(&p, "ends", i % 2, b"k", b"v", None);
+    }
+    p.flush(T).expect("flush");
+    let mut pos = [LogOffset(0); 2];
+    let mut got = 0;
+    let started = std::time::Instant::now();
+    while got < 100 && started.elapsed() < Duration::from_secs(20) {
+        for q in 0..2u32 {
+            let batch = log
+                .read(PartitionId(q), pos[q as usize], 4096)
+                .expect("read");
+            got += batch.len();
+            pos[q as usize] = batch.next_offset();
+            assert_eq!(log.end_offset(PartitionId(q)).expect("end"), LogOffset(50));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(got, 100, "read {got} of 100 in {:?}", started.elapsed());
+}
+
 #[test]
 fn a_kafka_source_decodes_json_values() {
     let mock = MockCluster::new(1).expect("mock cluster");

@@ -24,6 +24,7 @@ use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 
+use super::share::ProcessShare;
 use super::{decode_record, frame, KafkaCodec, KafkaConfig, KafkaRecord};
 use crate::error::{Error, ErrorClass, Result};
 use crate::log::{
@@ -53,6 +54,10 @@ pub struct KafkaLog {
     config: KafkaConfig,
     topic: String,
     partitions: Vec<Mutex<Reader>>,
+    /// The Kafka partition of each of this log's partitions.
+    kafka_partitions: Vec<i32>,
+    /// The consumer that answers watermark queries (never assigned).
+    probe: Mutex<Reader>,
     missing: MissingOffset,
     unreachable_budget: Duration,
 }
@@ -126,6 +131,22 @@ impl KafkaLog {
     /// it has ([`Error::Remote`], Retryable, when it does not answer in
     /// `config.request_timeout`; [`Error::Config`] when the topic does not exist).
     pub fn open(config: KafkaConfig, topic: &str) -> Result<KafkaLog> {
+        KafkaLog::open_partitions(config, topic, None)
+    }
+
+    /// The share of topic `topic` that process `share` of a job reads: the Kafka partitions
+    /// `p` with `p % share.count() == share.index()`, in increasing order, as this log's
+    /// partitions 0, 1, ... (records still name their Kafka partition). Fails as
+    /// [`KafkaLog::open`] does, and when the share holds no partition.
+    pub fn open_share(config: KafkaConfig, topic: &str, share: ProcessShare) -> Result<KafkaLog> {
+        KafkaLog::open_partitions(config, topic, Some(share))
+    }
+
+    fn open_partitions(
+        config: KafkaConfig,
+        topic: &str,
+        share: Option<ProcessShare>,
+    ) -> Result<KafkaLog> {
         let probe = consumer(&config)?;
         let metadata = probe
             .fetch_metadata(Some(topic), config.request_timeout)
@@ -142,12 +163,28 @@ impl KafkaLog {
                     config.bootstrap_servers
                 ))
             })?;
+        let kafka_partitions: Vec<i32> = match share {
+            None => (0..partitions as u32).map(|p| p as i32).collect(),
+            Some(s) => s
+                .partitions(partitions as u32)
+                .into_iter()
+                .map(|p| p as i32)
+                .collect(),
+        };
+        if kafka_partitions.is_empty() {
+            return Err(Error::Config(format!(
+                "Kafka topic {topic:?} has {partitions} partition(s): none for {share:?}"
+            )));
+        }
         Ok(KafkaLog {
             config,
             topic: topic.to_string(),
-            partitions: (0..partitions)
+            partitions: kafka_partitions
+                .iter()
                 .map(|_| Mutex::new(Reader::default()))
                 .collect(),
+            kafka_partitions,
+            probe: Mutex::new(Reader::default()),
             missing: MissingOffset::Fail,
             unreachable_budget: DEFAULT_UNREACHABLE_BUDGET,
         })
@@ -200,15 +237,32 @@ impl KafkaLog {
         })
     }
 
+    /// The Kafka partition of this log's `partition` (checked by whoever got its reader).
+    fn kafka_partition(&self, partition: PartitionId) -> i32 {
+        self.kafka_partitions
+            .get(partition.0 as usize)
+            .copied()
+            .unwrap_or(partition.0 as i32)
+    }
+
+    /// The Kafka partitions this log reads, in the order of its own partitions.
+    pub fn kafka_partitions(&self) -> &[i32] {
+        &self.kafka_partitions
+    }
+
     fn reader(&self, partition: PartitionId) -> Result<MutexGuard<'_, Reader>> {
         let i = check_partition(partition, self.partitions.len() as u32)?;
         // A reader is a consumer and two offsets: consistent whatever a panicking holder did.
         Ok(self.partitions[i].lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Asks a consumer of its own, never a partition's reader: a watermark query on a
+    /// consumer that is fetching holds its fetches up (a reader asked between reads never
+    /// got a record on the mock cluster, and each query took about half a second).
     fn watermarks(&self, partition: PartitionId) -> Result<(LogOffset, LogOffset)> {
-        let mut r = self.reader(partition)?;
-        let c = r.consumer(&self.config)?;
+        check_partition(partition, self.partitions.len() as u32)?;
+        let mut probe = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        let c = probe.consumer(&self.config)?;
         self.fetch_watermarks(c, partition)
     }
 
@@ -219,7 +273,11 @@ impl KafkaLog {
         partition: PartitionId,
     ) -> Result<(LogOffset, LogOffset)> {
         let (low, high) = c
-            .fetch_watermarks(&self.topic, partition.0 as i32, self.config.request_timeout)
+            .fetch_watermarks(
+                &self.topic,
+                self.kafka_partition(partition),
+                self.config.request_timeout,
+            )
             .map_err(|e| {
                 remote(
                     &format!("offsets of {} partition {partition}", self.topic),
@@ -245,7 +303,7 @@ impl KafkaLog {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(
             &self.topic,
-            partition.0 as i32,
+            self.kafka_partition(partition),
             Offset::Offset(from.0 as i64),
         )
         .map_err(|e| remote("assign a Kafka partition", &e))?;
@@ -258,6 +316,7 @@ impl KafkaLog {
     /// Reads what the consumer has fetched, up to `max` records, into `batch`.
     fn take_fetched(&self, r: &mut Reader, batch: &mut RecordBatch, max: usize) -> Result<()> {
         let partition = batch.partition();
+        let kafka = PartitionId(self.kafka_partition(partition) as u32);
         let Some(c) = r.consumer.as_ref() else {
             return Ok(());
         };
@@ -273,7 +332,7 @@ impl KafkaLog {
                     let origin = origin.as_ref().map(|(id, e, s)| (id.as_slice(), *e, *s));
                     frame(
                         &mut buf,
-                        partition,
+                        kafka,
                         offset,
                         ts,
                         key,
@@ -316,7 +375,7 @@ impl KafkaLog {
         // The consumer's position passes markers after the last record.
         if let Ok(p) = c.position() {
             if let Some(Offset::Offset(o)) = p
-                .find_partition(&self.topic, partition.0 as i32)
+                .find_partition(&self.topic, self.kafka_partition(partition))
                 .map(|e| e.offset())
             {
                 batch.set_next_offset(LogOffset(o.max(0) as u64));

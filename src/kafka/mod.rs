@@ -19,9 +19,11 @@
 //! longer has (retention) is [`Error::OffsetOutOfRange`] with
 //! the partition and offset, unless [`MissingOffset::EarliestAvailable`] was chosen.
 
+mod cluster;
 mod log;
 mod producer;
 mod replays;
+mod share;
 mod sink;
 
 use std::collections::BTreeMap;
@@ -34,9 +36,11 @@ use crate::error::{Error, Result};
 use crate::log::{LogOffset, PartitionId};
 use crate::runtime::time::Timestamp;
 
+pub use cluster::{create_topic, Repartition};
 pub use log::{KafkaLog, MissingOffset, DEFAULT_UNREACHABLE_BUDGET};
 pub use producer::{rdkafka_producer, KafkaOut, KafkaProducer, ProducerFactory, ProducerSpec};
 pub use replays::{DropReplays, REPLAYS_STATE};
+pub use share::ProcessShare;
 pub use sink::{
     KafkaDelivery, KafkaSink, KafkaTxn, DEFAULT_TRANSACTION_TIMEOUT, MAX_TRANSACTION_TIMEOUT,
 };
