@@ -12,6 +12,9 @@
 //!
 //! `DIR` of the checkpoint commands is a job's checkpoint directory (`<root>/<job>`, holding
 //! `chk-...` directories) or one checkpoint's or savepoint's directory (holding `_manifest`).
+//! Built with `--features object-store` (`s3` for S3), it may also be the URL of the same in an
+//! object store: `s3://bucket/prefix/job[/chk-...]`, `file:///path/job`; the `AWS_*`
+//! environment variables configure S3 (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, credentials).
 //! Input is untrusted: corrupt or foreign files give a message and exit code 1, never a panic.
 //! Built with `--features cli`.
 
@@ -20,6 +23,8 @@ use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use serde_json::{json, Value};
+#[cfg(feature = "object-store")]
+use snapflow::checkpoint::ObjectStoreCheckpointStorage;
 use snapflow::checkpoint::{
     rescale_savepoint, CheckpointId, CheckpointStorage, CompletedCheckpoint,
     LocalCheckpointStorage, Manifest,
@@ -133,11 +138,11 @@ fn run(m: &ArgMatches) -> Result<bool> {
         .unwrap_or(false);
     let arg = |name: &str| a.get_one::<String>(name).cloned();
     match (group, cmd) {
-        ("checkpoints", "list") => list(&path(arg("dir"))?, json),
-        ("checkpoints", "verify") => verify(&path(arg("dir"))?, json),
-        ("checkpoints", "inspect") => inspect(&path(arg("dir"))?, id(arg("id"))?, json),
+        ("checkpoints", "list") => list(&place(arg("dir"))?, json),
+        ("checkpoints", "verify") => verify(&place(arg("dir"))?, json),
+        ("checkpoints", "inspect") => inspect(&place(arg("dir"))?, id(arg("id"))?, json),
         ("state", "dump") => dump(
-            &path(arg("dir"))?,
+            &place(arg("dir"))?,
             id(arg("checkpoint"))?,
             &arg("vertex").unwrap_or_default(),
             &arg("state").unwrap_or_default(),
@@ -186,9 +191,91 @@ fn id(s: Option<String>) -> Result<Option<CheckpointId>> {
     .transpose()
 }
 
-/// A job's checkpoint directory opened read-only in spirit: the storage creates nothing that
-/// is not there (the directory exists), and the tool calls no writing method.
-fn job_storage(dir: &Path) -> Result<LocalCheckpointStorage> {
+/// Where the checkpoint commands look: a local directory, or an object store named by a URL
+/// (`s3://bucket/prefix/job`, `file:///path/job`, ...: with the `object-store` feature;
+/// credentials and endpoint from the `AWS_*` environment variables, as the AWS tools read
+/// them).
+enum Place {
+    Dir(PathBuf),
+    #[cfg(feature = "object-store")]
+    Store {
+        url: String,
+        store: std::sync::Arc<dyn object_store::ObjectStore>,
+        path: object_store::path::Path,
+    },
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Dir(d) => write!(f, "{}", d.display()),
+            #[cfg(feature = "object-store")]
+            Place::Store { url, .. } => f.write_str(url),
+        }
+    }
+}
+
+fn place(p: Option<String>) -> Result<Place> {
+    let p = p.ok_or_else(|| usage("a directory is needed"))?;
+    if p.contains("://") {
+        return store_place(&p);
+    }
+    path(Some(p)).map(Place::Dir)
+}
+
+#[cfg(not(feature = "object-store"))]
+fn store_place(url: &str) -> Result<Place> {
+    Err(Error::Config(format!(
+        "{url}: object store URLs need a snapflow built with --features object-store (s3 for S3)"
+    )))
+}
+
+#[cfg(feature = "object-store")]
+fn store_place(url: &str) -> Result<Place> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| Error::Config(format!("{url} is not a URL: {e}")))?;
+    let env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+    let (store, path) = object_store::parse_url_opts(&parsed, env)
+        .map_err(|e| Error::Config(format!("{url}: {e}")))?;
+    Ok(Place::Store {
+        url: url.to_string(),
+        store: std::sync::Arc::from(store),
+        path,
+    })
+}
+
+/// A job's checkpoints read-only in spirit: the storage creates nothing that is not there
+/// (the directory exists), and the tool calls no writing method.
+fn job_storage(place: &Place) -> Result<Box<dyn CheckpointStorage>> {
+    match place {
+        Place::Dir(dir) => Ok(Box::new(job_dir_storage(dir)?)),
+        #[cfg(feature = "object-store")]
+        Place::Store { store, path, url } => {
+            let mut parts: Vec<String> = path.parts().map(|p| p.as_ref().to_string()).collect();
+            let job = parts
+                .pop()
+                .ok_or_else(|| Error::Config(format!("{url} names no job (no path)")))?;
+            Ok(Box::new(ObjectStoreCheckpointStorage::new(
+                std::sync::Arc::clone(store),
+                &parts.join("/"),
+                &job,
+            )?))
+        }
+    }
+}
+
+/// A storage that reads checkpoints by location at `place`.
+fn reader(place: &Place) -> Result<Box<dyn CheckpointStorage>> {
+    match place {
+        Place::Dir(_) => Ok(Box::new(LocalCheckpointStorage::reader())),
+        #[cfg(feature = "object-store")]
+        Place::Store { store, .. } => Ok(Box::new(ObjectStoreCheckpointStorage::reader(
+            std::sync::Arc::clone(store),
+        )?)),
+    }
+}
+
+fn job_dir_storage(dir: &Path) -> Result<LocalCheckpointStorage> {
     let dir = dir
         .canonicalize()
         .map_err(|e| Error::Config(format!("cannot resolve {}: {e}", dir.display())))?;
@@ -201,28 +288,44 @@ fn job_storage(dir: &Path) -> Result<LocalCheckpointStorage> {
     LocalCheckpointStorage::new(root, job)
 }
 
-/// The checkpoint to look at: `dir` itself when it holds a manifest, else checkpoint `id` (or
-/// the newest that verifies) of the job directory `dir`.
-fn open_checkpoint(dir: &Path, id: Option<CheckpointId>) -> Result<(CompletedCheckpoint, String)> {
-    if dir.join("_manifest").is_file() {
-        let location = dir.display().to_string();
-        let storage = LocalCheckpointStorage::reader();
-        return Ok((storage.verify_location(&location)?, location));
+/// The checkpoint to look at: `place` itself when it holds a manifest, else checkpoint `id`
+/// (or the newest that verifies) of the job at `place`; with its location and a storage that
+/// reads its files.
+type Opened = (CompletedCheckpoint, String, Box<dyn CheckpointStorage>);
+
+fn open_checkpoint(place: &Place, id: Option<CheckpointId>) -> Result<Opened> {
+    let reader = reader(place)?;
+    let here = match place {
+        Place::Dir(dir) => dir
+            .join("_manifest")
+            .is_file()
+            .then(|| dir.display().to_string()),
+        #[cfg(feature = "object-store")]
+        Place::Store { path, .. } => match reader.verify_location(path.as_ref()) {
+            Err(Error::NothingAtLocation { .. }) => None,
+            _ => Some(path.to_string()),
+        },
+    };
+    if let Some(location) = here {
+        return Ok((reader.verify_location(&location)?, location, reader));
     }
-    let storage = job_storage(dir)?;
+    let storage = job_storage(place)?;
     let c = match id {
         Some(id) => storage.verify(id)?,
         None => storage
             .latest_complete()?
-            .ok_or_else(|| Error::Config(format!("no complete checkpoint in {}", dir.display())))?,
+            .ok_or_else(|| Error::Config(format!("no complete checkpoint in {place}")))?,
     };
     let location = c.location.clone();
-    Ok((c, location))
+    Ok((c, location, reader))
 }
 
-fn read_snapshot(location: &str, t: &snapflow::TaskStateEntry) -> Result<TaskSnapshot> {
-    let storage = LocalCheckpointStorage::reader();
-    TaskSnapshot::from_bytes(&storage.read_task_state_at(location, &t.state)?)
+fn read_snapshot(
+    reader: &dyn CheckpointStorage,
+    location: &str,
+    t: &snapflow::TaskStateEntry,
+) -> Result<TaskSnapshot> {
+    TaskSnapshot::from_bytes(&reader.read_task_state_at(location, &t.state)?)
 }
 
 fn manifest_json(m: &Manifest) -> Value {
@@ -237,7 +340,7 @@ fn manifest_json(m: &Manifest) -> Value {
     })
 }
 
-fn list(dir: &Path, json: bool) -> Result<bool> {
+fn list(dir: &Place, json: bool) -> Result<bool> {
     let storage = job_storage(dir)?;
     let mut rows = Vec::new();
     for id in storage.completed_ids()? {
@@ -290,7 +393,7 @@ fn problem(file: String, offset: Option<u64>, what: String) -> Value {
     json!({"file": file, "offset": offset, "problem": what})
 }
 
-fn verify(dir: &Path, json: bool) -> Result<bool> {
+fn verify(dir: &Place, json: bool) -> Result<bool> {
     let storage = job_storage(dir)?;
     let mut problems = Vec::new();
     let ids = storage.completed_ids()?;
@@ -351,11 +454,11 @@ fn verify(dir: &Path, json: bool) -> Result<bool> {
     Ok(problems.is_empty())
 }
 
-fn inspect(dir: &Path, id: Option<CheckpointId>, json: bool) -> Result<bool> {
-    let (c, location) = open_checkpoint(dir, id)?;
+fn inspect(dir: &Place, id: Option<CheckpointId>, json: bool) -> Result<bool> {
+    let (c, location, reader) = open_checkpoint(dir, id)?;
     let mut tasks = Vec::new();
     for t in &c.manifest.tasks {
-        let snap = read_snapshot(&location, t)?;
+        let snap = read_snapshot(reader.as_ref(), &location, t)?;
         let mut states = Vec::new();
         if let Some(k) = &snap.keyed {
             for s in k.summaries()? {
@@ -417,13 +520,13 @@ fn inspect(dir: &Path, id: Option<CheckpointId>, json: bool) -> Result<bool> {
 }
 
 fn dump(
-    dir: &Path,
+    dir: &Place,
     id: Option<CheckpointId>,
     vertex: &str,
     state: &str,
     key: Option<&str>,
 ) -> Result<bool> {
-    let (c, location) = open_checkpoint(dir, id)?;
+    let (c, location, reader) = open_checkpoint(dir, id)?;
     let tasks: Vec<_> = c
         .manifest
         .tasks
@@ -444,7 +547,7 @@ fn dump(
     }
     let mut found = false;
     for t in tasks {
-        let Some(keyed) = read_snapshot(&location, t)?.keyed else {
+        let Some(keyed) = read_snapshot(reader.as_ref(), &location, t)?.keyed else {
             continue;
         };
         found |= keyed.summaries()?.iter().any(|s| s.name == state);
