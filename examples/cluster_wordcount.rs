@@ -12,7 +12,9 @@
 //!
 //! Run: `cargo run --release --features kafka,object-store --example cluster_wordcount --
 //! [--workers 3] [--kills 4] [--lines 30000] [--rate 4000] [--seed S] [--bootstrap B] [--s3 E]`
-//! (`--rate 0` feeds the corpus first and measures throughput: `words_per_s`).
+//! (`--rate 0` feeds the corpus first and measures throughput: `words_per_s`). The mock broker
+//! keeps a bounded number of segments per partition (about 60,000 of these records): corpora
+//! much above 40,000 lines need a real broker.
 
 #[cfg(feature = "s3")]
 #[path = "common/s3.rs"]
