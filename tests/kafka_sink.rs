@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,25 +217,9 @@ impl KafkaProducer for ModelProducer {
     }
 }
 
-/// (records, lost, duplicated) of a keyed count's output: every key `k` must show the running
-/// counts 1..=n_k exactly once.
+/// (records, lost, duplicated) of a keyed count's output.
 fn exactness(out: &[(u64, u64)], n: u64, keys: u64) -> (u64, u64, u64) {
-    let mut seen: BTreeMap<(u64, u64), u64> = BTreeMap::new();
-    for r in out {
-        *seen.entry(*r).or_insert(0) += 1;
-    }
-    let (mut lost, mut duplicated) = (0, 0);
-    for k in 0..keys {
-        let nk = n / keys + u64::from(k < n % keys);
-        for c in 1..=nk {
-            match seen.remove(&(k, c)).unwrap_or(0) {
-                0 => lost += 1,
-                m => duplicated += m - 1,
-            }
-        }
-    }
-    duplicated += seen.values().sum::<u64>();
-    (out.len() as u64, lost, duplicated)
+    common::exactness(out.iter().copied(), n, keys)
 }
 
 fn decode(records: &[KafkaOut]) -> Vec<(u64, u64)> {

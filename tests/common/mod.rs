@@ -240,13 +240,26 @@ pub(crate) fn keyed_job(
 /// Exactness of a keyed job's committed output: every key `k` must show the running counts
 /// 1..=n_k exactly once each. Returns (records, lost, duplicated).
 pub(crate) fn check_updates(out: &Path, n: u64, keys: u64) -> (u64, u64, u64) {
-    let mut seen: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     let lines = FileSink::<(u64, u64)>::read_committed(out).expect("read committed output");
-    for l in &lines {
+    let updates = lines.iter().map(|l| {
         let (k, c) = l.split_once(' ').expect("a `key count` line");
-        *seen
-            .entry((k.parse().expect("key"), c.parse().expect("count")))
-            .or_insert(0) += 1;
+        (k.parse().expect("key"), c.parse().expect("count"))
+    });
+    exactness(updates, n, keys)
+}
+
+/// (records, lost, duplicated) of `(key, running count)` updates of `n` records over `keys`
+/// keys: every key `k` must show the counts 1..=n_k exactly once.
+pub(crate) fn exactness(
+    updates: impl IntoIterator<Item = (u64, u64)>,
+    n: u64,
+    keys: u64,
+) -> (u64, u64, u64) {
+    let mut seen: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    let mut records = 0;
+    for u in updates {
+        *seen.entry(u).or_insert(0) += 1;
+        records += 1;
     }
     let mut lost = 0;
     let mut duplicated = 0;
@@ -260,7 +273,7 @@ pub(crate) fn check_updates(out: &Path, n: u64, keys: u64) -> (u64, u64, u64) {
         }
     }
     duplicated += seen.values().sum::<u64>();
-    (lines.len() as u64, lost, duplicated)
+    (records, lost, duplicated)
 }
 
 /// Settings for chaos runs: checkpoints every 10 ms, quick restarts.
