@@ -226,14 +226,8 @@ impl KafkaLog {
         let log: Arc<dyn ReplayableLog> = self.clone();
         LogSource::with_decoder(log, |bytes| {
             let r = super::unframe(bytes)?;
-            Ok(KafkaRecord {
-                partition: r.partition,
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-                key: r.key,
-                origin: r.origin,
-                value: r.value.to_vec(),
-            })
+            let value = r.value.to_vec();
+            Ok(r.with_value(value))
         })
     }
 

@@ -182,6 +182,18 @@ pub(crate) fn parse_origin(
 const MAX_ORIGIN_ID: usize = 1024;
 
 impl<T> KafkaRecord<T> {
+    /// The same record with `value` as its value (a decoded one for a raw one).
+    pub(crate) fn with_value<U>(self, value: U) -> KafkaRecord<U> {
+        KafkaRecord {
+            partition: self.partition,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            key: self.key,
+            origin: self.origin,
+            value,
+        }
+    }
+
     /// Kafka's timestamp as event time ([`Timestamp::MIN`] for a record without one), for
     /// [`LogSource::event_time`](crate::LogSource::event_time).
     pub fn event_time(&self) -> Timestamp {
@@ -318,14 +330,7 @@ pub fn decode_record<T: DeserializeOwned>(
             reason: e.to_string(),
         })?,
     };
-    Ok(KafkaRecord {
-        partition: r.partition,
-        offset: r.offset,
-        timestamp_ms: r.timestamp_ms,
-        key: r.key,
-        origin: r.origin,
-        value,
-    })
+    Ok(r.with_value(value))
 }
 
 #[cfg(test)]
