@@ -14,7 +14,6 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use snapflow::chaos::ChaosMonkey;
 use snapflow::kafka::{KafkaCodec, KafkaConfig, KafkaLog, KafkaRecord};
 use snapflow::log::{LogOffset, PartitionId, ReplayableLog};
 use snapflow::prelude::*;
@@ -319,16 +318,7 @@ fn a_kafka_source_replays_exactly_from_checkpointed_offsets_after_kills() {
         .key_by(|(k, _): &(u64, u64)| *k)
         .reduce("count", |a, b| (a.0, a.1 + b.1))
         .sink("sink", common::count_sink(&out));
-        job.chaos(
-            ChaosMonkey::new(seed)
-                .random_interval(Duration::from_millis(5), Duration::from_millis(25))
-                .max_kills(3),
-        );
-        let report = job
-            .build()
-            .expect("build")
-            .run()
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let report = common::run_under_kills(job, seed, 5, 25);
         assert_eq!(
             check_updates(&out, n, keys),
             (n, 0, 0),

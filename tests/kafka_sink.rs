@@ -17,7 +17,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use snapflow::chaos::ChaosMonkey;
 use snapflow::checkpoint::CheckpointTiming;
 use snapflow::checkpoint::MemoryCheckpointStorage;
 use snapflow::kafka::{
@@ -282,16 +281,7 @@ fn the_kafka_sinks_output_read_committed_is_exactly_once_under_20_seeds_of_kills
             counting_log(n, keys, 2),
             sink("model", exactly_once(&name)).with_producer(model.factory()),
         );
-        job.chaos(
-            ChaosMonkey::new(seed)
-                .random_interval(Duration::from_millis(5), Duration::from_millis(30))
-                .max_kills(3),
-        );
-        let report = job
-            .build()
-            .expect("build")
-            .run()
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let report = common::run_under_kills(job, seed, 5, 30);
         let out = decode(&model.visible());
         assert_eq!(
             exactness(&out, n, keys),
@@ -601,16 +591,7 @@ fn the_at_least_once_sink_delivers_every_update_to_the_mock_under_kills() {
             counting_log(n, keys, 2),
             sink(&mock.bootstrap_servers(), KafkaDelivery::AtLeastOnce),
         );
-        job.chaos(
-            ChaosMonkey::new(seed)
-                .random_interval(Duration::from_millis(5), Duration::from_millis(30))
-                .max_kills(3),
-        );
-        let report = job
-            .build()
-            .expect("build")
-            .run()
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let report = common::run_under_kills(job, seed, 5, 30);
         let (records, lost, _) = exactness(
             &decode(&read_all(&mock.bootstrap_servers(), "out", 2)),
             n,
@@ -651,15 +632,7 @@ fn repeats_of_the_sinks_epochs_on_the_mock_are_dropped_by_their_origin_by_drop_r
             sink(&b, exactly_once(&name)),
         );
         // Kills after the first checkpoints: a restore from one re-commits its epoch.
-        job.chaos(
-            ChaosMonkey::new(seed)
-                .random_interval(Duration::from_millis(80), Duration::from_millis(200))
-                .max_kills(3),
-        );
-        job.build()
-            .expect("build")
-            .run()
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        common::run_under_kills(job, seed, 80, 200);
         let raw = read_all(&b, "out", 2).len() as u64;
         repeated += raw - n;
         assert_eq!(

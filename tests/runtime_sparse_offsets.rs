@@ -5,9 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use snapflow::chaos::ChaosMonkey;
 use snapflow::log::{Durability, LogOffset, OffsetRange, PartitionId, RecordBatch, ReplayableLog};
 use snapflow::prelude::*;
 use snapflow::Result;
@@ -115,16 +113,7 @@ fn a_source_of_a_log_with_gaps_in_its_offsets_is_exactly_once_under_kills_and_en
             .key_by(|(k, _): &(u64, u64)| *k)
             .reduce("sum", |a, b| (a.0, a.1 + b.1))
             .sink("sink", count_sink(&out));
-        job.chaos(
-            ChaosMonkey::new(seed)
-                .random_interval(Duration::from_millis(5), Duration::from_millis(25))
-                .max_kills(3),
-        );
-        let report = job
-            .build()
-            .expect("build")
-            .run()
-            .unwrap_or_else(|e| panic!("seed {seed} (SNAPFLOW_CHAOS_SEED={seed}): {e}"));
+        let report = common::run_under_kills(job, seed, 5, 25);
         assert_eq!(
             check_updates(&out, n, keys),
             (n, 0, 0),

@@ -276,6 +276,25 @@ pub(crate) fn exactness(
     (records, lost, duplicated)
 }
 
+/// Runs `job` to its end under a chaos monkey of `seed` killing up to 3 times, every
+/// `min_ms`..`max_ms`; a failed run panics naming the seed.
+pub(crate) fn run_under_kills(
+    job: JobBuilder,
+    seed: u64,
+    min_ms: u64,
+    max_ms: u64,
+) -> snapflow::JobReport {
+    job.chaos(
+        snapflow::chaos::ChaosMonkey::new(seed)
+            .random_interval(Duration::from_millis(min_ms), Duration::from_millis(max_ms))
+            .max_kills(3),
+    );
+    job.build()
+        .expect("build")
+        .run()
+        .unwrap_or_else(|e| panic!("seed {seed} (SNAPFLOW_CHAOS_SEED={seed}): {e}"))
+}
+
 /// Settings for chaos runs: checkpoints every 10 ms, quick restarts.
 pub(crate) fn chaos_config(threads: Threads) -> JobConfig {
     JobConfig {
