@@ -37,7 +37,7 @@ pub use file::{
     inspect_log, FileLog, FileLogOptions, LogInfo, LogProblem, PartitionInfo, SegmentInfo,
     SyncPolicy,
 };
-pub use generator::GeneratorLog;
+pub use generator::{GeneratorLog, PayloadWriter};
 pub use memory::MemoryLog;
 pub use typed::TypedLog;
 pub use writer::{Append, AppendBatch, LogWriter, SyncNow};
@@ -133,6 +133,15 @@ impl RecordBatch {
     pub(crate) fn push_dense(&mut self, payload: &[u8]) {
         debug_assert!(self.offsets.is_empty() && self.next.is_none());
         self.data.extend_from_slice(payload);
+        self.ends.push(self.data.len() as u32);
+    }
+
+    /// Appends the next record, whose payload `write` appends to the batch's buffer in place
+    /// (no copy through a buffer of its own); it must only append.
+    #[inline]
+    pub(crate) fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        debug_assert!(self.offsets.is_empty() && self.next.is_none());
+        write(&mut self.data);
         self.ends.push(self.data.len() as u32);
     }
 
