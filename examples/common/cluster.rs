@@ -189,15 +189,24 @@ pub(crate) fn worker(args: &[String]) -> Result<()> {
         .reduce("count", |a, b| (a.0, a.1 + b.1))
         .sink("to-counts", counts);
     actix::System::new().block_on(async move {
-        let handle = job.build()?.start().await?;
+        // SIGTERM's default action would end the worker with no final checkpoint: the
+        // handler goes in first, and the ready mark tells the driver it may stop us.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::Config(format!("SIGTERM handler: {e}")))?;
+        std::fs::write(ready_mark(&dir, share.index() as usize), b"")
+            .map_err(|e| Error::Config(format!("ready mark: {e}")))?;
+        let handle = job.build()?.start().await?;
         tokio::select! {
             _ = term.recv() => handle.stop(),
             r = handle.wait() => { r?; return Ok(()); }
         }
         handle.wait().await.map(|_| ())
     })
+}
+
+/// The file a worker creates once SIGTERM stops it with a final checkpoint.
+fn ready_mark(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("worker-{i}.ready"))
 }
 
 /// Produces the corpus into `lines`, round robin over its partitions, `rate` lines per
@@ -330,6 +339,7 @@ impl Workers<'_> {
                 .open(self.dir.join(format!("worker-{i}.{kind}")))
                 .map_err(|e| Error::Config(format!("worker log: {e}")))
         };
+        let _ = std::fs::remove_file(ready_mark(&self.dir, i));
         let child = (self.spawn)(&self.args[i])
             .stdout(Stdio::from(log("out")?))
             .stderr(Stdio::from(log("err")?))
@@ -369,6 +379,17 @@ impl Workers<'_> {
 
     /// SIGTERM to every worker (each stops with a final checkpoint), then waits for them.
     fn stop(&mut self) -> Result<()> {
+        // A worker restarted a moment ago may not handle SIGTERM yet.
+        let until = Instant::now() + Duration::from_secs(60);
+        for i in 0..self.children.len() {
+            while !ready_mark(&self.dir, i).exists() {
+                self.check_alive()?;
+                if Instant::now() > until {
+                    return Err(Error::Config(format!("worker {i} not ready in 60 s")));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         for c in &self.children {
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
