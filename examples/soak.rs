@@ -1,8 +1,10 @@
 //! Soak test: a keyed job runs for a long time against a `FileLog` that a producer appends to
 //! at a fixed rate, with log retention on (`LogSource::trim_log`), checkpoints every 100 ms and
 //! a chaos kill every 5 s. After a warm-up and at the end it samples, once a second for a
-//! window, the process's RSS and open file descriptors, the bytes of the log and of the
-//! checkpoints on disk, and the number of retained checkpoints; each resource's median over the
+//! window, the process's RSS, the heap bytes it holds (counted by a global allocator: a leak
+//! grows them, the allocator keeping freed pages does not), its threads and open file
+//! descriptors, the bytes of the log and of the checkpoints on disk, and the number of retained
+//! checkpoints; each resource's (but the thread count's) median over the
 //! window at the end may exceed its median after the warm-up by at most 10 % (a sample a minute
 //! in between is printed as progress). Then it stops the
 //! producer, lets the job catch up, stops it with a savepoint and checks the committed output
@@ -11,6 +13,9 @@
 //! Run: `cargo run --release --example soak [-- --minutes M] [-- --rate R] [-- --kill-every S]`
 //! (default 10 minutes, 2,000 records/s, a kill every 5 s; `--kill-every 0`: none). Prints `soak: OK ...` or `soak: FAILED ...` (exit code 1).
 
+#![allow(unsafe_code)] // a counting global allocator needs `unsafe impl GlobalAlloc`
+
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +28,38 @@ use snapflow::prelude::*;
 
 const KEYS: u64 = 100;
 
+/// The system allocator, counting the bytes the program holds: tells a leak (live heap grows)
+/// from the allocator keeping freed pages (RSS grows, live heap does not).
+struct Counting;
+
+static LIVE_HEAP: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_HEAP.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE_HEAP.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_HEAP.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let moved = System.realloc(ptr, layout, new_size);
+        if !moved.is_null() {
+            LIVE_HEAP.fetch_add(new_size as u64, Ordering::Relaxed);
+            LIVE_HEAP.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        }
+        moved
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
 fn arg(args: &[String], name: &str) -> Option<f64> {
     args.iter()
         .position(|a| a == name)
@@ -34,6 +71,8 @@ fn arg(args: &[String], name: &str) -> Option<f64> {
 #[derive(Debug, Clone, Copy, Default)]
 struct Sample {
     rss: u64,
+    heap: u64,
+    threads: u64,
     fds: u64,
     log_bytes: u64,
     checkpoint_bytes: u64,
@@ -41,17 +80,21 @@ struct Sample {
 }
 
 impl Sample {
-    const NAMES: [&'static str; 5] = [
+    const NAMES: [&'static str; 7] = [
         "rss_bytes",
+        "live_heap_bytes",
+        "threads",
         "open_fds",
         "log_bytes",
         "checkpoint_bytes",
         "retained_checkpoints",
     ];
 
-    fn values(&self) -> [u64; 5] {
+    fn values(&self) -> [u64; 7] {
         [
             self.rss,
+            self.heap,
+            self.threads,
             self.fds,
             self.log_bytes,
             self.checkpoint_bytes,
@@ -69,6 +112,8 @@ impl Sample {
         };
         Sample {
             rss: of(|s| s.rss),
+            heap: of(|s| s.heap),
+            threads: of(|s| s.threads),
             fds: of(|s| s.fds),
             log_bytes: of(|s| s.log_bytes),
             checkpoint_bytes: of(|s| s.checkpoint_bytes),
@@ -97,6 +142,7 @@ fn sample(log_dir: &Path, job_dir: &Path) -> Sample {
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096);
     let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count() as u64);
     let retained = std::fs::read_dir(job_dir).map_or(0, |d| {
         d.flatten()
             .filter(|e| e.path().join("_manifest").is_file())
@@ -104,6 +150,8 @@ fn sample(log_dir: &Path, job_dir: &Path) -> Sample {
     });
     Sample {
         rss,
+        heap: LIVE_HEAP.load(Ordering::Relaxed),
+        threads,
         fds,
         log_bytes: dir_bytes(log_dir),
         checkpoint_bytes: dir_bytes(job_dir),
@@ -189,9 +237,11 @@ fn job(root: &Path, log: Arc<dyn ReplayableLog>, kill_every: f64) -> Result<JobB
         parallelism: 2,
         checkpoints: CheckpointTiming::every(Duration::from_millis(100))
             .with_timeout(Duration::from_secs(10)),
-        // The job's bounded histories fill during the warm-up (at 10 checkpoints a second,
-        // about 30 events a second), so that the growth check sees leaks, not a window filling.
-        metrics_window: 100,
+        // The job's bounded histories fill during the warm-up, so that the growth check sees
+        // leaks, not a window filling: the restart, recovery and failure windows take one
+        // entry a kill (a kill every 5 s fills 5 entries in 25 s), the events several a
+        // checkpoint (10 a second).
+        metrics_window: 5,
         event_window: 500,
         // A kill every 5 s is 12 failures a minute, above the default budget of 10.
         restart: snapflow::RestartStrategy::FailureRate {
@@ -240,8 +290,15 @@ fn report(start: Sample, end: Sample) -> bool {
         } else {
             b as f64 / a as f64 - 1.0
         };
-        ok &= growth <= 0.10;
-        println!("{name:<22} {a:>14} {b:>14} {:>7.1}%", growth * 100.0);
+        // The thread count is shown, not checked: tokio's blocking pool starts and retires
+        // threads as snapshot writes come (13 or 14 in a run here), a swing of 7 % per thread.
+        let checked = *name != "threads";
+        ok &= !checked || growth <= 0.10;
+        println!(
+            "{name:<22} {a:>14} {b:>14} {:>7.1}%{}",
+            growth * 100.0,
+            if checked { "" } else { " (not checked)" }
+        );
     }
     ok
 }
@@ -295,9 +352,11 @@ async fn main() -> Result<()> {
         actix::clock::sleep((end - Instant::now()).min(Duration::from_secs(60))).await;
         let s = sample(&log_dir, &job_dir);
         println!(
-            "  at {:>4} s: rss {} fds {} log {} checkpoints {} ({} retained)",
+            "  at {:>4} s: rss {} heap {} threads {} fds {} log {} checkpoints {} ({} retained)",
             started.elapsed().as_secs(),
             s.rss,
+            s.heap,
+            s.threads,
             s.fds,
             s.log_bytes,
             s.checkpoint_bytes,
